@@ -1,0 +1,75 @@
+"""CombinedLoss: a weighted sum of named loss terms, with per-term values kept for logging.
+
+    loss = sum_k w_k * term_k(logits, target)
+
+Each term's latest unweighted value is stored, detached, in ``last_values`` so that a training
+loop can log it next to the total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+
+class CombinedLoss(nn.Module):
+    """Weighted sum of named loss terms.
+
+    Args:
+        terms: mapping ``name -> nn.Module``; each module is called as ``term(logits, target)``
+            and must return a scalar tensor. Names are arbitrary (they are used for logging).
+        weights: optional mapping ``name -> float``; a missing name gets weight 1.0. Every key
+            must name a term.
+
+    Attributes:
+        terms: the terms as an ``nn.ModuleDict``.
+        weights: ``dict[str, float]`` with one weight per term.
+        last_values: ``dict[str, Tensor]`` -- after each forward, each term's unweighted value
+            (a detached scalar tensor). Log these next to the total, e.g.
+            ``for k, v in loss.last_values.items(): self.log(f"loss/{k}", v)``.
+    """
+
+    def __init__(self, terms: Mapping[str, nn.Module], weights: Mapping[str, float] | None = None):
+        super().__init__()
+        if not isinstance(terms, Mapping) or len(terms) == 0:
+            raise ValueError(
+                "CombinedLoss needs a non-empty dict of terms, e.g. "
+                "{'bce': BCELoss(), 'dice': DiceLoss('binary')}; got "
+                f"{terms!r}"
+            )
+        for name, term in terms.items():
+            if not isinstance(term, nn.Module):
+                raise ValueError(
+                    f"CombinedLoss term {name!r} must be an nn.Module (a loss such as DiceLoss), "
+                    f"got {type(term).__name__}"
+                )
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(terms))
+        if unknown:
+            raise ValueError(
+                f"CombinedLoss weights name unknown terms {unknown}; the terms are {sorted(terms)}"
+            )
+        for name, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise ValueError(f"CombinedLoss weight for {name!r} must be a number, got {w!r}")
+        self.terms = nn.ModuleDict(dict(terms))
+        self.weights = {name: float(weights.get(name, 1.0)) for name in terms}
+        self.last_values: dict[str, Tensor] = {}
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Return ``sum_k w_k * term_k(logits, target)`` as a scalar tensor."""
+        total: Tensor | None = None
+        values: dict[str, Tensor] = {}
+        for name, term in self.terms.items():
+            value = term(logits, target)
+            values[name] = value.detach()
+            weighted = value * self.weights[name]
+            total = weighted if total is None else total + weighted
+        self.last_values = values
+        assert total is not None  # terms is non-empty (checked in __init__)
+        return total
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights}"
