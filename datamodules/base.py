@@ -1,0 +1,115 @@
+"""Shared pieces of the datamodules: the augmenting Dataset and the DataLoader plumbing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .masks import check_task, encode_mask
+from .transforms import TransformSpec, build_transforms, seed_worker_transforms
+
+# A sample source returns (image uint8 [H, W, 3], mask [H, W] or [H, W, C], name).
+SampleFn = Callable[[int], tuple[np.ndarray, np.ndarray, str]]
+
+
+class SegmentationDataset(Dataset):
+    """Applies an albumentations pipeline to raw samples and encodes the mask for the task.
+
+    Args:
+        load: ``load(i) -> (image uint8 [H, W, 3], mask [H, W] | [H, W, C], name)``.
+        length: number of samples.
+        transform: an ``A.Compose`` ending with ``ToTensorV2(transpose_mask=True)``.
+        task: ``binary``, ``multiclass`` or ``multilabel`` (decides the mask layout, see masks.py).
+    """
+
+    def __init__(self, load: SampleFn, length: int, transform: Callable, task: str) -> None:
+        self.load = load
+        self.length = length
+        self.transform = transform
+        self.task = task
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask, name = self.load(index)
+        out = self.transform(image=image, mask=mask)
+        # Without a Normalize in the pipeline the image is still uint8: the contract is float32.
+        return {"image": out["image"].float(), "mask": encode_mask(out["mask"], self.task), "name": name}
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """DataLoader knobs and pipelines common to the synthetic and folder datamodules.
+
+    Args:
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+        num_classes: 1 for binary; classes incl. background for multiclass; channels for multilabel.
+        batch_size: samples per batch (train and val).
+        num_workers: DataLoader worker processes (0 loads in the training process).
+        pin_memory: page-locked batches for faster host-to-GPU copies; ``None`` = when CUDA is available.
+        persistent_workers: keep workers alive between epochs; ``None`` = when ``num_workers > 0``.
+        drop_last: drop the last incomplete training batch.
+        seed: seed of the split (folder) / generation (synthetic) and of the augmentation stream.
+        train_transforms: pipeline spec for training (see transforms.py).
+        val_transforms: pipeline spec for validation (resize + normalise, no randomness).
+    """
+
+    def __init__(
+        self,
+        task: str,
+        num_classes: int,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        drop_last: bool = False,
+        seed: int = 0,
+        train_transforms: TransformSpec = None,
+        val_transforms: TransformSpec = None,
+    ) -> None:
+        super().__init__()
+        check_task(task, num_classes)
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if int(num_workers) < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.task = task
+        self.num_classes = int(num_classes)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.persistent_workers = (
+            self.num_workers > 0 if persistent_workers is None else bool(persistent_workers) and self.num_workers > 0
+        )
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        # Built now, so that a bad transform config fails at start-up rather than in a worker.
+        self.train_transform = build_transforms(train_transforms, seed=self.seed)
+        self.val_transform = build_transforms(val_transforms, seed=self.seed)
+        self.train_set: SegmentationDataset | None = None
+        self.val_set: SegmentationDataset | None = None
+
+    def _loader(self, dataset: SegmentationDataset | None, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=self.drop_last and train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            worker_init_fn=seed_worker_transforms,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)

@@ -1,0 +1,136 @@
+"""Mask encoding shared by the datamodules: checks, value conversion, tensor layout per task.
+
+Layout of ``batch["mask"]`` (docs/ARCHITECTURE.md):
+
+* ``binary``: float32 ``[B, 1, H, W]`` in {0, 1} (``num_classes`` must be 1),
+* ``multiclass``: int64 ``[B, H, W]`` with class indices ``0 .. num_classes - 1``; class 0 is the
+  background (optionally ``ignore_index`` where the mask has no label),
+* ``multilabel``: float32 ``[B, C, H, W]`` in {0, 1}, ``C = num_classes`` independent channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+TASKS = ("binary", "multiclass", "multilabel")
+
+
+def check_task(task: str, num_classes: int) -> None:
+    """Raise ``ValueError`` unless ``(task, num_classes)`` is a valid combination.
+
+    Args:
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+        num_classes: 1 for binary; >= 2 for multiclass (background included); >= 1 for multilabel.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise ValueError(f"num_classes must be an int, got {num_classes!r}")
+    if task == "binary" and num_classes != 1:
+        raise ValueError(
+            f"task=binary needs num_classes=1 (one foreground channel), got {num_classes}; "
+            "for several classes use task=multiclass or task=multilabel"
+        )
+    if task == "multiclass" and num_classes < 2:
+        raise ValueError(
+            f"task=multiclass needs num_classes >= 2 (class 0 is the background), got {num_classes}"
+        )
+    if task == "multilabel" and num_classes < 1:
+        raise ValueError(f"task=multilabel needs num_classes >= 1, got {num_classes}")
+
+
+def mask_dtype(task: str, num_classes: int, ignore_index: int | None = None) -> np.dtype:
+    """The numpy dtype a mask is stored in before augmentation (uint8 where the values fit)."""
+    top = max(num_classes - 1, ignore_index if ignore_index is not None else 0)
+    return np.dtype(np.uint8) if task != "multiclass" or top <= 255 else np.dtype(np.int32)
+
+
+def encode_mask(mask: torch.Tensor, task: str) -> torch.Tensor:
+    """Give an augmented mask tensor its per-task dtype and layout.
+
+    Args:
+        mask: ``[H, W]`` (binary, multiclass) or ``[C, H, W]`` (multilabel) integer tensor, as
+            ``ToTensorV2(transpose_mask=True)`` returns it.
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+
+    Returns:
+        binary: float32 ``[1, H, W]``; multiclass: int64 ``[H, W]``; multilabel: float32 ``[C, H, W]``.
+    """
+    if task == "binary":
+        return mask.reshape(1, *mask.shape[-2:]).float()
+    if task == "multiclass":
+        return mask.long()
+    return mask.float()
+
+
+def _describe(values: np.ndarray, limit: int = 8) -> str:
+    shown = ", ".join(str(v) for v in values[:limit].tolist())
+    return shown + (f", ... ({len(values)} distinct)" if len(values) > limit else "")
+
+
+def binary_values(mask: np.ndarray, path: str, bit_depth_max: int = 255) -> np.ndarray:
+    """Map a binary mask stored as 0/1 or 0/255 (0/65535 for 16-bit files) to uint8 0/1.
+
+    Raises:
+        ValueError: naming ``path`` if the mask holds any other value (anti-aliased edges, a
+            lossy JPEG mask, an index mask with several classes).
+    """
+    values = np.unique(mask)
+    if np.isin(values, (0, 1)).all():
+        return mask.astype(np.uint8, copy=False)
+    if np.isin(values, (0, bit_depth_max)).all():
+        return (mask == bit_depth_max).astype(np.uint8)
+    raise ValueError(
+        f"Mask {path} has values {{{_describe(values)}}} that fit no class of a binary task: a binary "
+        f"mask holds 0/1 or 0/{bit_depth_max}. Threshold the mask (lossy JPEG masks also blur "
+        "edges: save masks as PNG), or use task=multiclass for an index mask."
+    )
+
+
+def index_values(
+    mask: np.ndarray, path: str, num_classes: int, ignore_index: int | None = None
+) -> np.ndarray:
+    """Check a multiclass index mask: every value in ``0 .. num_classes-1`` (or ``ignore_index``).
+
+    Raises:
+        ValueError: naming ``path`` and the offending values.
+    """
+    values = np.unique(mask)
+    bad = values[(values < 0) | (values >= num_classes)]
+    if ignore_index is not None:
+        bad = bad[bad != ignore_index]
+    if bad.size:
+        hint = f" (or ignore_index={ignore_index})" if ignore_index is not None else ""
+        raise ValueError(
+            f"Mask {path} has values {{{_describe(bad)}}} that fit no class: with num_classes="
+            f"{num_classes} a multiclass mask holds 0..{num_classes - 1}{hint}. Raise num_classes, "
+            "set data.ignore_index for an 'unlabelled' value, or give data.palette for colour masks."
+        )
+    return mask
+
+
+def palette_to_index(mask_rgb: np.ndarray, palette: Sequence[Sequence[int]], path: str) -> np.ndarray:
+    """Map an RGB colour mask ``[H, W, 3]`` to class indices with ``palette[k] = (r, g, b)`` of class k.
+
+    Raises:
+        ValueError: naming ``path`` and the first colours that are not in the palette.
+    """
+    colors = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
+    # One int per colour (r * 2^16 + g * 2^8 + b) turns colour lookup into a 1-D search.
+    keys = (colors[:, 0] << 16) | (colors[:, 1] << 8) | colors[:, 2]
+    pixels = mask_rgb[..., :3].astype(np.int64)
+    codes = (pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2]
+    order = np.argsort(keys)
+    pos = np.searchsorted(keys[order], codes).clip(0, len(keys) - 1)
+    found = keys[order][pos] == codes
+    if not found.all():
+        unknown = np.unique(codes[~found])
+        shown = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in unknown[:5].tolist()]
+        raise ValueError(
+            f"Mask {path} has colours {shown}{' ...' if unknown.size > 5 else ''} that are not in "
+            f"data.palette ({len(keys)} colours, palette[k] is the RGB colour of class k)."
+        )
+    return order[pos].astype(np.int32)

@@ -1,0 +1,103 @@
+"""Albumentations pipelines built from config.
+
+A pipeline is described by a mapping ``name -> transform`` (or a plain sequence), where each
+value is either
+
+* an already-built ``albumentations`` transform (what ``hydra.utils.instantiate`` hands over
+  when it instantiates the whole ``data`` node recursively),
+* a dict / ``DictConfig`` with a ``_target_`` (instantiated here with ``hydra.utils.instantiate``),
+* ``None`` -- the transform is disabled (``data.train_transforms.hflip=null`` on the command line).
+
+Names exist only so that every transform can be addressed from the command line
+(``data.train_transforms.hflip.p=0.2``, ``~data.train_transforms.hflip``,
+``+data.train_transforms.rot._target_=albumentations.RandomRotate90``). Transforms run in the
+mapping's order; a transform added with ``+`` lands at the end, i.e. after ``normalize`` --
+fine for geometric transforms, but put colour transforms before ``normalize``.
+
+The datamodule appends ``ToTensorV2(transpose_mask=True)`` itself: images become float32
+``[3, H, W]`` tensors and multi-channel (multilabel) masks ``[C, H, W]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import albumentations as A
+from albumentations.pytorch import ToTensorV2
+
+TransformSpec = Mapping[str, Any] | Sequence[Any] | None
+
+
+def _instantiate(name: str, spec: Any) -> A.BasicTransform | A.BaseCompose:
+    """Turn one entry of a pipeline spec into an albumentations transform."""
+    if isinstance(spec, (A.BasicTransform, A.BaseCompose)):
+        return spec
+    if isinstance(spec, Mapping):
+        if "_target_" not in spec:
+            raise ValueError(
+                f"Transform '{name}' has no _target_ (got keys {sorted(spec)}); give it e.g. "
+                "`_target_: albumentations.HorizontalFlip`, or set it to null to disable it."
+            )
+        # hydra is imported lazily: the datamodules are usable without it for built transforms.
+        from hydra.utils import instantiate
+
+        built = instantiate(spec)
+        if not isinstance(built, (A.BasicTransform, A.BaseCompose)):
+            raise ValueError(
+                f"Transform '{name}' (_target_={spec['_target_']}) built a {type(built).__name__}, "
+                "not an albumentations transform."
+            )
+        return built
+    raise ValueError(
+        f"Transform '{name}' must be an albumentations transform, a config with _target_, or null; "
+        f"got {type(spec).__name__}: {spec!r}"
+    )
+
+
+def build_transforms(spec: TransformSpec, seed: int | None = None) -> A.Compose:
+    """Build ``A.Compose([... , ToTensorV2(transpose_mask=True)])`` from a pipeline spec.
+
+    Args:
+        spec: mapping ``name -> transform | config with _target_ | None`` (applied in order),
+            a sequence of the same values, or ``None`` for no transforms at all (the result then
+            only converts to tensors -- images stay uint8, so give at least a ``Normalize``).
+        seed: seed of the Compose's own random generator (albumentations 2.0 ignores numpy's
+            and Python's global seeds). ``None`` draws a fresh seed. DataLoader workers reseed
+            it per worker, see :func:`seed_worker_transforms`.
+
+    Returns:
+        The composed pipeline; call it as ``pipeline(image=..., mask=...)``.
+    """
+    if spec is None:
+        items: list[tuple[str, Any]] = []
+    elif isinstance(spec, Mapping):
+        items = [(str(k), v) for k, v in spec.items()]
+    elif isinstance(spec, Sequence) and not isinstance(spec, (str, bytes)):
+        items = [(str(i), v) for i, v in enumerate(spec)]
+    else:
+        raise ValueError(
+            f"Transforms must be a mapping name -> transform (or a list), got {type(spec).__name__}"
+        )
+    transforms = [_instantiate(name, value) for name, value in items if value is not None]
+    # transpose_mask: a multilabel mask [H, W, C] becomes [C, H, W] like the image.
+    transforms.append(ToTensorV2(transpose_mask=True))
+    return A.Compose(transforms, seed=seed)
+
+
+def seed_worker_transforms(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker's pipeline its own random stream.
+
+    albumentations 2.0 keeps its random state inside the Compose, so forked workers would all
+    inherit the same state and draw identical augmentation sequences. Torch gives each worker a
+    distinct seed (``base_seed + worker_id``, ``base_seed`` new every epoch unless workers are
+    persistent and derived from torch's global seed), which we hand to the pipeline.
+    """
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    transform = getattr(info.dataset, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)
