@@ -1,0 +1,317 @@
+"""Fused fast paths for the common combinations: BCE+Dice, CE+Dice and Dice+Focal.
+
+Why. Composing independent modules makes each one redo the expensive part: sigmoid/softmax over
+the whole logit tensor, a one-hot of the target, and autograd's saved intermediates for every
+elementwise op (each is a full pass over memory in backward too). Here one
+``torch.autograd.Function`` computes the probabilities once and returns only
+
+    pixel  = the mean pixel-wise term (BCE, cross-entropy or focal), a scalar
+    I[b,c] = sum_n p t          (intersection, per image and class)
+    P[b,c] = sum_n p  or p^2    (prediction sum; p^2 with ``squared_pred``)
+    T[b,c] = sum_n t            (target sum; no gradient)
+
+over the valid (not ignored) pixels. The Dice formula itself -- smoothing, log-Dice, per-image vs
+batch aggregation, class weights, background exclusion, the empty-class policy, ``sync_dist`` --
+only touches these ``[B, C]`` sums and is computed by ordinary autograd (cheap: a few hundred
+numbers). Its gradients ``dL/dI``, ``dL/dP`` arrive in the Function's backward, which then
+writes the logit gradient in closed form:
+
+    sigmoid (binary / multilabel), per element:
+        dL/dx = p (1 - p) (gI t + gP [2p if squared]) + g_pix dpixel/dx
+        BCE:   dpixel/dx = (lw p - pw t') / N,   t' = t (1 - s) + s/2,  lw = 1 + (pw - 1) t'
+        focal: dpixel/dx = a_t [q^g (p - t) + g q^(g-1) (1 - 2t) p (1 - p) ce] / N,
+               q = 1 - p_t, evaluated in log space so saturated logits stay finite
+    softmax (multiclass), with G_c = gP_c [2 p_c] + gI_c [t = c] and A_n the pixel term:
+        dL/dx_c = p_c (G_c - sum_k p_k G_k) + A_n (p_c - [t = c])   (+ label smoothing term)
+        CE:    A_n = w_t / sum(w_t),   focal: A_n = a_t (q^g - g p_t q^(g-1) log p_t) / N
+
+No one-hot is materialised for multiclass: ``I`` and ``T`` are scatter-adds of the target-class
+probability, ``sum_k p_k gP_k`` is one batched mat-vec. All sums accumulate in float32 (float64
+for float64 logits), also under autocast.
+
+When the fused path applies (see :func:`plan`): exactly two terms, one ``DiceLoss`` and one of
+``BCELoss`` / ``CrossEntropyLoss`` / ``FocalLoss``, with
+
+- Dice ``from_logits=True``; the pixel term's ``reduction="mean"``;
+- BCE with Dice in binary/multilabel mode; CE with Dice in multiclass mode; Focal in the same
+  mode as Dice;
+- the same ``ignore_index`` on both terms (or none);
+- a target that does not require grad.
+
+Everything else (other pairs, other reductions, different ignore indices, soft-label gradients)
+runs the composed modules, so the result is always defined.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    # float64 stays float64 (gradcheck, reference tests); everything else accumulates in float32.
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """sum_n a[r, c, n] * b[r, c, n] -> [R, C] without materialising the product."""
+    return torch.einsum("bcn,bcn->bc", a, b)
+
+
+def _masked_rowsum(a: Tensor, v: Tensor | None) -> Tensor:
+    """sum_n a[b, c, n] * v[b, n] -> [B, C] (v is a [B, N] mask, or None for all ones)."""
+    if v is None:
+        return a.sum(-1)
+    return torch.einsum("bcn,bn->bc", a, v)
+
+
+# --------------------------------------------------------------------------------------------
+# sigmoid family: binary / multilabel, pixel term BCE or sigmoid focal
+# --------------------------------------------------------------------------------------------
+class _SigmoidDiceFn(torch.autograd.Function):
+    """(x, t, v) -> (pixel, I, P, T) for sigmoid probabilities; see the module docstring.
+
+    x: logits [B, C, N]; t: targets [B, C, N] in [0, 1] (already zeroed where ignored);
+    v: valid mask [B, C, N] (1 valid, 0 ignored) or None; pos_weight: [C] or None.
+    kind: "bce" or "focal".
+    """
+
+    @staticmethod
+    def forward(ctx, x, t, v, pos_weight, smoothing, alpha, gamma, squared, kind):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            p = torch.sigmoid(x)
+            inter = _rowdot(p, t)
+            if squared:
+                pred = _rowdot(p, p if v is None else p * v)
+            else:
+                pred = p.sum(-1) if v is None else _rowdot(p, v)
+            tsum = t.sum(-1)
+            count = torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device) if v is None else v.sum()
+            count = count.clamp_min(1.0)  # every element ignored -> loss 0, gradient 0
+            if kind == "bce":
+                # t' = t (1 - s) + s / 2 on valid elements
+                ts = t if smoothing == 0.0 else t * (1.0 - smoothing) + (smoothing / 2.0) * (1.0 if v is None else v)
+                sp = F.softplus(x)
+                # l = softplus(x) - t' x + (pw - 1) t' softplus(-x)
+                total = (sp.sum() if v is None else _rowdot(sp, v).sum()) - _rowdot(x, ts).sum()
+                if pos_weight is not None:
+                    sp.sub_(x)  # softplus(-x) = softplus(x) - x, in place
+                    total = total + (_rowdot(sp, ts) * (pos_weight - 1.0)).sum()
+                pixel = total / count
+                ctx.save_for_backward(p, t, v, ts, pos_weight, count)
+            else:
+                logp = F.logsigmoid(x)
+                log1mp = logp - x  # log(1 - p) = logsigmoid(x) - x
+                ce = torch.addcmul(-log1mp, t, x, value=-1.0)  # softplus(x) - t x
+                # q = 1 - p_t = p (1 - t) + (1 - p) t, in log space
+                logq = torch.logaddexp(logp + torch.log1p(-t), log1mp + torch.log(t))
+                w = ce * torch.exp(gamma * logq) if gamma != 0.0 else ce
+                if alpha is not None:
+                    w = w * (alpha * t + (1.0 - alpha) * (1.0 - t))
+                pixel = (w.sum() if v is None else _rowdot(w, v).sum()) / count
+                ctx.save_for_backward(p, t, v, logp, log1mp, logq, ce, count)
+            ctx.kind = kind
+            ctx.squared = squared
+            ctx.smoothing = smoothing
+            ctx.alpha = alpha
+            ctx.gamma = gamma
+            ctx.mark_non_differentiable(tsum)
+        return pixel, inter, pred, tsum
+
+    @staticmethod
+    def backward(ctx, g_pixel, g_inter, g_pred, _g_tsum):
+        with torch.autocast(device_type=g_inter.device.type, enabled=False):
+            if ctx.kind == "bce":
+                p, t, v, ts, pos_weight, count = ctx.saved_tensors
+            else:
+                p, t, v, logp, log1mp, logq, ce, count = ctx.saved_tensors
+            gi = g_inter.unsqueeze(-1)
+            gp = g_pred.unsqueeze(-1)
+            # Dice part: p (1 - p) (gI t + gP m)   with m = v (or 2 p v when squared)
+            if ctx.squared:
+                pm = p * 2.0 if v is None else p * (2.0 * v)
+                dice = torch.addcmul(t * gi, pm, gp)
+            elif v is None:
+                dice = torch.addcmul(gp, t, gi)
+            else:
+                dice = torch.addcmul(t * gi, v, gp)
+            dice.mul_(p)
+            dice.addcmul_(dice, p, value=-1.0)  # * (1 - p), in place
+            c = g_pixel / count
+            if ctx.kind == "bce":
+                if pos_weight is None:
+                    # + c (p - t')
+                    dice.add_(c * (p - ts) if v is None else c * (p * v - ts))
+                else:
+                    pw = pos_weight.view(1, -1, 1)
+                    lw = 1.0 + (pw - 1.0) * ts
+                    pix = lw * p - pw * ts
+                    if v is not None:
+                        pix.mul_(v)
+                    dice.add_(pix.mul_(c))
+            else:
+                gamma, alpha = ctx.gamma, ctx.alpha
+                # a_t [q^g (p - t) + g q^(g-1) (1 - 2t) p (1 - p) ce]; q^(g-1) p (1-p) in log space
+                pix = torch.exp(gamma * logq) * (p - t) if gamma != 0.0 else p - t
+                if gamma != 0.0:
+                    pix.add_(gamma * torch.exp((gamma - 1.0) * logq + logp + log1mp) * (1.0 - 2.0 * t) * ce)
+                if alpha is not None:
+                    pix.mul_(alpha * t + (1.0 - alpha) * (1.0 - t))
+                if v is not None:
+                    pix.mul_(v)
+                dice.add_(pix.mul_(c))
+        return dice, None, None, None, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# softmax family: multiclass, pixel term CE or softmax focal
+# --------------------------------------------------------------------------------------------
+class _SoftmaxDiceFn(torch.autograd.Function):
+    """(x, t, v) -> (pixel, I, P, T) for softmax probabilities; see the module docstring.
+
+    x: logits [B, C, N]; t: class indices [B, N] (any valid class where ignored); v: valid mask
+    [B, N] float or None; weight: CE class weights [C] or None; alpha: focal per-class [C] or None.
+    """
+
+    @staticmethod
+    def forward(ctx, x, t, v, weight, smoothing, alpha, gamma, squared, kind):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            num_classes = x.shape[1]
+            idx = t.unsqueeze(1)
+            logp = torch.log_softmax(x, dim=1)
+            logpt = logp.gather(1, idx).squeeze(1)  # [B, N]
+            vv = torch.ones_like(logpt) if v is None else v
+            if kind == "ce":
+                wt = vv if weight is None else weight[t] * vv  # per-pixel weight, 0 where ignored
+                denom = wt.sum()
+                total = -(logpt * wt).sum() * (1.0 - smoothing)
+                if smoothing != 0.0:
+                    wvec = torch.ones(num_classes, dtype=x.dtype, device=x.device) if weight is None else weight
+                    # sum_c w_c log p_c per pixel, one batched mat-vec
+                    swl = torch.einsum("c,bcn->bn", wvec, logp)
+                    total = total - (smoothing / num_classes) * (swl * vv).sum()
+                denom_safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+                pixel = total / denom_safe
+            else:
+                count = vv.sum().clamp_min(1.0)
+                logq = torch.log(-torch.expm1(logpt))  # log(1 - p_t), -inf when p_t == 1
+                mod = torch.exp(gamma * logq) if gamma != 0.0 else torch.ones_like(logpt)
+                at = vv if alpha is None else alpha[t] * vv
+                pixel = -(at * mod * logpt).sum() / count
+            p = logp.exp_()  # reuse log_softmax's buffer: the probabilities, computed once
+            pt = logpt.exp()
+            inter = logpt.new_zeros(x.shape[0], num_classes)
+            inter = inter.scatter_add(1, t, pt * vv)
+            tsum = torch.zeros_like(inter).scatter_add(1, t, vv)
+            if squared:
+                pred = _rowdot(p, p) if v is None else torch.einsum("bcn,bcn,bn->bc", p, p, v)
+            else:
+                pred = _masked_rowsum(p, v)
+            if kind == "ce":
+                ctx.save_for_backward(p, t, v, pt, wt, weight, denom_safe)
+            else:
+                ctx.save_for_backward(p, t, v, pt, logpt, logq, mod, at, count)
+            ctx.kind = kind
+            ctx.squared = squared
+            ctx.smoothing = smoothing
+            ctx.gamma = gamma
+            ctx.mark_non_differentiable(tsum)
+        return pixel, inter, pred, tsum
+
+    @staticmethod
+    def backward(ctx, g_pixel, g_inter, g_pred, _g_tsum):
+        with torch.autocast(device_type=g_inter.device.type, enabled=False):
+            if ctx.kind == "ce":
+                p, t, v, pt, wt, weight, denom = ctx.saved_tensors
+                # A_n = g w_t / D (and the smoothing part: eps W / C instead of (1 - eps) w_t)
+                eps = ctx.smoothing
+                num_classes = p.shape[1]
+                a_scatter = wt * (g_pixel * (1.0 - eps) / denom)  # coefficient of -[t = c]
+                if eps != 0.0:
+                    wsum = float(num_classes) if weight is None else weight.sum()
+                    vv = torch.ones_like(pt) if v is None else v
+                    a_dense = a_scatter + vv * (g_pixel * eps * wsum / (num_classes * denom))
+                else:
+                    a_dense = a_scatter
+            else:
+                p, t, v, pt, logpt, logq, mod, at, count = ctx.saved_tensors
+                gamma = ctx.gamma
+                # a_t (q^g - g p_t q^(g-1) log p_t); the product is 0 where q == 0
+                f = mod.clone()
+                if gamma != 0.0:
+                    tail = torch.exp((gamma - 1.0) * logq) * logpt
+                    tail = torch.where(logq > float("-inf"), tail, torch.zeros_like(tail))
+                    f.addcmul_(pt, tail, value=-gamma)
+                a_scatter = f.mul_(at).mul_(g_pixel / count)
+                a_dense = a_scatter
+            pv = p if v is None else p * v.unsqueeze(1)
+            gi_t = g_inter.gather(1, t)  # dL/dI at each pixel's target class, [B, N]
+            ptv = pt if v is None else pt * v
+            # S_n = sum_k p_k G_k = sum_k p_k gP_k [* 2 p_k] + gI_t p_t
+            if ctx.squared:
+                pp = pv * pv
+                s = torch.einsum("bc,bcn->bn", 2.0 * g_pred, pp)
+                grad = pp.mul_(2.0 * g_pred.unsqueeze(-1))
+            else:
+                s = torch.einsum("bc,bcn->bn", g_pred, pv)
+                grad = pv * g_pred.unsqueeze(-1)
+            s.addcmul_(gi_t, ptv)
+            # dense: p_c (gP_c [2p_c] - S_n + A_n);  at the target class: + gI_t p_t - A_n
+            grad.addcmul_(pv, (a_dense - s).unsqueeze(1))
+            grad.scatter_add_(1, t.unsqueeze(1), (gi_t * ptv - a_scatter).unsqueeze(1))
+            if ctx.kind == "ce" and ctx.smoothing != 0.0:
+                # - eps w_c / (C D) on every valid pixel
+                wvec = torch.ones(num_classes, dtype=p.dtype, device=p.device) if weight is None else weight
+                vv = torch.ones_like(pt) if v is None else v
+                grad_scale = g_pixel * eps / (num_classes * denom)
+                grad.addcmul_(wvec.view(1, -1, 1) * (-grad_scale), vv.unsqueeze(1))
+        return grad, None, None, None, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch: which CombinedLoss configurations run fused
+# --------------------------------------------------------------------------------------------
+class FusedPlan:
+    """The two terms of a fusable CombinedLoss: names and modules of the Dice and pixel terms."""
+
+    __slots__ = ("dice_name", "dice", "pixel_name", "pixel", "kind")
+
+    def __init__(self, dice_name, dice, pixel_name, pixel, kind):
+        self.dice_name, self.dice = dice_name, dice
+        self.pixel_name, self.pixel = pixel_name, pixel
+        self.kind = kind  # "bce" | "ce" | "focal"
+
+
+def plan(terms) -> FusedPlan | None:
+    """Return a :class:`FusedPlan` if ``terms`` (name -> module) can run fused, else None.
+
+    Dispatch is on the term types and options, never on the names. See the module docstring for
+    the supported combinations; everything else returns None (composed path).
+    """
+    from .bce import BCELoss
+    from .ce import CrossEntropyLoss
+    from .dice import DiceLoss
+    from .focal import FocalLoss
+
+    if len(terms) != 2:
+        return None
+    dice_items = [(k, m) for k, m in terms.items() if type(m) is DiceLoss]
+    other = [(k, m) for k, m in terms.items() if type(m) is not DiceLoss]
+    if len(dice_items) != 1 or len(other) != 1:
+        return None
+    (dname, dice), (pname, pix) = dice_items[0], other[0]
+    if not getattr(dice, "from_logits", True) or getattr(pix, "reduction", "mean") != "mean":
+        return None
+    if getattr(dice, "ignore_index", None) != getattr(pix, "ignore_index", None):
+        return None
+    mode = dice.mode
+    if type(pix) is BCELoss and mode in ("binary", "multilabel"):
+        kind = "bce"
+    elif type(pix) is CrossEntropyLoss and mode == "multiclass":
+        kind = "ce"
+    elif type(pix) is FocalLoss and pix.mode == mode:
+        kind = "focal"
+    else:
+        return None
+    return FusedPlan(dname, dice, pname, pix, kind)
