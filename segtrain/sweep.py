@@ -1,0 +1,155 @@
+"""Sweep jobs that fail without taking the sweep down.
+
+Hydra's basic sweeper re-raises the first failed job's exception after its batch, which ends the
+multirun (later batches never start), and the Optuna sweeper counts an exception as a failed
+trial and aborts the study when more than ``max_failure_rate`` of a batch failed (default 0).
+A sweep of losses and weights *expects* some jobs to fail (a loss that diverges to NaN, a
+batch size that runs out of memory), so inside a multirun :func:`run_sweep_job`:
+
+- catches the job's exception (any ``Exception``; ``KeyboardInterrupt`` still stops everything),
+  and treats a non-finite returned metric the same way;
+- logs it with the traceback and writes ``failure.yaml`` in the job's folder (error type,
+  message, traceback, the job's overrides, the value returned) -- ``scripts/summarize_sweep.py``
+  lists such jobs as failed;
+- frees cached GPU memory (after an out-of-memory error the next job would otherwise start with
+  the failed job's cache);
+- returns the worst value for the optimisation direction (``-inf`` when maximising, ``+inf`` when
+  minimising) as a float, so the sweeper records the job as complete-but-worst and goes on.
+
+A single run (no ``-m``) is not wrapped: its exception propagates, with the original message.
+
+Debug knob: :class:`InjectNaN` poisons the network's weights at a chosen step, to check the
+whole NaN path (``DivergenceGuard`` raises, the sweep records the failure) on a tiny run::
+
+    python train.py -m loss=bce,dice +callbacks.inject_nan._target_=segtrain.sweep.InjectNaN
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+
+log = logging.getLogger(__name__)
+
+#: Name of the file a failed sweep job leaves in its folder.
+FAILURE_FILE = "failure.yaml"
+
+
+def worst_value(mode: str) -> float:
+    """The value a failed job reports: ``-inf`` for ``mode="max"``, ``+inf`` for ``mode="min"``.
+
+    Args:
+        mode: the monitored metric's direction, ``"max"`` or ``"min"`` (as in ``ModelCheckpoint``).
+    """
+    if mode == "max":
+        return float("-inf")
+    if mode == "min":
+        return float("inf")
+    raise ValueError(f"mode must be 'max' or 'min' (the monitored metric's direction), got {mode!r}")
+
+
+def record_failure(
+    output_dir: str | Path,
+    error: BaseException | str,
+    overrides: Sequence[str] = (),
+    returned: float | None = None,
+) -> Path:
+    """Write ``failure.yaml`` into ``output_dir`` and return its path.
+
+    Args:
+        output_dir: the job's folder.
+        error: the exception the job raised, or a message (e.g. for a NaN metric).
+        overrides: the job's overrides (``hydra.overrides.task``), to reproduce it.
+        returned: the value reported to the sweeper instead.
+    """
+    if isinstance(error, BaseException):
+        info = {
+            "error_type": type(error).__name__,
+            "message": str(error),
+            "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        }
+    else:
+        info = {"error_type": "NonFiniteMetric", "message": str(error), "traceback": ""}
+    record = {"status": "failed", **info, "overrides": list(overrides), "returned": returned}
+    path = Path(output_dir) / FAILURE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Plain floats: yaml writes -inf as -.inf, which yaml.safe_load reads back as float.
+    path.write_text(yaml.safe_dump(record, sort_keys=False))
+    return path
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_sweep_job(
+    train_fn: Callable[[Any], float],
+    cfg: Any,
+    *,
+    mode: str,
+    output_dir: str | Path,
+    multirun: bool,
+    overrides: Sequence[str] = (),
+) -> float:
+    """Run ``train_fn(cfg)``; inside a multirun turn a failure into a recorded worst value.
+
+    Args:
+        train_fn: the training function, returning the monitored metric.
+        cfg: its config.
+        mode: direction of the monitored metric, ``"max"`` or ``"min"``.
+        output_dir: the job's folder (where ``failure.yaml`` goes).
+        multirun: True inside a Hydra multirun; False runs ``train_fn`` unwrapped.
+        overrides: the job's overrides, recorded in ``failure.yaml``.
+
+    Returns:
+        The metric, or :func:`worst_value` of ``mode`` for a failed job of a multirun.
+    """
+    worst = worst_value(mode)  # validate mode up front, also for single runs
+    if not multirun:
+        return train_fn(cfg)
+    try:
+        value = train_fn(cfg)
+    except Exception as err:  # noqa: BLE001 -- a sweep must survive any failure of one job
+        log.error("Sweep job failed (%s: %s); reporting %s to the sweeper. Overrides: %s",
+                  type(err).__name__, err, worst, " ".join(overrides), exc_info=err)
+        path = record_failure(output_dir, err, overrides, worst)
+        log.error("Failure recorded in %s", path)
+        del err  # drop the traceback's frames (and their tensors) before freeing memory
+        _free_memory()
+        return worst
+    if value is None or not math.isfinite(float(value)):
+        message = f"the monitored metric is {value} (not a finite number)"
+        log.error("Sweep job failed: %s; reporting %s. Overrides: %s", message, worst, " ".join(overrides))
+        record_failure(output_dir, message, overrides, worst)
+        return worst
+    return float(value)
+
+
+class InjectNaN(L.Callback):
+    """Debug knob: set every weight of the network to NaN before training step ``at_step``.
+
+    Only for testing the failure path of sweeps and the divergence guard; never in real runs.
+
+    Args:
+        at_step: the global step before which the weights are poisoned.
+    """
+
+    def __init__(self, at_step: int = 0) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.at_step:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))
