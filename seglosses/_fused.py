@@ -193,13 +193,14 @@ class _SoftmaxDiceFn(torch.autograd.Function):
                     total = total - (smoothing / num_classes) * (swl * vv).sum()
                 denom_safe = torch.where(denom > 0, denom, torch.ones_like(denom))
                 pixel = total / denom_safe
-            else:
+            p = logp.exp_()  # reuse log_softmax's buffer: the probabilities, computed once
+            if kind == "focal":
                 count = vv.sum().clamp_min(1.0)
-                logq = torch.log(-torch.expm1(logpt))  # log(1 - p_t), -inf when p_t == 1
+                # log(1 - p_t) = log sum_{c != t} p_c: exact where 1 - p_t would round to 0
+                logq = torch.log(p.scatter(1, idx, 0.0).sum(1))
                 mod = torch.exp(gamma * logq) if gamma != 0.0 else torch.ones_like(logpt)
                 at = vv if alpha is None else alpha[t] * vv
                 pixel = -(at * mod * logpt).sum() / count
-            p = logp.exp_()  # reuse log_softmax's buffer: the probabilities, computed once
             pt = logpt.exp()
             inter = logpt.new_zeros(x.shape[0], num_classes)
             inter = inter.scatter_add(1, t, pt * vv)
@@ -273,39 +274,48 @@ class _SoftmaxDiceFn(torch.autograd.Function):
 # dispatch: which CombinedLoss configurations run fused
 # --------------------------------------------------------------------------------------------
 class FusedPlan:
-    """The two terms of a fusable CombinedLoss: names and modules of the Dice and pixel terms."""
+    """The two terms of a fusable CombinedLoss: names and modules of the region and pixel terms."""
 
-    __slots__ = ("dice_name", "dice", "pixel_name", "pixel", "kind")
+    __slots__ = ("region_name", "region", "pixel_name", "pixel", "kind")
 
-    def __init__(self, dice_name, dice, pixel_name, pixel, kind):
-        self.dice_name, self.dice = dice_name, dice
+    def __init__(self, region_name, region, pixel_name, pixel, kind):
+        self.region_name, self.region = region_name, region
         self.pixel_name, self.pixel = pixel_name, pixel
-        self.kind = kind  # "bce" | "ce" | "focal"
+        self.kind = kind  # pixel term: "bce" | "ce" | "focal"
 
 
-def plan(terms) -> FusedPlan | None:
+def plan(terms, target: Tensor | None = None) -> FusedPlan | None:
     """Return a :class:`FusedPlan` if ``terms`` (name -> module) can run fused, else None.
 
-    Dispatch is on the term types and options, never on the names. See the module docstring for
-    the supported combinations; everything else returns None (composed path).
+    Dispatch is on the term types and options, never on the names: exactly one region term
+    (``DiceLoss``, ``JaccardLoss`` or ``TverskyLoss``, exact types -- a subclass may change the
+    maths) and one pixel term (``BCELoss``, ``CrossEntropyLoss`` or ``FocalLoss``). Falls back
+    (returns None) for: ``from_logits=False``; a pixel ``reduction`` other than ``"mean"``;
+    different ``ignore_index`` on the two terms; BCE with multiclass Dice or CE with
+    binary/multilabel Dice (the composed path raises the mode error); Focal in another mode than
+    the region term; ``include_background=False`` in binary mode (the composed path raises);
+    a ``target`` that requires grad.
     """
     from .bce import BCELoss
     from .ce import CrossEntropyLoss
-    from .dice import DiceLoss
+    from .dice import DiceLoss, JaccardLoss, TverskyLoss
     from .focal import FocalLoss
 
-    if len(terms) != 2:
+    if len(terms) != 2 or (target is not None and target.requires_grad):
         return None
-    dice_items = [(k, m) for k, m in terms.items() if type(m) is DiceLoss]
-    other = [(k, m) for k, m in terms.items() if type(m) is not DiceLoss]
-    if len(dice_items) != 1 or len(other) != 1:
+    region_types = (DiceLoss, JaccardLoss, TverskyLoss)
+    regions = [(k, m) for k, m in terms.items() if type(m) in region_types]
+    others = [(k, m) for k, m in terms.items() if type(m) not in region_types]
+    if len(regions) != 1 or len(others) != 1:
         return None
-    (dname, dice), (pname, pix) = dice_items[0], other[0]
-    if not getattr(dice, "from_logits", True) or getattr(pix, "reduction", "mean") != "mean":
+    (rname, region), (pname, pix) = regions[0], others[0]
+    if not region.from_logits or getattr(pix, "reduction", None) != "mean":
         return None
-    if getattr(dice, "ignore_index", None) != getattr(pix, "ignore_index", None):
+    if region.ignore_index != getattr(pix, "ignore_index", None):
         return None
-    mode = dice.mode
+    mode = region.mode
+    if mode == "binary" and not region.include_background:
+        return None
     if type(pix) is BCELoss and mode in ("binary", "multilabel"):
         kind = "bce"
     elif type(pix) is CrossEntropyLoss and mode == "multiclass":
@@ -314,4 +324,80 @@ def plan(terms) -> FusedPlan | None:
         kind = "focal"
     else:
         return None
-    return FusedPlan(dname, dice, pname, pix, kind)
+    return FusedPlan(rname, region, pname, pix, kind)
+
+
+def fused_forward(fp: FusedPlan, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Compute ``(region_loss, pixel_loss)`` of the two planned terms in one fused pass.
+
+    Same input checks, same values and (to rounding) the same gradients as calling the two
+    modules one after the other; see the module docstring for the maths.
+    """
+    from . import _checks
+    from . import functional as Fn
+
+    region, pix, kind = fp.region, fp.pixel, fp.kind
+    name = type(region).__name__
+    mode = region.mode
+    ignore_index = region.ignore_index
+    _checks.check_logits(logits, name)
+    B, C = logits.shape[:2]
+    x = logits.to(_compute_dtype(logits)).reshape(B, C, -1)
+    if mode == "multiclass":
+        _checks.check_multiclass_target(logits, target, ignore_index, name)
+        t, valid = Fn._index_target(target.reshape(B, -1), ignore_index)
+        v = None if valid is None else valid.to(x.dtype)
+        if kind == "ce":
+            weight, alpha = Fn._as_vector(pix.weight, x), None
+            _checks.check_weight_length(weight, C, "weight", type(pix).__name__)
+            smoothing = pix.label_smoothing
+        else:
+            weight, smoothing = None, 0.0
+            alpha = pix.alpha
+            if alpha is not None:
+                if isinstance(alpha, (int, float)):
+                    alpha = torch.full((C,), float(alpha), dtype=x.dtype, device=x.device)
+                else:
+                    alpha = Fn._as_vector(alpha, x)
+                    _checks.check_weight_length(alpha, C, "alpha", type(pix).__name__)
+        gamma = getattr(pix, "gamma", 2.0)
+        pixel, inter, psum, tsum = _SoftmaxDiceFn.apply(
+            x, t, v, weight, smoothing, alpha, gamma, getattr(region, "squared_pred", False), kind
+        )
+        count = (
+            torch.full_like(tsum, x.shape[2]) if v is None else v.sum(-1, keepdim=True).expand_as(tsum)
+        )
+    else:
+        target = Fn._binary_target(logits, target) if mode == "binary" else target
+        _checks.check_dense_target(logits, target, mode, ignore_index, name)
+        t, valid = Fn._dense_target(target.reshape(B, C, -1), ignore_index, x.dtype)
+        v = None if valid is None else valid.to(x.dtype)
+        if kind == "bce":
+            pos_weight = Fn._as_vector(pix.pos_weight, x)
+            _checks.check_weight_length(pos_weight, C, "pos_weight", type(pix).__name__)
+            smoothing, alpha, gamma = pix.label_smoothing, None, 2.0
+        else:
+            pos_weight, smoothing, alpha, gamma = None, 0.0, pix.alpha, pix.gamma
+        pixel, inter, psum, tsum = _SigmoidDiceFn.apply(
+            x, t, v, pos_weight, smoothing, alpha, gamma, getattr(region, "squared_pred", False), kind
+        )
+        count = torch.full_like(tsum, x.shape[2]) if v is None else v.sum(-1)
+    if not region.per_image:
+        inter, psum, tsum, count = inter.sum(0), psum.sum(0), tsum.sum(0), count.sum(0)
+    region_loss = Fn.overlap_loss_from_sums(
+        inter,
+        psum,
+        tsum,
+        count,
+        kind=region.kind,
+        smooth=region.smooth,
+        alpha=getattr(region, "alpha", 0.5),
+        beta=getattr(region, "beta", 0.5),
+        gamma=getattr(region, "gamma", 1.0),
+        log_loss=region.log_loss,
+        class_weights=region.class_weights,
+        include_background=region.include_background,
+        empty_class=region.empty_class,
+        sync_dist=region.sync_dist,
+    )
+    return region_loss, pixel
