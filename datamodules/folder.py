@@ -1,0 +1,303 @@
+"""Your own data: a folder of images and masks matched by file stem.
+
+Layouts (``root`` = ``data.root``)::
+
+    root/images/<stem>.<ext>   root/masks/<stem>.<ext>           split by val_fraction (seeded)
+    root/train/images/ ...     root/train/masks/ ...             split by the subfolders
+    root/val/images/ ...       root/val/masks/ ...
+
+``<ext>`` is png, jpg/jpeg or tif/tiff (any case). Images may be grayscale, RGB(A) or palette;
+they always become 3-channel uint8 (16-bit images are scaled to 8 bits).
+
+Masks per task:
+
+* binary: one channel holding 0/1 or 0/255 (0/65535 in 16-bit files); or an RGB mask with a
+  two-colour ``palette`` (background, foreground).
+* multiclass: an index mask with values ``0 .. num_classes-1`` (8- or 16-bit grayscale, or a
+  'P'-mode palette PNG, whose pixel values are the indices); or an RGB colour mask with
+  ``palette`` = the RGB colour of each class, ``palette[k]`` for class ``k``. ``ignore_index``
+  (e.g. 255) may additionally appear and is passed through for the loss to ignore.
+* multilabel: one binary mask per class, ``masks/<stem>_<k>.<ext>`` for ``k = 0 .. num_classes-1``
+  (0/1 or 0/255 each); the channels may overlap.
+
+Masks should be lossless (PNG/TIF): a JPEG mask blurs class borders into values that fit no class.
+
+Every image must have its mask(s): setup() checks that for all files (fast, no reading). Values
+and sizes are checked when a sample is read, naming the file; ``validate=True`` reads all
+pairs in setup() to find every problem before training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .base import SegmentationDataModule, SegmentationDataset
+from .masks import binary_values, index_values, mask_dtype, palette_to_index
+from .transforms import TransformSpec
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+Pair = tuple[Path, tuple[Path, ...]]
+
+
+def _open(path: Path) -> Image.Image:
+    """Open and fully decode an image file; ValueError naming the file when that fails."""
+    try:
+        image = Image.open(path)
+        image.load()  # decoding happens here: a truncated file fails now, not in a transform
+    except Exception as e:  # PIL raises OSError, SyntaxError, zlib.error... depending on format
+        raise ValueError(f"Cannot read {path}: {type(e).__name__}: {e} (is the file truncated or not an image?)") from e
+    return image
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as uint8 ``[H, W, 3]`` (grayscale is repeated, alpha dropped, 16-bit scaled)."""
+    image = _open(path)
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+        a = np.asarray(image).astype(np.float32)
+        if image.mode == "F" and a.max() <= 1.0:
+            a = a * 255.0
+        elif a.max() > 255:
+            a = a / 257.0  # 0..65535 -> 0..255
+        gray = np.clip(np.round(a), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.array(image.convert("RGB"))  # a copy: writable, as torch.from_numpy wants
+
+
+def read_mask(
+    path: Path,
+    task: str,
+    num_classes: int,
+    palette: Sequence[Sequence[int]] | None = None,
+    ignore_index: int | None = None,
+) -> np.ndarray:
+    """Read one mask file as ``[H, W]`` class indices (binary: 0/1), checking its values.
+
+    Args:
+        path: the mask file.
+        task: ``binary`` | ``multiclass`` | ``multilabel`` (a multilabel file is one binary channel).
+        num_classes: number of classes (multiclass) -- values must be below it.
+        palette: ``palette[k]`` = RGB colour of class k, for RGB colour masks.
+        ignore_index: multiclass only: a further allowed value, passed through unchanged.
+
+    Raises:
+        ValueError: naming ``path``: unreadable file, colour mask without palette, values that fit no class.
+    """
+    image = _open(path)
+    mode = image.mode
+    sixteen_bit = mode in _SIXTEEN_BIT_MODES
+    if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        rgb = np.asarray(image.convert("RGB"))
+        if palette is not None:
+            mask = palette_to_index(rgb, palette, str(path))
+        elif (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+            mask = rgb[..., 0]  # a gray mask saved as RGB
+        else:
+            raise ValueError(
+                f"Mask {path} is a colour (RGB) image: give data.palette (a list of [r, g, b], "
+                "palette[k] = colour of class k) or save masks as single-channel index images."
+            )
+    elif mode == "LA":
+        mask = np.asarray(image.getchannel("L"))
+    elif mode == "F":
+        raise ValueError(f"Mask {path} is a floating-point image: save masks as 8- or 16-bit integer images.")
+    else:  # "1", "L", "P" (pixel values are the indices), 16-bit
+        mask = np.array(image)
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8)
+    if task == "multiclass":
+        return index_values(mask, str(path), num_classes, ignore_index).astype(
+            mask_dtype(task, num_classes, ignore_index), copy=False
+        )
+    if palette is not None and mode in ("RGB", "RGBA"):
+        return binary_values(mask, str(path))  # palette indices 0/1
+    return binary_values(mask, str(path), bit_depth_max=65535 if sixteen_bit else 255)
+
+
+def _index_files(folder: Path, what: str) -> dict[str, Path]:
+    """Map stem -> file for the image files in ``folder``; errors on a missing folder or duplicate stems."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder {folder} does not exist")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in EXTENSIONS and not path.name.startswith("."):
+            if path.stem in files:
+                raise ValueError(
+                    f"Two {what.lower()} files share the stem '{path.stem}': {files[path.stem]} and {path}; "
+                    "keep one (files are matched by stem)."
+                )
+            files[path.stem] = path
+    return files
+
+
+def find_pairs(images_dir: Path, masks_dir: Path, task: str, num_classes: int) -> list[Pair]:
+    """Match every image in ``images_dir`` with its mask(s) in ``masks_dir`` by file stem.
+
+    Returns:
+        ``[(image_path, (mask_path, ...)), ...]`` sorted by stem; one mask per image, or
+        ``num_classes`` masks ``<stem>_<k>`` per image for multilabel.
+
+    Raises:
+        FileNotFoundError: a missing folder, no images, an image without its mask (named).
+    """
+    images = _index_files(images_dir, "Images")
+    if not images:
+        raise FileNotFoundError(f"No images ({', '.join(EXTENSIONS)}) in {images_dir}")
+    masks = _index_files(masks_dir, "Masks")
+    pairs: list[Pair] = []
+    missing: list[str] = []
+    for stem, image_path in images.items():
+        keys = [f"{stem}_{k}" for k in range(num_classes)] if task == "multilabel" else [stem]
+        absent = [k for k in keys if k not in masks]
+        if absent:
+            missing.append(f"{image_path} (expected {masks_dir / absent[0]}.png or .jpg/.tif)")
+            continue
+        pairs.append((image_path, tuple(masks[k] for k in keys)))
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        layout = " (multilabel: one mask <stem>_<k> per class k)" if task == "multilabel" else ""
+        raise FileNotFoundError(f"No mask for image {missing[0]}{more}{layout}")
+    return pairs
+
+
+class _FileSource:
+    """Picklable sample source reading image/mask files (DataLoader workers call it)."""
+
+    def __init__(self, pairs: list[Pair], task: str, num_classes: int, palette, ignore_index) -> None:
+        self.pairs, self.task, self.num_classes = pairs, task, num_classes
+        self.palette, self.ignore_index = palette, ignore_index
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        image_path, mask_paths = self.pairs[index]
+        image = read_image(image_path)
+        channels = [read_mask(p, self.task, self.num_classes, self.palette, self.ignore_index) for p in mask_paths]
+        for path, m in zip(mask_paths, channels):
+            if m.shape[:2] != image.shape[:2]:
+                raise ValueError(
+                    f"Size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but "
+                    f"mask {path} is {m.shape[1]}x{m.shape[0]}; a mask must have its image's size."
+                )
+        mask = np.stack(channels, axis=-1) if self.task == "multilabel" else channels[0]
+        return image, mask, image_path.stem
+
+
+class FolderDataModule(SegmentationDataModule):
+    """Images and masks from a folder, matched by file stem (layouts and mask formats: module doc).
+
+    Args:
+        root: the dataset folder (``images/`` + ``masks/``, or ``train/`` + ``val/`` each holding both).
+        task: ``binary`` | ``multiclass`` | ``multilabel``.
+        num_classes: 1 for binary; classes incl. background (0) for multiclass; channels for multilabel.
+        image_size: side the default pipelines resize to (used by the config's transforms).
+        val_fraction: share of ``root/images`` held out for validation (ignored with train/ + val/).
+        seed: seed of the split and of the augmentation stream.
+        palette: for RGB colour masks, ``palette[k] = [r, g, b]`` of class k (binary: 2 colours).
+        ignore_index: multiclass only: a mask value meaning "not labelled" (e.g. 255), passed through.
+        validate: read every pair in setup() and check sizes and values (slower; for small datasets).
+        batch_size, num_workers, pin_memory, persistent_workers, drop_last, train_transforms,
+        val_transforms: see :class:`~datamodules.base.SegmentationDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        task: str = "binary",
+        num_classes: int = 1,
+        image_size: int = 256,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        palette: Sequence[Sequence[int]] | None = None,
+        ignore_index: int | None = None,
+        validate: bool = False,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        drop_last: bool = False,
+        train_transforms: TransformSpec = None,
+        val_transforms: TransformSpec = None,
+    ) -> None:
+        super().__init__(
+            task, num_classes, batch_size, num_workers, pin_memory, persistent_workers, drop_last, seed,
+            train_transforms, val_transforms,
+        )
+        if root is None or str(root) in ("", "???"):
+            raise ValueError("data.root is not set: pass data.root=/path/to/dataset (holding images/ and masks/)")
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.root = Path(root).expanduser()
+        self.image_size = int(image_size)
+        self.val_fraction = float(val_fraction)
+        self.palette = self._check_palette(palette)
+        if ignore_index is not None and task != "multiclass":
+            raise ValueError(f"ignore_index is for task=multiclass only (task={task})")
+        if ignore_index is not None and 0 <= int(ignore_index) < num_classes:
+            raise ValueError(f"ignore_index={ignore_index} is a class index (num_classes={num_classes}); use e.g. 255")
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.validate = bool(validate)
+        self.train_pairs: list[Pair] = []
+        self.val_pairs: list[Pair] = []
+
+    def _check_palette(self, palette):
+        if palette is None:
+            return None
+        if self.task == "multilabel":
+            raise ValueError("data.palette is for binary/multiclass colour masks; multilabel uses one mask per class")
+        colors = [tuple(int(c) for c in color) for color in palette]
+        expected = 2 if self.task == "binary" else self.num_classes
+        if any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colors):
+            raise ValueError(f"data.palette must be a list of [r, g, b] colours in 0..255, got {palette}")
+        if len(colors) != expected:
+            raise ValueError(
+                f"data.palette has {len(colors)} colours but task={self.task} needs {expected} "
+                "(palette[k] = colour of class k; binary: [background, foreground])"
+            )
+        if len(set(colors)) != len(colors):
+            raise ValueError(f"data.palette repeats a colour: {colors}")
+        return colors
+
+    def _split(self) -> tuple[list[Pair], list[Pair]]:
+        root = self.root
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.root {root} does not exist (or is not a folder)")
+        if (root / "train").is_dir():
+            if not (root / "val").is_dir():
+                raise FileNotFoundError(f"{root} has train/ but no val/: add {root / 'val'} (images/ + masks/)")
+            train = find_pairs(root / "train" / "images", root / "train" / "masks", self.task, self.num_classes)
+            val = find_pairs(root / "val" / "images", root / "val" / "masks", self.task, self.num_classes)
+            return train, val
+        if not (root / "images").is_dir():
+            raise FileNotFoundError(
+                f"{root} holds neither images/ + masks/ nor train/ + val/ subfolders (each with images/ + masks/)"
+            )
+        pairs = find_pairs(root / "images", root / "masks", self.task, self.num_classes)
+        n_val = int(round(len(pairs) * self.val_fraction))
+        if self.val_fraction > 0:
+            n_val = max(n_val, 1)
+        if len(pairs) - n_val < 1:
+            raise ValueError(
+                f"{root / 'images'} holds {len(pairs)} image(s): too few for val_fraction={self.val_fraction}"
+            )
+        order = np.random.default_rng(self.seed).permutation(len(pairs))
+        val_idx = set(order[:n_val].tolist())
+        train = [p for i, p in enumerate(pairs) if i not in val_idx]
+        val = [p for i, p in enumerate(pairs) if i in val_idx]
+        return train, val
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.train_pairs, self.val_pairs = self._split()
+        args = (self.task, self.num_classes, self.palette, self.ignore_index)
+        train, val = _FileSource(self.train_pairs, *args), _FileSource(self.val_pairs, *args)
+        if self.validate:
+            for source in (train, val):
+                for i in range(len(source.pairs)):
+                    source(i)
+        self.train_set = SegmentationDataset(train, len(self.train_pairs), self.train_transform, self.task)
+        self.val_set = SegmentationDataset(val, len(self.val_pairs), self.val_transform, self.task)
