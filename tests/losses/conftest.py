@@ -1,48 +1,6 @@
-"""Shared helpers for the seglosses unit tests: random logits/targets for each mode."""
-
-from __future__ import annotations
+"""Fixtures for the seglosses unit tests (helpers live in _loss_cases.py)."""
 
 import pytest
-import torch
-
-MODES = ("binary", "multiclass", "multilabel")
-IGNORE = 255
-
-
-def make_case(
-    mode: str,
-    spatial=(6, 7),
-    batch: int = 2,
-    classes: int = 3,
-    ignore: bool = False,
-    dtype=torch.float64,
-    seed: int = 0,
-):
-    """Logits ``[B, C, *spatial]`` and a target for ``mode`` in which every class occurs.
-
-    With ``ignore`` about a fifth of the pixels (away from the class-forcing ones) carry
-    ``IGNORE``. Binary uses ``C = 1``.
-    """
-    g = torch.Generator().manual_seed(seed)
-    c = 1 if mode == "binary" else classes
-    logits = (2 * torch.randn(batch, c, *spatial, generator=g)).to(dtype)
-    if mode == "multiclass":
-        target = torch.randint(0, c, (batch, *spatial), generator=g)
-        flat = target.view(batch, -1)
-        flat[0, :c] = torch.arange(c)  # every class present
-        if ignore:
-            drop = torch.rand(flat.shape, generator=g) < 0.2
-            drop[0, :c] = False
-            flat[drop] = IGNORE
-    else:
-        target = (torch.rand(batch, c, *spatial, generator=g) > 0.5).to(dtype)
-        flat = target.view(batch, c, -1)
-        flat[0, :, 0] = 1.0  # every class present
-        if ignore:
-            drop = torch.rand(flat.shape, generator=g) < 0.2
-            drop[0, :, 0] = False
-            flat[drop] = IGNORE
-    return logits, target
 
 
 @pytest.fixture(autouse=True)
