@@ -1,0 +1,88 @@
+"""scripts/summarize_sweep.py: on hand-made job folders (every branch, fast) and on a real tiny
+multirun (the one tests/test_sweep.py builds; shared through the session cache)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("summarize_sweep", ROOT / "scripts" / "summarize_sweep.py")
+summarize_sweep = importlib.util.module_from_spec(_spec)
+sys.modules["summarize_sweep"] = summarize_sweep  # dataclasses look their module up there
+_spec.loader.exec_module(summarize_sweep)
+
+METRICS_HEADER = ["epoch", "step", "train/loss", "val/dice", "val/iou", "val/loss"]
+
+
+def _job(root: Path, name: str, overrides: list[str], val_rows=None, failure=None, monitor=("val/dice", "max")):
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    cfg = {"callbacks": {"model_checkpoint": {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                              "monitor": monitor[0], "mode": monitor[1]}}}
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if val_rows is not None:
+        (job / "csv" / "version_0").mkdir(parents=True)
+        with open(job / "csv" / "version_0" / "metrics.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(METRICS_HEADER)
+            for epoch, (dice, iou, loss) in enumerate(val_rows):
+                w.writerow([epoch, epoch * 10 + 9, 0.5, "", "", ""])  # a training row: no val values
+                w.writerow([epoch, epoch * 10 + 9, "", dice, iou, loss])
+    if failure is not None:
+        (job / "failure.yaml").write_text(yaml.safe_dump(failure))
+    return job
+
+
+@pytest.fixture()
+def fake_multirun(tmp_path):
+    root = tmp_path / "multirun"
+    common = ["data.image_size=32", "trainer.max_epochs=2"]
+    _job(root, "0", ["loss=bce", *common], val_rows=[(0.60, 0.45, 0.7), (0.70, 0.55, 0.6)])
+    _job(root, "1", ["loss=dice", *common], val_rows=[(0.80, 0.66, 0.3), (0.75, 0.60, 0.35)])
+    _job(root, "2", ["loss=ce", *common], failure={"status": "failed", "error_type": "ValueError",
+                                                   "message": "loss ce cannot serve task binary"})
+    _job(root, "10", ["loss=focal", *common])  # started, never logged validation
+    return root
+
+
+def test_summary_of_hand_made_jobs(fake_multirun, tmp_path):
+    out = tmp_path / "report"
+    paths = summarize_sweep.summarize(fake_multirun, out)
+    md = paths["md"].read_text()
+    assert "sorted by val/dice (max)" in md  # monitor read from the jobs' checkpoint config
+    assert "`data.image_size=32`" in md  # shared overrides listed once, not as columns
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| job | status | loss | best_epoch | val/dice |")
+    # Best first (dice 0.80 at epoch 0 beats bce's 0.70 at epoch 1), failures after, in job order.
+    assert [ln.split("|")[1].strip() for ln in lines[1:]] == ["1", "0", "2", "10"]
+    assert "| 1 | ok | dice | 0 | 0.8000 | 0.6600 | 0.3000 |" in md
+    assert "| 0 | ok | bce | 1 | 0.7000 | 0.5500 | 0.6000 |" in md
+    assert "failed" in lines[3] and "ValueError: loss ce cannot serve task binary" in lines[3]
+    assert "incomplete" in lines[4]
+
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert [r["job"] for r in rows] == ["1", "0", "2", "10"]
+    assert rows[0]["data.image_size"] == "32"  # the CSV keeps every override key
+    assert float(rows[0]["val/dice"]) == pytest.approx(0.80) and rows[2]["val/dice"] == ""
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
+
+
+def test_metric_and_mode_override(fake_multirun, tmp_path):
+    paths = summarize_sweep.summarize(fake_multirun, tmp_path, metric="val/loss", mode="min")
+    rows = list(csv.DictReader(open(paths["csv"])))
+    # min val/loss: dice's 0.30 (epoch 0), then bce's 0.60 (epoch 1).
+    assert [(r["job"], r["best_epoch"]) for r in rows[:2]] == [("1", "0"), ("0", "1")]
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert summarize_sweep.main([str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert summarize_sweep.main([str(tmp_path)]) == 2
+    assert "No job folders" in capsys.readouterr().err
