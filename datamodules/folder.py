@@ -92,7 +92,7 @@ def read_mask(
     mode = image.mode
     sixteen_bit = mode in _SIXTEEN_BIT_MODES
     if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-        rgb = np.asarray(image.convert("RGB"))
+        rgb = np.array(image.convert("RGB"))
         if palette is not None:
             mask = palette_to_index(rgb, palette, str(path))
         elif (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
@@ -103,7 +103,7 @@ def read_mask(
                 "palette[k] = colour of class k) or save masks as single-channel index images."
             )
     elif mode == "LA":
-        mask = np.asarray(image.getchannel("L"))
+        mask = np.array(image.getchannel("L"))
     elif mode == "F":
         raise ValueError(f"Mask {path} is a floating-point image: save masks as 8- or 16-bit integer images.")
     else:  # "1", "L", "P" (pixel values are the indices), 16-bit
