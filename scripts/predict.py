@@ -1,0 +1,184 @@
+"""Predict masks with a trained checkpoint: one mask PNG + one overlay PNG per image.
+
+    python scripts/predict.py ckpt_path=logs/runs/<run>/checkpoints/last.ckpt input=photos/ output=pred/
+
+Network, task and validation transforms come from the checkpoint (no training option to retype).
+Each image is resized by those transforms for the network, and its mask is written at the
+image's original size: ``<output>/masks/<stem>.png`` (formats: segtrain/inference.py) and
+``<output>/overlays/<stem>.png``. Images of different sizes can share a batch.
+
+Runs through ``Trainer.predict``: ``trainer.accelerator=gpu``, ``trainer.devices=4`` (DDP) work
+as in training. Each rank writes the masks of its own share of the images (a
+``BasePredictionWriter``), nothing is gathered in one process; Lightning's predict sampler
+gives every image to exactly one rank.
+
+Keys (``key=value``): ckpt_path, input, output, batch_size, num_workers, threshold, overlay,
+trainer.{accelerator,devices,strategy,precision}.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.callbacks import BasePredictionWriter  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from segtrain.inference import (  # noqa: E402
+    InferenceModel,
+    list_images,
+    load_inference_model,
+    logits_to_mask,
+    pad_batch,
+    parse_overrides,
+    preprocess,
+    read_image,
+    save_mask,
+    save_overlay,
+)
+
+
+@dataclass
+class TrainerArgs:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    precision: Any = "32-true"
+
+
+@dataclass
+class PredictArgs:
+    ckpt_path: Any = None  # a .ckpt written by train.py (required)
+    input: Any = None  # an image file or a folder of images (required)
+    output: str = "predictions"  # gets masks/ and overlays/
+    batch_size: int = 8
+    num_workers: int = 0
+    threshold: float = 0.5  # probability cut for binary / multilabel
+    overlay: bool = True
+    trainer: TrainerArgs = field(default_factory=TrainerArgs)
+
+
+class ImageFolderDataset(Dataset):
+    """Image files -> network inputs; keeps what is needed to write each mask back."""
+
+    def __init__(self, files: list[str], transform: Any) -> None:
+        self.files = files
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.files[index]
+        image = read_image(path)
+        return {"image": preprocess(image, self.transform), "path": path, "size": image.shape[:2]}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pad the images to a common, network-compatible size; remember each one's own sizes."""
+    images, sizes = pad_batch([it["image"] for it in items])
+    return {
+        "image": images,
+        "input_size": sizes,
+        "size": [tuple(it["size"]) for it in items],
+        "path": [it["path"] for it in items],
+    }
+
+
+class PredictModule(L.LightningModule):
+    """The trained network behind ``Trainer.predict``: logits -> masks at the original size."""
+
+    def __init__(self, model: InferenceModel, threshold: float) -> None:
+        super().__init__()
+        self.net = model.net
+        self.task = model.task
+        self.threshold = threshold
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        logits = self.net(batch["image"])
+        masks = [
+            logits_to_mask(logits[i, :, :h, :w], self.task, size, self.threshold).cpu().numpy()
+            for i, ((h, w), size) in enumerate(zip(batch["input_size"], batch["size"]))
+        ]
+        return {"masks": masks, "path": batch["path"]}
+
+
+class MaskWriter(BasePredictionWriter):
+    """Writes each batch's masks (and overlays) as soon as it is predicted, on the rank that predicted it.
+
+    Args:
+        output: folder receiving ``masks/`` and ``overlays/``.
+        task: decides the mask format.
+        num_classes: classes of the task (palette size).
+        overlay: also write the colour overlays.
+    """
+
+    def __init__(self, output: str, task: str, num_classes: int, overlay: bool = True) -> None:
+        super().__init__(write_interval="batch")
+        self.output = output
+        self.task = task
+        self.num_classes = num_classes
+        self.overlay = overlay
+        self.written: list[str] = []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        for mask, path in zip(prediction["masks"], prediction["path"]):
+            stem = os.path.splitext(os.path.basename(path))[0]
+            self.written += save_mask(mask, self.task, self.num_classes, os.path.join(self.output, "masks"), stem)
+            if self.overlay:
+                self.written.append(
+                    save_overlay(read_image(path), mask, self.task, self.num_classes, os.path.join(self.output, "overlays"), stem)
+                )
+
+
+def check_unique_stems(files: list[str]) -> None:
+    """Masks are named by stem: ``a.png`` and ``a.jpg`` would overwrite each other's mask."""
+    seen: dict[str, str] = {}
+    for f in files:
+        stem = os.path.splitext(os.path.basename(f))[0]
+        if stem in seen:
+            raise ValueError(
+                f"{seen[stem]} and {f} share the name {stem!r}, so their masks would overwrite each other. "
+                "Rename one, or predict them into different output folders."
+            )
+        seen[stem] = f
+
+
+def predict(args: Any) -> list[str]:
+    """Run the prediction described by ``args`` (a :class:`PredictArgs` config). Returns written files (rank 0's)."""
+    files = list_images(args.input)
+    check_unique_stems(files)
+    model = load_inference_model(args.ckpt_path)
+    loader = DataLoader(
+        ImageFolderDataset(files, model.transform),
+        batch_size=int(args.batch_size),
+        num_workers=int(args.num_workers),
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+    )
+    writer = MaskWriter(os.path.abspath(args.output), model.task, model.num_classes, bool(args.overlay))
+    trainer = L.Trainer(
+        **dict(args.trainer),
+        logger=False,
+        callbacks=[writer],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.predict(PredictModule(model, float(args.threshold)), dataloaders=loader, return_predictions=False)
+    if trainer.is_global_zero:
+        print(f"Wrote masks of {len(files)} image(s) to {os.path.join(os.path.abspath(args.output), 'masks')}")
+    return writer.written
+
+
+def main(argv: list[str] | None = None) -> None:
+    predict(parse_overrides(PredictArgs, sys.argv[1:] if argv is None else argv, required=("ckpt_path", "input")))
+
+
+if __name__ == "__main__":
+    main()

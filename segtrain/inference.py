@@ -1,0 +1,379 @@
+"""Use a trained checkpoint: rebuild network + task + validation transforms from it, predict masks.
+
+Everything comes from the checkpoint itself: ``checkpoint["config"]`` is the training run's
+resolved config (docs/ARCHITECTURE.md, "Checkpoints"), so the network (``config["model"]``), the
+task (``config["task"]``, ``config["num_classes"]``) and the validation pipeline
+(``config["data"]["val_transforms"]``, e.g. resize + normalise) are rebuilt without retyping
+any training option. ``checkpoint["state_dict"]`` holds the LightningModule's weights; the
+network's are those under ``net.``.
+
+Mask files written by :func:`save_mask` (one per image, at the image's original size):
+
+* ``binary``: 8-bit grayscale PNG, 0 = background, 255 = foreground (``sigmoid(logit) > threshold``);
+* ``multiclass``: 8-bit palette ("P") PNG whose pixel values are the class indices
+  ``0..num_classes-1`` (``argmax`` over the classes); the palette only colours them for viewing,
+  ``np.array(Image.open(f))`` gives the indices back;
+* ``multilabel``: one 0/255 PNG per label, ``<stem>_label<k>.png`` (labels overlap, so one index
+  image cannot hold them).
+
+These are also the mask formats the folder datamodule reads, so predictions can be corrected
+and trained on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+#: Image suffixes predict.py picks up in a folder (case-insensitive).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+#: smp encoders halve the resolution 5 times: inputs must be multiples of 32.
+SIZE_MULTIPLE = 32
+
+
+@dataclass
+class InferenceModel:
+    """What a checkpoint gives for inference.
+
+    Attributes:
+        net: the segmentation network (eval mode), logits ``[B, out_channels, H, W]``.
+        task: ``binary`` | ``multiclass`` | ``multilabel``.
+        num_classes: classes of the task (1 for binary).
+        transform: the validation pipeline (albumentations ``Compose`` ending in ``ToTensorV2``).
+        config: the training run's resolved config (plain dict).
+    """
+
+    net: nn.Module
+    task: str
+    num_classes: int
+    transform: Any
+    config: dict[str, Any]
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by the harness, with errors that say what is wrong.
+
+    Args:
+        path: a ``.ckpt`` file.
+        map_location: where tensors are loaded.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a checkpoint of this harness (unreadable, or without ``config``/``state_dict``).
+    """
+    from .resume import check_checkpoint_file
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"ckpt_path={path} does not exist. Give a checkpoint of a training run, e.g. "
+            "<run folder>/checkpoints/last.ckpt (or a best-*.ckpt next to it)."
+        )
+    check_checkpoint_file(path)
+    # weights_only=False: the checkpoint holds the run config and loop state besides tensors;
+    # only load checkpoints you trust (they are pickles).
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict). Give a .ckpt written by train.py.")
+    if not isinstance(checkpoint.get("config"), Mapping):
+        raise ValueError(
+            f"{path} has no 'config' entry, so the network and transforms cannot be rebuilt from it. "
+            "Use a checkpoint written by train.py of this project (it stores the resolved run config)."
+        )
+    return checkpoint
+
+
+def network_state(state_dict: Mapping[str, torch.Tensor], prefix: str = "net.") -> dict[str, torch.Tensor]:
+    """The network's weights out of the LightningModule's ``state_dict`` (keys under ``net.``)."""
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def build_network(config: Mapping[str, Any]) -> nn.Module:
+    """Instantiate the (untrained) network described by ``config["model"]``."""
+    from hydra.utils import instantiate
+
+    return instantiate(dict(config["model"]))
+
+
+def build_val_transform(config: Mapping[str, Any]) -> Any:
+    """The training run's validation pipeline (resize, normalise ..., then ToTensorV2)."""
+    from datamodules.transforms import build_transforms
+
+    data = config.get("data") or {}
+    return build_transforms(data.get("val_transforms"), seed=0)
+
+
+def load_inference_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> InferenceModel:
+    """Rebuild network (with its trained weights), task and validation transforms from a checkpoint.
+
+    Args:
+        path: checkpoint written by ``train.py``.
+        device: where the network is put.
+    """
+    checkpoint = load_checkpoint(path)
+    config = dict(checkpoint["config"])
+    net = build_network(config)
+    net.load_state_dict(network_state(checkpoint["state_dict"]))
+    net.eval().to(device)
+    return InferenceModel(
+        net=net,
+        task=str(config["task"]),
+        num_classes=int(config["num_classes"]),
+        transform=build_val_transform(config),
+        config=config,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# images in
+# --------------------------------------------------------------------------------------------
+
+
+def list_images(input_path: str | os.PathLike) -> list[str]:
+    """The image files to predict: ``input_path`` itself, or the images directly inside the folder.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or the folder holds no image file.
+        ValueError: a single file that is not an image.
+    """
+    path = os.path.abspath(os.fspath(input_path))
+    if os.path.isfile(path):
+        if not path.lower().endswith(IMAGE_SUFFIXES):
+            raise ValueError(
+                f"input={input_path} is not an image file (expected one of {', '.join(IMAGE_SUFFIXES)}); "
+                "give an image or a folder of images."
+            )
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"input={input_path} does not exist. Give an image file or a folder of images.")
+    files = sorted(
+        os.path.join(path, f)
+        for f in os.listdir(path)
+        if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(path, f))
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"input={input_path} holds no image files ({', '.join(IMAGE_SUFFIXES)}); sub-folders are not "
+            "searched. Point input at the folder that contains the images."
+        )
+    return files
+
+
+def read_image(path: str) -> np.ndarray:
+    """An image file as uint8 RGB ``[H, W, 3]``, the way the datamodules feed the network.
+
+    Grayscale is repeated to 3 channels, alpha dropped, 16-bit scaled to 8 bits.
+
+    Raises:
+        ValueError: the file cannot be decoded (naming it).
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+                img = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            rgb = img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"Cannot read image {path} ({err}); it is truncated or not an image. Remove or re-export it.") from err
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def preprocess(image: np.ndarray, transform: Any) -> torch.Tensor:
+    """Apply the validation pipeline: uint8 ``[H, W, 3]`` -> float32 ``[3, h, w]``."""
+    return transform(image=image)["image"].float()
+
+
+def pad_batch(images: Sequence[torch.Tensor], multiple: int = SIZE_MULTIPLE) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Stack images of possibly different sizes into one batch, zero-padded at the bottom/right.
+
+    The padded size is the largest height/width in the batch rounded up to ``multiple`` (the
+    network's total downsampling), so any pipeline -- with or without a Resize -- can be batched.
+
+    Returns:
+        ``(batch [B, 3, H, W], sizes)`` with each image's unpadded ``(h, w)``, to crop the logits.
+    """
+    sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in images]
+    height = -(-max(h for h, _ in sizes) // multiple) * multiple
+    width = -(-max(w for _, w in sizes) // multiple) * multiple
+    batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+    for i, t in enumerate(images):
+        batch[i, :, : t.shape[-2], : t.shape[-1]] = t
+    return batch, sizes
+
+
+# --------------------------------------------------------------------------------------------
+# masks out
+# --------------------------------------------------------------------------------------------
+
+
+def logits_to_mask(logits: torch.Tensor, task: str, size: tuple[int, int], threshold: float = 0.5) -> torch.Tensor:
+    """One image's logits -> its mask at the original image size.
+
+    The logits (not the hard mask) are resized -- bilinear -- so edges stay smooth when the
+    network saw a downscaled image.
+
+    Args:
+        logits: ``[C, h, w]`` for one image, cropped to the unpadded input.
+        task: ``binary`` | ``multiclass`` | ``multilabel``.
+        size: original ``(H, W)``.
+        threshold: probability above which a pixel is foreground (binary, multilabel).
+
+    Returns:
+        uint8 ``[H, W]``: 0/255 (binary) or class indices (multiclass); ``[C, H, W]`` 0/255 (multilabel).
+    """
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+    if task == "multiclass":
+        return logits.argmax(0).to(torch.uint8)
+    fg = torch.sigmoid(logits) > threshold
+    mask = fg.to(torch.uint8) * 255
+    return mask[0] if task == "binary" else mask
+
+
+def palette(num_colors: int) -> np.ndarray:
+    """Distinct RGB colours, ``[num_colors, 3]`` uint8; colour 0 (background) is black."""
+    base = np.array(
+        [
+            (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+            (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+        ],
+        dtype=np.uint8,
+    )
+    if num_colors <= len(base):
+        return base[:num_colors]
+    # Beyond the hand-picked set: evenly spread hues, enough for any class count.
+    import colorsys
+
+    extra = [
+        tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.8, 0.95))
+        for i in range(num_colors - len(base))
+    ]
+    return np.concatenate([base, np.array(extra, dtype=np.uint8)])
+
+
+def save_mask(mask: np.ndarray, task: str, num_classes: int, folder: str, stem: str) -> list[str]:
+    """Write one image's mask as PNG(s) (formats in the module docstring). Returns the paths."""
+    os.makedirs(folder, exist_ok=True)
+    if task == "multilabel":
+        paths = []
+        for k in range(mask.shape[0]):
+            paths.append(os.path.join(folder, f"{stem}_label{k}.png"))
+            _save_png(Image.fromarray(np.ascontiguousarray(mask[k])), paths[-1])
+        return paths
+    path = os.path.join(folder, f"{stem}.png")
+    if task == "multiclass":
+        img = Image.fromarray(mask)  # uint8 [H, W] -> mode "L"; putpalette turns it into "P", values kept
+        img.putpalette(palette(max(num_classes, 2)).reshape(-1).tolist())
+    else:
+        img = Image.fromarray(mask)
+    _save_png(img, path)
+    return [path]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, alpha: float = 0.5) -> np.ndarray:
+    """The image with the predicted classes blended in colour (background left as is).
+
+    Args:
+        image: uint8 RGB ``[H, W, 3]`` at the original size.
+        mask: as returned by :func:`logits_to_mask`.
+        task: decides how ``mask`` is read.
+        num_classes: classes of the task.
+        alpha: opacity of the colour.
+
+    Returns:
+        uint8 RGB ``[H, W, 3]``.
+    """
+    colors = palette(num_classes + 1).astype(np.float32)
+    out = image.astype(np.float32)
+    if task == "binary":
+        layers = [(mask > 0, colors[1])]
+    elif task == "multiclass":
+        layers = [(mask == k, colors[k]) for k in range(1, num_classes)]
+    else:  # multilabel: label k gets colour k + 1 (colour 0 is background black)
+        layers = [(mask[k] > 0, colors[k + 1]) for k in range(mask.shape[0])]
+    for where, color in layers:
+        out[where] = (1.0 - alpha) * out[where] + alpha * color
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def save_overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, folder: str, stem: str) -> str:
+    """Write :func:`overlay` as ``<folder>/<stem>.png``; returns the path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{stem}.png")
+    _save_png(Image.fromarray(overlay(image, mask, task, num_classes)), path)
+    return path
+
+
+def _save_png(img: Image.Image, path: str) -> None:
+    # Write-then-rename: under DDP or a re-run, a reader never sees half a PNG.
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def predict_images(model: InferenceModel, images: Sequence[np.ndarray], threshold: float = 0.5) -> list[np.ndarray]:
+    """Masks for a list of uint8 RGB images in one batch (the in-process API; predict.py batches via Lightning).
+
+    Returns:
+        One mask per image at its original size (see :func:`logits_to_mask`).
+    """
+    device = next(model.net.parameters()).device
+    tensors = [preprocess(img, model.transform) for img in images]
+    batch, sizes = pad_batch(tensors)
+    logits = model.net(batch.to(device))
+    return [
+        logits_to_mask(logits[i, :, :h, :w], model.task, img.shape[:2], threshold).cpu().numpy()
+        for i, ((h, w), img) in enumerate(zip(sizes, images))
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# command line of scripts/predict.py and scripts/export.py
+# --------------------------------------------------------------------------------------------
+
+
+def parse_overrides(schema: Any, argv: Sequence[str], required: Sequence[str] = ("ckpt_path",)) -> Any:
+    """Hydra-style ``key=value`` arguments merged onto a dataclass of defaults.
+
+    Args:
+        schema: a dataclass (type) whose fields are the accepted keys and their defaults.
+        argv: the arguments (``sys.argv[1:]``); nested keys as ``trainer.devices=2``.
+        required: keys that must be given (their default is ``None``).
+
+    Returns:
+        An ``omegaconf`` config with the schema's types checked.
+
+    Raises:
+        ValueError: an argument without ``=``, an unknown key, a wrongly typed value or a
+            missing required key -- naming it and listing the accepted keys.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    base = OmegaConf.structured(schema)
+    keys = ", ".join(f"{k}=" for k in base)
+    for arg in argv:
+        if "=" not in arg:
+            raise ValueError(f"Argument {arg!r} is not key=value. Accepted keys: {keys}")
+    try:
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(list(argv)))
+    except OmegaConfBaseException as err:
+        raise ValueError(f"Bad argument: {str(err).splitlines()[0]}. Accepted keys: {keys}") from None
+    for key in required:
+        if cfg.get(key) in (None, ""):
+            raise ValueError(f"{key}=... is required. Accepted keys: {keys}")
+    return cfg
