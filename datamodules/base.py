@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .masks import check_task, encode_mask
-from .transforms import TransformSpec, build_transforms, seed_worker_transforms
+from .transforms import TransformSpec, build_transforms, default_transforms, init_worker
 
 # A sample source returns (image uint8 [H, W, 3], mask [H, W] or [H, W, C], name).
 SampleFn = Callable[[int], tuple[np.ndarray, np.ndarray, str]]
@@ -49,20 +49,24 @@ class SegmentationDataModule(L.LightningDataModule):
     Args:
         task: ``binary``, ``multiclass`` or ``multilabel``.
         num_classes: 1 for binary; classes incl. background for multiclass; channels for multilabel.
+        image_size: side of the square images the default pipelines resize to.
         batch_size: samples per batch (train and val).
         num_workers: DataLoader worker processes (0 loads in the training process).
         pin_memory: page-locked batches for faster host-to-GPU copies; ``None`` = when CUDA is available.
         persistent_workers: keep workers alive between epochs; ``None`` = when ``num_workers > 0``.
         drop_last: drop the last incomplete training batch.
         seed: seed of the split (folder) / generation (synthetic) and of the augmentation stream.
-        train_transforms: pipeline spec for training (see transforms.py).
-        val_transforms: pipeline spec for validation (resize + normalise, no randomness).
+        train_transforms: pipeline spec for training (see transforms.py); ``None`` = resize,
+            horizontal flip, normalise (:func:`~datamodules.transforms.default_transforms`); ``{}``
+            = no transform at all (images stay 0..255).
+        val_transforms: pipeline spec for validation; ``None`` = resize, normalise.
     """
 
     def __init__(
         self,
         task: str,
         num_classes: int,
+        image_size: int,
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool | None = None,
@@ -88,6 +92,13 @@ class SegmentationDataModule(L.LightningDataModule):
         )
         self.drop_last = bool(drop_last)
         self.seed = int(seed)
+        self.image_size = int(image_size)
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        if train_transforms is None:
+            train_transforms = default_transforms(self.image_size, train=True)
+        if val_transforms is None:
+            val_transforms = default_transforms(self.image_size, train=False)
         # Built now, so that a bad transform config fails at start-up rather than in a worker.
         self.train_transform = build_transforms(train_transforms, seed=self.seed)
         self.val_transform = build_transforms(val_transforms, seed=self.seed)
@@ -105,7 +116,7 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            worker_init_fn=seed_worker_transforms,
+            worker_init_fn=init_worker,
         )
 
     def train_dataloader(self) -> DataLoader:

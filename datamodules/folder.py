@@ -193,7 +193,7 @@ class FolderDataModule(SegmentationDataModule):
         root: the dataset folder (``images/`` + ``masks/``, or ``train/`` + ``val/`` each holding both).
         task: ``binary`` | ``multiclass`` | ``multilabel``.
         num_classes: 1 for binary; classes incl. background (0) for multiclass; channels for multilabel.
-        image_size: side the default pipelines resize to (used by the config's transforms).
+        image_size: side the default pipelines resize to (the yaml pipelines follow it as well).
         val_fraction: share of ``root/images`` held out for validation (ignored with train/ + val/).
         seed: seed of the split and of the augmentation stream.
         palette: for RGB colour masks, ``palette[k] = [r, g, b]`` of class k (binary: 2 colours).
@@ -223,7 +223,7 @@ class FolderDataModule(SegmentationDataModule):
         val_transforms: TransformSpec = None,
     ) -> None:
         super().__init__(
-            task, num_classes, batch_size, num_workers, pin_memory, persistent_workers, drop_last, seed,
+            task, num_classes, image_size, batch_size, num_workers, pin_memory, persistent_workers, drop_last, seed,
             train_transforms, val_transforms,
         )
         if root is None or str(root) in ("", "???"):
@@ -231,7 +231,6 @@ class FolderDataModule(SegmentationDataModule):
         if not 0.0 <= float(val_fraction) < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.root = Path(root).expanduser()
-        self.image_size = int(image_size)
         self.val_fraction = float(val_fraction)
         self.palette = self._check_palette(palette)
         if ignore_index is not None and task != "multiclass":

@@ -212,7 +212,7 @@ class SyntheticDataModule(SegmentationDataModule):
         val_transforms: TransformSpec = None,
     ) -> None:
         super().__init__(
-            task, num_classes, batch_size, num_workers, pin_memory, persistent_workers, drop_last, seed,
+            task, num_classes, image_size, batch_size, num_workers, pin_memory, persistent_workers, drop_last, seed,
             train_transforms, val_transforms,
         )
         kinds = num_classes - 1 if task == "multiclass" else num_classes
@@ -236,7 +236,6 @@ class SyntheticDataModule(SegmentationDataModule):
             raise ValueError(
                 f"num_samples={num_samples} with val_fraction={val_fraction} leaves no training sample"
             )
-        self.image_size = int(image_size)
         self.max_shapes = int(max_shapes)
         self.noise_std = float(noise_std)
         self.min_contrast = float(min_contrast)

@@ -64,7 +64,7 @@ def build_transforms(spec: TransformSpec, seed: int | None = None) -> A.Compose:
             only converts to tensors -- images stay uint8, so give at least a ``Normalize``).
         seed: seed of the Compose's own random generator (albumentations 2.0 ignores numpy's
             and Python's global seeds). ``None`` draws a fresh seed. DataLoader workers reseed
-            it per worker, see :func:`seed_worker_transforms`.
+            it per worker, see :func:`init_worker`.
 
     Returns:
         The composed pipeline; call it as ``pipeline(image=..., mask=...)``.
@@ -85,16 +85,33 @@ def build_transforms(spec: TransformSpec, seed: int | None = None) -> A.Compose:
     return A.Compose(transforms, seed=seed)
 
 
-def seed_worker_transforms(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker's pipeline its own random stream.
+def default_transforms(image_size: int, train: bool) -> dict[str, A.BasicTransform]:
+    """The pipeline used when a datamodule gets ``train_transforms=None`` / ``val_transforms=None``.
+
+    Train: Resize to ``image_size`` x ``image_size``, HorizontalFlip(p=0.5), Normalize (ImageNet
+    mean/std). Val: Resize, Normalize. The yaml configs spell out their own (richer) defaults.
+    """
+    pipeline: dict[str, A.BasicTransform] = {"resize": A.Resize(image_size, image_size)}
+    if train:
+        pipeline["hflip"] = A.HorizontalFlip(p=0.5)
+    pipeline["normalize"] = A.Normalize()
+    return pipeline
+
+
+def init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: own random stream per worker, single-threaded OpenCV.
 
     albumentations 2.0 keeps its random state inside the Compose, so forked workers would all
     inherit the same state and draw identical augmentation sequences. Torch gives each worker a
     distinct seed (``base_seed + worker_id``, ``base_seed`` new every epoch unless workers are
     persistent and derived from torch's global seed), which we hand to the pipeline.
+    OpenCV's own thread pool in every worker would oversubscribe the cores (torch already runs
+    workers single-threaded), so it is switched off there.
     """
+    import cv2
     import torch.utils.data
 
+    cv2.setNumThreads(0)
     info = torch.utils.data.get_worker_info()
     if info is None:
         return

@@ -303,3 +303,20 @@ def test_too_few_images_for_the_split(tmp_path):
     root = write(tmp_path, num_samples=1)
     with pytest.raises(ValueError, match="holds 1 image"):
         folder(root, val_fraction=0.5).setup("fit")
+
+
+def test_images_of_different_sizes_batch_with_the_default_pipelines(tmp_path):
+    # train_transforms / val_transforms = None: resize to image_size (+ flip) and normalise.
+    root = tmp_path / "sizes"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, (h, w) in enumerate([(20, 30), (41, 17), (32, 32), (50, 64)]):
+        image, mask = make_sample(0, i, 64, "binary", 1)
+        Image.fromarray(image[:h, :w]).save(root / "images" / f"s{i}.png")
+        Image.fromarray(mask[:h, :w] * 255).save(root / "masks" / f"s{i}.png")
+    dm = FolderDataModule(root, "binary", 1, image_size=24, batch_size=4, num_workers=0, val_fraction=0.25)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (3, 3, 24, 24) and batch["mask"].shape == (3, 1, 24, 24)
+    assert batch["image"].min() < 0  # normalised
+    assert [type(t).__name__ for t in dm.val_transform.transforms] == ["Resize", "Normalize", "ToTensorV2"]
