@@ -32,6 +32,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
+import contextlib
 from contextlib import contextmanager
 
 import torch
@@ -120,7 +121,8 @@ def startup_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         return [argv[0], *job_argv, f"hydra.job.name=train_ddp_process_{env['LOCAL_RANK']}"]
 
     world = external_world_size(env)
-    multirun = any(a in _MULTIRUN_FLAGS for a in argv[1:])
+    # -m, or a config group that turns multirun on by itself (conf/hparams_search sets hydra.mode).
+    multirun = any(a in _MULTIRUN_FLAGS or a.startswith("hparams_search=") for a in argv[1:])
     if multirun and world > 1:
         raise ValueError(
             f"This multirun (-m) was started in {world} processes by torchrun/srun: every process "
@@ -162,7 +164,7 @@ def job_argv(original_argv: Sequence[str]) -> list[str]:
 
     The job's own overrides (``hydra.overrides.task``: the sweep's fixed overrides plus this
     job's swept values), the primary-config flags of the original command line, its logging
-    overrides, and ``hydra.run.dir=<the job's folder> hydra.output_subdir=null``.
+    overrides, and ``hydra.run.dir=<the job's folder> hydra.output_subdir=null hydra.mode=RUN``.
     """
     from hydra.core.hydra_config import HydraConfig
 
@@ -177,7 +179,8 @@ def job_argv(original_argv: Sequence[str]) -> list[str]:
                 out.append(args[i + 1])
     out += [o for o in hc.overrides.hydra if o.startswith(_KEEP_HYDRA_PREFIXES)]
     out += list(hc.overrides.task)
-    out += [f"hydra.run.dir={json.dumps(str(hc.runtime.output_dir))}", "hydra.output_subdir=null"]
+    # hydra.mode=RUN: a config can switch multirun on by itself (hparams_search sets hydra.mode).
+    out += [f"hydra.run.dir={json.dumps(str(hc.runtime.output_dir))}", "hydra.output_subdir=null", "hydra.mode=RUN"]
     return out
 
 
@@ -194,17 +197,72 @@ def _uses_script_relaunch(trainer) -> bool:
     )
 
 
+class _SiblingObserver:
+    """Replaces Lightning's child-process observer for the DDP children of a multirun job.
+
+    Lightning's observer SIGKILLs the *main* process as soon as a child exits non-zero: inside
+    a multirun the main process is the whole sweep, so one failing rank would end the sweep.
+    This one only kills the remaining children; the job's own process (rank 0) then fails in
+    its next collective (gloo at once, NCCL after the process-group timeout) or by itself, and
+    the sweep records that job as failed (segtrain/sweep.py) and goes on.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.stopped = threading.Event()
+        self.failures: list[tuple[int, int]] = []  # (local rank, exit code)
+        self.children: list = []
+
+    def __call__(self, child_processes) -> None:
+        import threading
+
+        self.children = child_processes
+
+        def watch() -> None:
+            while not self.stopped.wait(1.0):
+                codes = [p.poll() for p in child_processes]
+                if all(c == 0 for c in codes):
+                    return
+                failed = [(rank, c) for rank, c in enumerate(codes, start=1) if c not in (None, 0)]
+                if failed:
+                    self.failures = failed
+                    log.error("DDP child rank(s) failed (local rank, exit code): %s; stopping the others", failed)
+                    for p in child_processes:
+                        if p.poll() is None:
+                            p.kill()
+                    return
+
+        threading.Thread(target=watch, daemon=True, name="segtrain-ddp-children").start()
+
+    def reap(self, timeout: float = 60.0) -> None:
+        """Stop watching; give the children ``timeout`` seconds to exit, then kill them."""
+        import subprocess
+
+        self.stopped.set()
+        for p in self.children:
+            try:
+                p.wait(timeout=max(timeout, 0.01))
+            except subprocess.TimeoutExpired:
+                log.warning("DDP child %s still running after the job; killing it", p.pid)
+                p.kill()
+                p.wait()
+
+
 @contextmanager
 def multirun_ddp_scope(trainer, original_argv: Sequence[str] | None = None) -> Iterator[None]:
     """Wrap ``trainer.fit/validate/test`` of a multirun job so that DDP works inside the sweep.
 
     Outside a multirun it does nothing. Inside one, when the trainer will re-launch the script,
-    it publishes :func:`job_argv` in :data:`RELAUNCH_ENV` for the children; on exit it restores
+    it publishes :func:`job_argv` in :data:`RELAUNCH_ENV` for the children and swaps Lightning's
+    child observer (which would SIGKILL the sweep when a rank fails) for
+    :class:`_SiblingObserver`; on exit it restores
     every environment variable changed inside the scope and destroys the process group, so the
     next job of the sweep starts from a clean process.
 
     Args:
-        trainer: the ``lightning.Trainer`` of this job.
+        trainer: the ``lightning.Trainer`` of this job. Wrap *all* its calls (fit, then test):
+            Lightning starts the children once per Trainer, on the first call.
         original_argv: the command line of the sweep (default ``sys.argv``).
     """
     if not is_multirun():
@@ -212,13 +270,26 @@ def multirun_ddp_scope(trainer, original_argv: Sequence[str] | None = None) -> I
         return
     import sys
 
+    from unittest import mock
+
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
     before = dict(os.environ)
+    observer = _SiblingObserver()
+    patch = contextlib.nullcontext()
     if _uses_script_relaunch(trainer):
         os.environ[RELAUNCH_ENV] = json.dumps(job_argv(sys.argv if original_argv is None else original_argv))
+        patch = mock.patch.object(subprocess_script, "_launch_process_observer", observer)
         log.info("DDP inside a multirun: ranks > 0 re-run this job's own overrides")
     try:
-        yield
+        with patch:
+            yield
+    except BaseException:
+        # Rank 0 failed: Lightning leaves the children waiting in a collective for it; stop them now.
+        observer.reap(timeout=0)
+        raise
     finally:
+        observer.reap()
         for key in set(os.environ) - set(before):
             del os.environ[key]
         for key, value in before.items():
