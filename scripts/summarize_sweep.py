@@ -14,8 +14,8 @@ multirun folder):
 - ``summary.csv`` -- the same rows, one column per override key and metric,
 - ``summary.png`` -- best monitored value per job (bars) and its validation curve per epoch.
 
-The monitored metric and its direction default to the ones in the jobs' config (the
-``monitor``/``mode`` of a checkpoint callback, or a top-level ``monitor``), else val/dice, max.
+The monitored metric and its direction default to the ones in the jobs' config (top-level
+``monitor``/``monitor_mode``, else a checkpoint callback's ``monitor``/``mode``), else val/dice, max.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def parse_overrides(lines: list[str]) -> dict[str, str]:
 
 def monitor_from_config(cfg: dict[str, Any]) -> tuple[str, str] | None:
     """``(metric, mode)`` the run monitored, from its saved config, or None when not found."""
-    if isinstance(cfg.get("monitor"), str):
-        return cfg["monitor"], str(cfg.get("mode", "max"))
+    if isinstance(cfg.get("monitor"), str):  # conf/train.yaml: monitor, monitor_mode
+        return cfg["monitor"], str(cfg.get("monitor_mode", cfg.get("mode", "max")))
     callbacks = cfg.get("callbacks") or {}
     for cb in callbacks.values() if isinstance(callbacks, dict) else []:
         if isinstance(cb, dict) and isinstance(cb.get("monitor"), str) and "checkpoint" in str(cb.get("_target_", "")).lower():

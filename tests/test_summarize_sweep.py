@@ -74,6 +74,13 @@ def test_summary_of_hand_made_jobs(fake_multirun, tmp_path):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
 
 
+def test_monitor_from_config():
+    ms = summarize_sweep.monitor_from_config
+    assert ms({"monitor": "val/loss", "monitor_mode": "min"}) == ("val/loss", "min")
+    assert ms({"callbacks": {"ckpt": {"_target_": "x.ModelCheckpoint", "monitor": "val/iou", "mode": "max"}}}) == ("val/iou", "max")
+    assert ms({"callbacks": {"es": {"_target_": "x.EarlyStopping", "monitor": "val/iou"}}}) is None
+
+
 def test_metric_and_mode_override(fake_multirun, tmp_path):
     paths = summarize_sweep.summarize(fake_multirun, tmp_path, metric="val/loss", mode="min")
     rows = list(csv.DictReader(open(paths["csv"])))
