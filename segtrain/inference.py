@@ -169,24 +169,18 @@ def list_images(input_path: str | os.PathLike) -> list[str]:
 
 
 def read_image(path: str) -> np.ndarray:
-    """An image file as uint8 RGB ``[H, W, 3]``, the way the datamodules feed the network.
+    """An image file as uint8 RGB ``[H, W, 3]``, read exactly as the folder datamodule reads training images.
 
     Grayscale is repeated to 3 channels, alpha dropped, 16-bit scaled to 8 bits.
 
     Raises:
         ValueError: the file cannot be decoded (naming it).
     """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
-                img = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-            rgb = img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"Cannot read image {path} ({err}); it is truncated or not an image. Remove or re-export it.") from err
-    return np.asarray(rgb, dtype=np.uint8)
+    from pathlib import Path
+
+    from datamodules.folder import read_image as read_training_image
+
+    return read_training_image(Path(path))
 
 
 def preprocess(image: np.ndarray, transform: Any) -> torch.Tensor:
