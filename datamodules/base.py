@@ -107,7 +107,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: SegmentationDataset | None, train: bool) -> DataLoader:
         if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
+            raise RuntimeError(f"{type(self).__name__}.setup(stage) must run before asking for its dataloader")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

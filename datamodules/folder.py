@@ -15,10 +15,15 @@ Masks per task:
   two-colour ``palette`` (background, foreground).
 * multiclass: an index mask with values ``0 .. num_classes-1`` (8- or 16-bit grayscale, or a
   'P'-mode palette PNG, whose pixel values are the indices); or an RGB colour mask with
-  ``palette`` = the RGB colour of each class, ``palette[k]`` for class ``k``. ``ignore_index``
-  (e.g. 255) may additionally appear and is passed through for the loss to ignore.
+  ``palette`` = the RGB colour of each class, ``palette[k]`` for class ``k``.
 * multilabel: one binary mask per class, ``masks/<stem>_<k>.<ext>`` for ``k = 0 .. num_classes-1``
   (0/1 or 0/255 each); the channels may overlap.
+
+``ignore_index`` (the top-level config key, e.g. 255) may additionally appear in any mask and is
+passed through unchanged for the losses and metrics to skip (binary masks then use 0/1 for the
+classes when ``ignore_index`` is 255).
+
+An optional ``root/test/images`` + ``root/test/masks`` is the test split (``trainer.test``).
 
 Masks should be lossless (PNG/TIF): a JPEG mask blurs class borders into values that fit no class.
 
@@ -83,7 +88,7 @@ def read_mask(
         task: ``binary`` | ``multiclass`` | ``multilabel`` (a multilabel file is one binary channel).
         num_classes: number of classes (multiclass) -- values must be below it.
         palette: ``palette[k]`` = RGB colour of class k, for RGB colour masks.
-        ignore_index: multiclass only: a further allowed value, passed through unchanged.
+        ignore_index: a further allowed value ("not labelled"), passed through unchanged.
 
     Raises:
         ValueError: naming ``path``: unreadable file, colour mask without palette, values that fit no class.
@@ -116,7 +121,7 @@ def read_mask(
         )
     if palette is not None and mode in ("RGB", "RGBA"):
         return binary_values(mask, str(path))  # palette indices 0/1
-    return binary_values(mask, str(path), bit_depth_max=65535 if sixteen_bit else 255)
+    return binary_values(mask, str(path), 65535 if sixteen_bit else 255, ignore_index)
 
 
 def _index_files(folder: Path, what: str) -> dict[str, Path]:
@@ -197,7 +202,7 @@ class FolderDataModule(SegmentationDataModule):
         val_fraction: share of ``root/images`` held out for validation (ignored with train/ + val/).
         seed: seed of the split and of the augmentation stream.
         palette: for RGB colour masks, ``palette[k] = [r, g, b]`` of class k (binary: 2 colours).
-        ignore_index: multiclass only: a mask value meaning "not labelled" (e.g. 255), passed through.
+        ignore_index: a mask value meaning "not labelled" (e.g. 255), passed through unchanged.
         validate: read every pair in setup() and check sizes and values (slower; for small datasets).
         batch_size, num_workers, pin_memory, persistent_workers, drop_last, train_transforms,
         val_transforms: see :class:`~datamodules.base.SegmentationDataModule`.
@@ -233,14 +238,17 @@ class FolderDataModule(SegmentationDataModule):
         self.root = Path(root).expanduser()
         self.val_fraction = float(val_fraction)
         self.palette = self._check_palette(palette)
-        if ignore_index is not None and task != "multiclass":
-            raise ValueError(f"ignore_index is for task=multiclass only (task={task})")
-        if ignore_index is not None and 0 <= int(ignore_index) < num_classes:
-            raise ValueError(f"ignore_index={ignore_index} is a class index (num_classes={num_classes}); use e.g. 255")
+        labels = num_classes if task == "multiclass" else 2
+        if ignore_index is not None and 0 <= int(ignore_index) < labels:
+            raise ValueError(
+                f"ignore_index={ignore_index} is a class value of task={task} (0..{labels - 1}); use e.g. 255"
+            )
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.validate = bool(validate)
         self.train_pairs: list[Pair] = []
         self.val_pairs: list[Pair] = []
+        self.test_pairs: list[Pair] = []
+        self.test_set: SegmentationDataset | None = None
 
     def _check_palette(self, palette):
         if palette is None:
@@ -288,15 +296,27 @@ class FolderDataModule(SegmentationDataModule):
         val = [p for i, p in enumerate(pairs) if i in val_idx]
         return train, val
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        self.train_pairs, self.val_pairs = self._split()
-        args = (self.task, self.num_classes, self.palette, self.ignore_index)
-        train, val = _FileSource(self.train_pairs, *args), _FileSource(self.val_pairs, *args)
+    def _dataset(self, pairs: list[Pair], transform) -> SegmentationDataset:
+        source = _FileSource(pairs, self.task, self.num_classes, self.palette, self.ignore_index)
         if self.validate:
-            for source in (train, val):
-                for i in range(len(source.pairs)):
-                    source(i)
-        self.train_set = SegmentationDataset(train, len(self.train_pairs), self.train_transform, self.task)
-        self.val_set = SegmentationDataset(val, len(self.val_pairs), self.val_transform, self.task)
+            for i in range(len(pairs)):
+                source(i)
+        return SegmentationDataset(source, len(pairs), transform, self.task)
+
+    def setup(self, stage: str | None = None) -> None:
+        """List (and with ``validate`` read) the pairs of the splits ``stage`` needs."""
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            self.train_pairs, self.val_pairs = self._split()
+            self.train_set = self._dataset(self.train_pairs, self.train_transform)
+            self.val_set = self._dataset(self.val_pairs, self.val_transform)
+        test = self.root / "test"
+        if stage in (None, "test") and self.test_set is None and test.is_dir():
+            self.test_pairs = find_pairs(test / "images", test / "masks", self.task, self.num_classes)
+            self.test_set = self._dataset(self.test_pairs, self.val_transform)
+
+    def test_dataloader(self):
+        if self.test_set is None and not (self.root / "test").is_dir():
+            raise FileNotFoundError(
+                f"No test split: add {self.root / 'test' / 'images'} and {self.root / 'test' / 'masks'}"
+            )
+        return self._loader(self.test_set, train=False)

@@ -44,8 +44,9 @@ def check_task(task: str, num_classes: int) -> None:
 
 def mask_dtype(task: str, num_classes: int, ignore_index: int | None = None) -> np.dtype:
     """The numpy dtype a mask is stored in before augmentation (uint8 where the values fit)."""
-    top = max(num_classes - 1, ignore_index if ignore_index is not None else 0)
-    return np.dtype(np.uint8) if task != "multiclass" or top <= 255 else np.dtype(np.int32)
+    top = num_classes - 1 if task == "multiclass" else 1
+    fits = top <= 255 and (ignore_index is None or 0 <= ignore_index <= 255)
+    return np.dtype(np.uint8) if fits else np.dtype(np.int32)
 
 
 def encode_mask(mask: torch.Tensor, task: str) -> torch.Tensor:
@@ -71,21 +72,39 @@ def _describe(values: np.ndarray, limit: int = 8) -> str:
     return shown + (f", ... ({len(values)} distinct)" if len(values) > limit else "")
 
 
-def binary_values(mask: np.ndarray, path: str, bit_depth_max: int = 255) -> np.ndarray:
-    """Map a binary mask stored as 0/1 or 0/255 (0/65535 for 16-bit files) to uint8 0/1.
+def binary_values(
+    mask: np.ndarray, path: str, bit_depth_max: int = 255, ignore_index: int | None = None
+) -> np.ndarray:
+    """Map a binary mask stored as 0/1 or 0/255 (0/65535 for 16-bit files) to 0/1.
+
+    Args:
+        mask: the mask's values as read from ``path``.
+        path: the file, for error messages.
+        bit_depth_max: the "on" value of a 0/max mask (255 for 8-bit, 65535 for 16-bit files).
+        ignore_index: a further allowed value meaning "not labelled", kept as it is (then the mask
+            may only use 0/max for the classes if ``ignore_index != max``).
+
+    Returns:
+        uint8 (int32 if ``ignore_index`` does not fit) mask of 0/1 (and ``ignore_index``).
 
     Raises:
         ValueError: naming ``path`` if the mask holds any other value (anti-aliased edges, a
             lossy JPEG mask, an index mask with several classes).
     """
     values = np.unique(mask)
-    if np.isin(values, (0, 1)).all():
-        return mask.astype(np.uint8, copy=False)
-    if np.isin(values, (0, bit_depth_max)).all():
-        return (mask == bit_depth_max).astype(np.uint8)
+    labels = values if ignore_index is None else values[values != ignore_index]
+    dtype = np.uint8 if ignore_index is None or 0 <= ignore_index <= 255 else np.int32
+    if np.isin(labels, (0, 1)).all():
+        return mask.astype(dtype, copy=False)
+    if np.isin(labels, (0, bit_depth_max)).all():
+        out = (mask == bit_depth_max).astype(dtype)
+        if ignore_index is not None:
+            out[mask == ignore_index] = ignore_index
+        return out
+    hint = f" (plus ignore_index={ignore_index})" if ignore_index is not None else ""
     raise ValueError(
-        f"Mask {path} has values {{{_describe(values)}}} that fit no class of a binary task: a binary "
-        f"mask holds 0/1 or 0/{bit_depth_max}. Threshold the mask (lossy JPEG masks also blur "
+        f"Mask {path} has values {{{_describe(labels)}}} that fit no class of a binary task: a binary "
+        f"mask holds 0/1 or 0/{bit_depth_max}{hint}. Threshold the mask (lossy JPEG masks also blur "
         "edges: save masks as PNG), or use task=multiclass for an index mask."
     )
 

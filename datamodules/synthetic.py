@@ -163,19 +163,21 @@ def make_sample(
 class _ArraySource:
     """Picklable sample source over in-memory arrays (a lambda would break spawn-started workers)."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, offset: int) -> None:
-        self.images, self.masks, self.offset = images, masks, offset
+    def __init__(self, images: np.ndarray, masks: np.ndarray, offset: int, first_index: int = 0) -> None:
+        # first_index: the sample index of images[0], for the names (the test set starts later).
+        self.images, self.masks, self.offset, self.first_index = images, masks, offset, first_index
 
     def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         i = self.offset + index
-        return self.images[i], self.masks[i], f"synthetic_{i:05d}"
+        return self.images[i], self.masks[i], f"synthetic_{self.first_index + i:05d}"
 
 
 class SyntheticDataModule(SegmentationDataModule):
     """Shapes on textured backgrounds, generated in memory, deterministic by seed.
 
     Samples ``0 .. n_train-1`` are the training set, the last ``round(num_samples * val_fraction)``
-    the validation set (samples are independent draws, so a split by index is a random split).
+    the validation set (samples are independent draws, so a split by index is a random split);
+    the test set (``trainer.test``) is ``num_test`` further samples, generated only when asked for.
 
     Args:
         task: ``binary`` | ``multiclass`` | ``multilabel``.
@@ -184,6 +186,7 @@ class SyntheticDataModule(SegmentationDataModule):
         num_samples: total number of generated images (train + val).
         image_size: side of the generated square images.
         val_fraction: share of the samples used for validation.
+        num_test: size of the test set (samples ``num_samples ..``; generated in ``setup("test")``).
         max_shapes: each image holds 1..max_shapes shapes.
         noise_std: Gaussian pixel noise (0..255 scale).
         min_contrast: minimum L1 RGB distance between a shape and the background under it; lower is harder.
@@ -199,6 +202,7 @@ class SyntheticDataModule(SegmentationDataModule):
         num_samples: int = 400,
         image_size: int = 96,
         val_fraction: float = 0.2,
+        num_test: int = 0,
         max_shapes: int = 4,
         noise_std: float = 12.0,
         min_contrast: float = 120.0,
@@ -239,27 +243,43 @@ class SyntheticDataModule(SegmentationDataModule):
         self.max_shapes = int(max_shapes)
         self.noise_std = float(noise_std)
         self.min_contrast = float(min_contrast)
+        if int(num_test) < 0:
+            raise ValueError(f"num_test must be >= 0, got {num_test}")
+        self.num_test = int(num_test)
         self.images: np.ndarray | None = None
         self.masks: np.ndarray | None = None
+        self.test_set: SegmentationDataset | None = None
 
-    def generate(self) -> None:
-        """Generate all samples into ``self.images`` / ``self.masks`` (once)."""
-        if self.images is not None:
-            return
+    def _generate(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         samples = [
             make_sample(
                 self.seed, i, self.image_size, self.task, self.num_classes,
                 self.max_shapes, self.noise_std, self.min_contrast,
             )
-            for i in range(self.num_samples)
+            for i in range(start, stop)
         ]
-        self.images = np.stack([s[0] for s in samples])
-        self.masks = np.stack([s[1] for s in samples])
+        return np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples])
+
+    def generate(self) -> None:
+        """Generate the train + val samples into ``self.images`` / ``self.masks`` (once)."""
+        if self.images is None:
+            self.images, self.masks = self._generate(0, self.num_samples)
 
     def setup(self, stage: str | None = None) -> None:
-        self.generate()
-        n = self.num_train
-        train = _ArraySource(self.images, self.masks, 0)
-        val = _ArraySource(self.images, self.masks, n)
-        self.train_set = SegmentationDataset(train, n, self.train_transform, self.task)
-        self.val_set = SegmentationDataset(val, self.num_val, self.val_transform, self.task)
+        """Generate the splits ``stage`` needs (train + val for fit/validate, test for test)."""
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            self.generate()
+            n = self.num_train
+            train = _ArraySource(self.images, self.masks, 0)
+            val = _ArraySource(self.images, self.masks, n)
+            self.train_set = SegmentationDataset(train, n, self.train_transform, self.task)
+            self.val_set = SegmentationDataset(val, self.num_val, self.val_transform, self.task)
+        if stage in (None, "test") and self.test_set is None and self.num_test > 0:
+            images, masks = self._generate(self.num_samples, self.num_samples + self.num_test)
+            source = _ArraySource(images, masks, 0, first_index=self.num_samples)
+            self.test_set = SegmentationDataset(source, self.num_test, self.val_transform, self.task)
+
+    def test_dataloader(self):
+        if self.num_test == 0:
+            raise ValueError("The synthetic data has no test set: set data.num_test (e.g. data.num_test=100)")
+        return self._loader(self.test_set, train=False)

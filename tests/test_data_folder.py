@@ -289,8 +289,8 @@ def test_colour_mask_without_palette_and_unknown_colour(tmp_path):
         ("binary", 1, dict(palette=[[0, 0, 0], [0, 0, 0]]), "repeats a colour"),
         ("binary", 1, dict(palette=[[0, 0], [1, 1]]), r"list of \[r, g, b\]"),
         ("multilabel", 2, dict(palette=PALETTE[:2]), "multilabel uses one mask per class"),
-        ("binary", 1, dict(ignore_index=255), "multiclass only"),
-        ("multiclass", 4, dict(ignore_index=2), "is a class index"),
+        ("binary", 1, dict(ignore_index=1), "ignore_index=1 is a class value of task=binary"),
+        ("multiclass", 4, dict(ignore_index=2), "ignore_index=2 is a class value of task=multiclass"),
         ("binary", 1, dict(val_fraction=1.5), "val_fraction"),
     ],
 )
@@ -320,3 +320,44 @@ def test_images_of_different_sizes_batch_with_the_default_pipelines(tmp_path):
     assert batch["image"].shape == (3, 3, 24, 24) and batch["mask"].shape == (3, 1, 24, 24)
     assert batch["image"].min() < 0  # normalised
     assert [type(t).__name__ for t in dm.val_transform.transforms] == ["Resize", "Normalize", "ToTensorV2"]
+
+
+@pytest.mark.parametrize(("mask_format", "ignore", "foreground"), [("01", 255, 1), ("255", 7, 255)])
+def test_binary_ignore_index_passes_through(tmp_path, mask_format, ignore, foreground):
+    root = write(tmp_path, mask_format=mask_format, num_samples=4)
+    path = root / "masks" / "sample_0002.png"
+    mask = np.array(Image.open(path))
+    assert set(np.unique(mask).tolist()) == {0, foreground}
+    mask[:, :3] = ignore
+    Image.fromarray(mask).save(path)
+    dm = folder(root, ignore_index=ignore, val_fraction=0.25, validate=True)
+    dm.setup("fit")
+    sample = {s["name"]: s["mask"] for s in all_samples(dm)}["sample_0002"]
+    assert set(sample.unique().tolist()) == {0.0, 1.0, float(ignore)}
+    assert (sample[0, :, :3] == ignore).all()
+    with pytest.raises(ValueError, match=rf"sample_0002.png has values \{{0, .*{ignore}.*\}} that fit no class of a binary"):
+        folder(root, val_fraction=0.25, validate=True).setup("fit")
+
+
+def test_ignore_index_follows_the_top_level_key(tmp_path):
+    root = write(tmp_path, task="multiclass", num_classes=3, mask_format="01", num_samples=4)
+    base = ["+data=folder", "+task=multiclass", "+num_classes=3", f"data.root={root}", "data.num_workers=0"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        with_key = compose(overrides=[*base, "+ignore_index=255"])
+        without = compose(overrides=base)
+    assert instantiate(with_key.data).ignore_index == 255
+    assert instantiate(without.data).ignore_index is None
+
+
+def test_optional_test_split(tmp_path):
+    root = write(tmp_path, num_samples=6)
+    dm = folder(root)
+    dm.setup("test")
+    with pytest.raises(FileNotFoundError, match=f"No test split: add {root / 'test' / 'images'}"):
+        dm.test_dataloader()
+    write_folder_dataset(root / "test", "binary", 1, 3, SIZE, seed=5)
+    dm = folder(root, batch_size=8)
+    dm.setup("test")
+    assert dm.train_set is None  # only what the stage needs
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape == (3, 3, SIZE, SIZE) and len(dm.test_pairs) == 3

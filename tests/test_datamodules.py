@@ -122,6 +122,19 @@ def test_bad_arguments(kwargs, match):
         SyntheticDataModule(**kwargs)
 
 
+def test_test_split_is_generated_on_demand_after_the_other_samples():
+    dm = small(num_test=5)
+    dm.setup("fit")
+    assert dm.test_set is None
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["name"] == [f"synthetic_{i:05d}" for i in range(12, 16)]
+    image, mask = make_sample(0, 13, 32, "binary", 1)
+    np.testing.assert_array_equal(dm.test_set[1]["mask"][0].numpy(), mask)
+    with pytest.raises(ValueError, match="data.num_test"):
+        small().test_dataloader()
+
+
 def test_dataloader_knobs():
     dm = small(num_workers=0)
     assert dm.pin_memory == torch.cuda.is_available() and dm.persistent_workers is False
