@@ -145,6 +145,7 @@ def check_multiclass_target(
             f"got {num_classes}; use mode='binary' for a single foreground channel"
         )
     if _value_checks_active() and target.numel() > 0:
+        target = target.detach()
         valid = target if ignore_index is None else target[target != ignore_index]
         if valid.numel() > 0:
             lo, hi = int(valid.min()), int(valid.max())
@@ -182,6 +183,7 @@ def check_dense_target(
             f"{list(logits.shape)}, got {list(shape)}"
         )
     if _value_checks_active() and target.numel() > 0 and target.dtype != torch.bool:
+        target = target.detach()
         valid = target if ignore_index is None else target[target != ignore_index]
         if valid.numel() > 0:
             lo, hi = float(valid.min()), float(valid.max())
