@@ -101,6 +101,8 @@ def _as_vector(w, like: Tensor) -> Tensor | None:
     if w is None:
         return None
     if not isinstance(w, Tensor):
+        if torch.compiler.is_compiling():  # the value checks below would break the graph
+            return torch.as_tensor(w, dtype=like.dtype, device=like.device)
         w = _checks.as_weight_tensor(w, "weight", "seglosses")
     return w.to(device=like.device, dtype=like.dtype)
 

@@ -66,3 +66,17 @@ def test_fullgraph_compile_aot_eager(mode, factory):
     ref.backward()
     out.backward()
     torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_functional_with_list_options_compiles():
+    torch._dynamo.reset()
+    from seglosses import functional as F
+
+    x, t = make_case("multiclass", (5, 6), dtype=torch.float32)
+
+    def fn(z):
+        return F.dice_loss(z, t, "multiclass", class_weights=[1.0, 2.0, 3.0]) + F.focal_loss(
+            z, t, "multiclass", alpha=[0.2, 0.3, 0.5]
+        )
+
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True, backend="eager")(x), fn(x))
