@@ -153,6 +153,17 @@ def test_jaccard_and_tversky_pairs_also_fuse(region):
     _check_equal({"ce": CrossEntropyLoss(), "region": region}, None, x, t)
 
 
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_channels_last_logits(mode):
+    x, t = _data(mode, (2, 3, 5, 6), seed=13)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if mode == "multiclass":
+        terms = {"ce": CrossEntropyLoss(), "dice": DiceLoss("multiclass", squared_pred=True)}
+    else:
+        terms = {"bce": BCELoss(), "dice": DiceLoss("multilabel")}
+    _check_equal(terms, None, x, t)
+
+
 def test_sync_dist_without_process_group_fuses_and_matches():
     x, t = _data("multiclass", (2, 3, 4, 4), seed=7)
     _check_equal({"ce": CrossEntropyLoss(), "d": DiceLoss("multiclass", sync_dist=True)}, None, x, t)

@@ -1,0 +1,259 @@
+"""Benchmark: forward+backward time and peak memory of combined segmentation losses.
+
+Compares, side by side in one run, for each case:
+
+- ``ours``          seglosses.CombinedLoss, built as users build it (fused fast path)
+- ``ours-composed`` the same CombinedLoss with ``fused=False`` (terms called one by one)
+- ``smp``           segmentation-models-pytorch: DiceLoss + SoftBCEWithLogitsLoss (binary),
+                    DiceLoss(multiclass) + torch.nn.CrossEntropyLoss, DiceLoss + FocalLoss
+- ``monai``         MONAI DiceCELoss / DiceFocalLoss with batch Dice (skipped if not installed)
+- ``floor``         binary_cross_entropy_with_logits / cross_entropy alone: one pass over the logits
+
+Cases: binary BCE+Dice 8x1x512x512, multiclass CE+Dice 4x21x256x256, binary Dice+Focal
+8x1x512x512 (``--quick``: tiny shapes, for smoke tests).
+
+Method. Each timed call is ``loss(x, t).backward()`` on a fresh leaf copy of the logits (copy made
+outside the timer); the implementations are interleaved within every repetition (so load from
+other processes hits all of them alike) after a warm-up, and the table shows the median over
+``--repeats``. Ratios are ``other / ours`` (>1: ours is faster) and ``ours / floor``.
+
+Memory ("peak MB"): the peak of tensor memory allocated *during* forward+backward, above what was
+live before (inputs excluded). On CUDA it is ``torch.cuda.max_memory_allocated`` minus the
+baseline; on CPU it is reconstructed from the allocation/free events of ``torch.profiler``
+(``profile_memory=True``) replayed in time order -- allocator-level bytes at op granularity, not
+RSS. Measured in a separate, untimed call.
+
+Usage::
+
+    python scripts/bench_losses.py [--device cpu|cuda] [--repeats 15] [--quick] [--threads N]
+                                   [--clock wall|cpu] [--no-value-checks]
+
+Targets (issue 2, on the 2-core CPU) are printed as PASS/FAIL lines at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# The profiler (used for CPU memory) logs every start/stop on stderr unless told otherwise.
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from seglosses import BCELoss, CombinedLoss, CrossEntropyLoss, DiceLoss, FocalLoss  # noqa: E402
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _smp():
+    try:
+        import segmentation_models_pytorch.losses as sl
+    except ImportError:
+        return None
+    return sl
+
+
+def _monai():
+    try:
+        import monai.losses as ml
+    except ImportError:
+        return None
+    return ml
+
+
+def build_cases(quick: bool, device: torch.device) -> list[dict]:
+    """Each case: name, logits, target per implementation, and the implementations."""
+    g = torch.Generator().manual_seed(0)
+    binary_shape = (2, 1, 64, 64) if quick else (8, 1, 512, 512)
+    mc_shape = (2, 5, 32, 32) if quick else (4, 21, 256, 256)
+
+    xb = torch.randn(binary_shape, generator=g).to(device)
+    tb = (torch.rand(binary_shape, generator=g) > 0.7).float().to(device)
+    xm = torch.randn(mc_shape, generator=g).to(device)
+    B, C, H, W = mc_shape
+    tm = torch.randint(0, C, (B, H, W), generator=g).to(device)
+    tm_monai = tm.unsqueeze(1)  # MONAI wants [B, 1, H, W]
+
+    sl, ml = _smp(), _monai()
+    cases = []
+
+    impls: dict[str, tuple[LossFn, torch.Tensor]] = {
+        "ours": (CombinedLoss({"bce": BCELoss(), "dice": DiceLoss("binary")}, {"bce": 1.0, "dice": 1.0}), tb),
+        "ours-composed": (
+            CombinedLoss({"bce": BCELoss(), "dice": DiceLoss("binary")}, {"bce": 1.0, "dice": 1.0}, fused=False),
+            tb,
+        ),
+    }
+    if sl is not None:
+        d, b = sl.DiceLoss("binary"), sl.SoftBCEWithLogitsLoss()
+        impls["smp"] = (lambda x, t, d=d, b=b: d(x, t) + b(x, t), tb)
+    if ml is not None:
+        impls["monai"] = (ml.DiceCELoss(sigmoid=True, batch=True), tb)
+    impls["floor"] = (F.binary_cross_entropy_with_logits, tb)
+    cases.append({"name": f"binary BCE+Dice {'x'.join(map(str, binary_shape))}", "x": xb, "impls": impls,
+                  "key": "binary"})
+
+    impls = {
+        "ours": (CombinedLoss({"ce": CrossEntropyLoss(), "dice": DiceLoss("multiclass")}), tm),
+        "ours-composed": (
+            CombinedLoss({"ce": CrossEntropyLoss(), "dice": DiceLoss("multiclass")}, fused=False),
+            tm,
+        ),
+    }
+    if sl is not None:
+        d, ce = sl.DiceLoss("multiclass"), torch.nn.CrossEntropyLoss()
+        impls["smp"] = (lambda x, t, d=d, ce=ce: d(x, t) + ce(x, t), tm)
+    if ml is not None:
+        impls["monai"] = (ml.DiceCELoss(softmax=True, to_onehot_y=True, batch=True), tm_monai)
+    impls["floor"] = (F.cross_entropy, tm)
+    cases.append({"name": f"multiclass CE+Dice {'x'.join(map(str, mc_shape))}", "x": xm, "impls": impls,
+                  "key": "multiclass"})
+
+    impls = {
+        "ours": (CombinedLoss({"dice": DiceLoss("binary"), "focal": FocalLoss("binary", alpha=0.25)}), tb),
+        "ours-composed": (
+            CombinedLoss({"dice": DiceLoss("binary"), "focal": FocalLoss("binary", alpha=0.25)}, fused=False),
+            tb,
+        ),
+    }
+    if sl is not None:
+        d, f = sl.DiceLoss("binary"), sl.FocalLoss("binary", alpha=0.25)
+        impls["smp"] = (lambda x, t, d=d, f=f: d(x, t) + f(x, t), tb)
+    if ml is not None:
+        impls["monai"] = (ml.DiceFocalLoss(sigmoid=True, batch=True, alpha=0.25), tb)
+    impls["floor"] = (F.binary_cross_entropy_with_logits, tb)
+    cases.append({"name": f"binary Dice+Focal {'x'.join(map(str, binary_shape))}", "x": xb, "impls": impls,
+                  "key": "focal"})
+    return cases
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn: LossFn, x: torch.Tensor, t: torch.Tensor, device: torch.device, clock=time.perf_counter) -> float:
+    xx = x.detach().clone().requires_grad_()
+    _sync(device)
+    start = clock()
+    fn(xx, t).backward()
+    _sync(device)
+    return clock() - start
+
+
+def peak_memory(fn: LossFn, x: torch.Tensor, t: torch.Tensor, device: torch.device) -> float:
+    """Peak tensor bytes allocated during forward+backward, above the live baseline (MB)."""
+    xx = x.detach().clone().requires_grad_()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn(xx, t).backward()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(xx, t).backward()
+    # Allocations are attributed to the op that made them (self memory), frees the allocator
+    # cannot attribute appear as "[memory]" events; replayed in time order they give the live
+    # bytes after each op, and their maximum is the peak (at op granularity).
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def run(args) -> int:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick and args.repeats is None else (args.repeats or 15)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.no_value_checks:
+        import seglosses
+
+        seglosses.set_checks(False)
+    cases = build_cases(args.quick, device)
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"repeats={repeats} (median, interleaved) clock={args.clock} "
+          f"seglosses value checks={'off' if args.no_value_checks else 'on'}")
+    results: dict[str, dict[str, tuple[float, float]]] = {}
+    for case in cases:
+        x, impls = case["x"], case["impls"]
+        for fn, t in impls.values():  # warm-up (first-call allocations, lazy imports)
+            for _ in range(2 if not args.quick else 1):
+                time_once(fn, x, t, device)
+        times: dict[str, list[float]] = {k: [] for k in impls}
+        for _ in range(repeats):
+            for k, (fn, t) in impls.items():
+                times[k].append(time_once(fn, x, t, device, clock))
+        mem = {k: peak_memory(fn, x, t, device) for k, (fn, t) in impls.items()}
+        med = {k: statistics.median(v) for k, v in times.items()}
+        results[case["key"]] = {k: (med[k], mem[k]) for k in impls}
+        ours = med["ours"]
+        print(f"\n{case['name']}")
+        print(f"  {'impl':<14} {'median ms':>10} {'peak MB':>9} {'vs ours':>8}")
+        for k in impls:
+            ratio = med[k] / ours
+            print(f"  {k:<14} {med[k] * 1e3:>10.2f} {mem[k]:>9.1f} {ratio:>7.2f}x")
+
+    print("\nTargets (time ratios; other/ours must be >= target, ours/floor <= target):")
+    failed = 0
+    specs = [
+        ("binary", "smp", 2.5), ("binary", "monai", 1.5), ("binary", "floor", 1.5),
+        ("multiclass", "smp", 3.0), ("multiclass", "monai", 1.5), ("multiclass", "floor", 1.5),
+    ]
+    for key, other, target in specs:
+        res = results.get(key, {})
+        if other not in res:
+            print(f"  SKIP {key}: {other} not installed")
+            continue
+        ours, theirs = res["ours"][0], res[other][0]
+        if other == "floor":
+            ratio, ok = ours / theirs, ours / theirs <= target
+            text = f"ours / floor = {ratio:.2f} (<= {target})"
+        else:
+            ratio, ok = theirs / ours, theirs / ours >= target
+            text = f"{other} / ours = {ratio:.2f} (>= {target})"
+        failed += not ok
+        print(f"  {'PASS' if ok else 'FAIL'} {key}: {text}")
+    if args.quick:
+        print("(--quick: tiny shapes, the targets do not apply)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (median); default 15")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (smoke test)")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave default)")
+    parser.add_argument(
+        "--clock", default="wall", choices=["wall", "cpu"],
+        help="wall: perf_counter (latency); cpu: process CPU time (robust on a shared machine with "
+        "--threads 1; with several threads it sums their CPU time)",
+    )
+    parser.add_argument(
+        "--no-value-checks", action="store_true",
+        help="seglosses.set_checks(False) for ours (the target range checks; smp/MONAI have none)",
+    )
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
