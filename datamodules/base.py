@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .masks import check_task, encode_mask
 from .transforms import TransformSpec, build_transforms, default_transforms, init_worker
@@ -41,6 +41,21 @@ class SegmentationDataset(Dataset):
         out = self.transform(image=image, mask=mask)
         # Without a Normalize in the pipeline the image is still uint8: the contract is float32.
         return {"image": out["image"].float(), "mask": encode_mask(out["mask"], self.task), "name": name}
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate``, with a clear error when the samples of a batch differ in size.
+
+    Without a resize or crop in the pipeline, files of different sizes cannot be stacked; torch's
+    own message ("stack expects each tensor to be equal size") names neither file nor fix.
+    """
+    if len({tuple(s["image"].shape) for s in samples}) > 1:
+        shown = ", ".join(f"{s['name']}: {tuple(s['image'].shape[-2:])}" for s in samples[:4])
+        raise ValueError(
+            f"Images of one batch have different sizes after the transforms ({shown} ...): add a resize or "
+            "crop to the pipeline (e.g. albumentations.Resize in data.train_transforms / data.val_transforms)."
+        )
+    return default_collate(samples)
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -117,6 +132,7 @@ class SegmentationDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             worker_init_fn=init_worker,
+            collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:

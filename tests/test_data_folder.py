@@ -361,3 +361,17 @@ def test_optional_test_split(tmp_path):
     assert dm.train_set is None  # only what the stage needs
     batch = next(iter(dm.test_dataloader()))
     assert batch["image"].shape == (3, 3, SIZE, SIZE) and len(dm.test_pairs) == 3
+
+
+def test_different_sizes_without_resize_is_a_clear_error(tmp_path):
+    root = tmp_path / "sizes"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, (h, w) in enumerate([(20, 30), (41, 17), (32, 32)]):
+        image, mask = make_sample(0, i, 64, "binary", 1)
+        Image.fromarray(image[:h, :w]).save(root / "images" / f"s{i}.png")
+        Image.fromarray(mask[:h, :w]).save(root / "masks" / f"s{i}.png")
+    dm = folder(root, batch_size=3, val_fraction=0.0)  # VAL pipeline: normalise only, no resize
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"different sizes after the transforms \(s\d: \(\d+, \d+\).*add a resize"):
+        next(iter(dm.train_dataloader()))
