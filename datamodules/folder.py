@@ -53,8 +53,9 @@ Pair = tuple[Path, tuple[Path, ...]]
 def _open(path: Path) -> Image.Image:
     """Open and fully decode an image file; ValueError naming the file when that fails."""
     try:
-        image = Image.open(path)
-        image.load()  # decoding happens here: a truncated file fails now, not in a transform
+        # The with-block closes the file (also on failure); the decoded pixels stay in `image`.
+        with Image.open(path) as image:
+            image.load()  # decoding happens here: a truncated file fails now, not in a transform
     except Exception as e:  # PIL raises OSError, SyntaxError, zlib.error... depending on format
         raise ValueError(f"Cannot read {path}: {type(e).__name__}: {e} (is the file truncated or not an image?)") from e
     return image
