@@ -136,6 +136,25 @@ def run_sweep_job(
     return float(value)
 
 
+def sweep_safe(train_fn: Callable[[Any], float], cfg: Any) -> float:
+    """:func:`run_sweep_job` with everything read from the Hydra job: what ``train.py`` calls.
+
+    ``mode`` is ``cfg.monitor_mode``, the folder ``cfg.paths.output_dir``, the overrides
+    ``hydra.overrides.task``; multirun or not from Hydra's run mode.
+
+    Args:
+        train_fn: ``segtrain.run.train``.
+        cfg: the composed config.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from .distributed import is_multirun
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return run_sweep_job(train_fn, cfg, mode=str(cfg.monitor_mode), output_dir=str(cfg.paths.output_dir),
+                         multirun=is_multirun(), overrides=overrides)
+
+
 class InjectNaN(L.Callback):
     """Debug knob: set every weight of the network to NaN before training step ``at_step``.
 
