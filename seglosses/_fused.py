@@ -82,6 +82,15 @@ def _sum_log_half_to_one(m: Tensor) -> Tensor:
     return total
 
 
+def _pow(q: Tensor, e: float) -> Tensor:
+    """q ** e as a new tensor, with the cheap kernels for the common exponents."""
+    if e == 1.0:
+        return q.clone()
+    if e == 2.0:
+        return q * q
+    return q.pow(e)
+
+
 # --------------------------------------------------------------------------------------------
 # sigmoid family: binary / multilabel, pixel term BCE or sigmoid focal
 # --------------------------------------------------------------------------------------------
@@ -126,6 +135,20 @@ class _SigmoidDiceFn(torch.autograd.Function):
                     total = total + (_rowdot(sp, ts) * (pos_weight - 1.0)).sum()
                 pixel = total / count
                 ctx.save_for_backward(p, t, v, ts, pos_weight, count)
+            elif gamma == 0.0 or gamma >= 1.0:
+                # q^g has a bounded slope for g >= 1 (or is constant for g = 0), so q = 1 - p_t
+                # may be formed directly: p + t - 2 p t. Its rounding near q = 0 changes the
+                # loss and gradient only by ~q^g (tiny); g < 1 takes the log-space branch below.
+                m = (p - 0.5).abs_().add_(0.5)  # max(p, 1 - p)
+                ce = x.clamp_min(0.0)
+                ce.sub_(m.log_())  # softplus(x) = relu(x) - log max(p, 1 - p)
+                ce.addcmul_(t, x, value=-1.0)  # - t x
+                q = torch.addcmul(t, p, t, value=-2.0).add_(p).clamp_min_(0.0)
+                w = ce * _pow(q, gamma) if gamma != 0.0 else ce.clone()
+                if alpha is not None:
+                    w.mul_(t * (2.0 * alpha - 1.0) + (1.0 - alpha))  # alpha t + (1 - alpha)(1 - t)
+                pixel = (w.sum() if v is None else _rowdot(w, v).sum()) / count
+                ctx.save_for_backward(p, t, v, q, ce, count)
             else:
                 logp = F.logsigmoid(x)
                 log1mp = logp - x  # log(1 - p) = logsigmoid(x) - x
@@ -150,6 +173,8 @@ class _SigmoidDiceFn(torch.autograd.Function):
         with torch.autocast(device_type=g_inter.device.type, enabled=False):
             if ctx.kind == "bce":
                 p, t, v, ts, pos_weight, count = ctx.saved_tensors
+            elif ctx.gamma == 0.0 or ctx.gamma >= 1.0:
+                p, t, v, q, ce, count = ctx.saved_tensors
             else:
                 p, t, v, logp, log1mp, logq, ce, count = ctx.saved_tensors
             gi = g_inter.unsqueeze(-1)
@@ -177,6 +202,22 @@ class _SigmoidDiceFn(torch.autograd.Function):
                     if v is not None:
                         pix.mul_(v)
                     dice.add_(pix.mul_(c))
+            elif ctx.gamma == 0.0 or ctx.gamma >= 1.0:
+                gamma, alpha = ctx.gamma, ctx.alpha
+                # a_t [q^g (p - t) + g q^(g-1) (1 - 2t) p (1 - p) ce]
+                if gamma == 0.0:
+                    pix = p - t
+                else:
+                    pix = _pow(q, gamma).mul_(p - t) if gamma != 1.0 else q * (p - t)
+                    tail = (t * -2.0).add_(1.0).mul_(ce).mul_(gamma)
+                    if gamma != 1.0:
+                        tail.mul_(_pow(q, gamma - 1.0))
+                    pix.add_(torch.ops.aten.sigmoid_backward.grad_input(tail, p, grad_input=tail))
+                if alpha is not None:
+                    pix.mul_(t * (2.0 * alpha - 1.0) + (1.0 - alpha))
+                if v is not None:
+                    pix.mul_(v)
+                dice.addcmul_(pix, c)
             else:
                 gamma, alpha = ctx.gamma, ctx.alpha
                 # a_t [q^g (p - t) + g q^(g-1) (1 - 2t) p (1 - p) ce]; q^(g-1) p (1-p) in log space

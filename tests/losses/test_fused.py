@@ -191,3 +191,34 @@ def test_all_ignored_gives_zero_pixel_term_and_gradient():
     pixel, inter, pred, _ = _SigmoidDiceFn.apply(xr, tb * vb, vb, None, 0.0, None, 2.0, False, "bce")
     (pixel + inter.sum() + pred.sum()).backward()
     assert pixel.item() == 0.0 and torch.count_nonzero(xr.grad) == 0
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.5])
+def test_sigmoid_focal_saturated_matches_composed_float32(gamma):
+    """Saturated logits (|x| up to 1e4) in float32: finite, and equal to the composed focal loss."""
+    from seglosses import functional as Fn
+
+    x = torch.tensor([[[40.0, -40.0, 1e4, -1e4, 17.0, -17.0, 0.3, -2.0]]])
+    t = torch.tensor([[[1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.7, 0.2]]])
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    pixel = _SigmoidDiceFn.apply(x1, t, None, None, 0.0, 0.25, gamma, False, "focal")[0]
+    ref = Fn.focal_loss(x2, t, "multilabel", alpha=0.25, gamma=gamma)
+    pixel.backward()
+    ref.backward()
+    assert torch.isfinite(x1.grad).all()
+    torch.testing.assert_close(pixel, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_softmax_ce_extreme_logits_match_cross_entropy_float32():
+    """A target probability that underflows in float32 still gives the exact CE (no log(0))."""
+    x = torch.tensor([[[1e4, 0.0, -50.0], [0.0, 120.0, 3.0], [-1e4, -120.0, 2.0]]])  # [1, 3, 3]
+    t = torch.tensor([[2, 0, 1]])
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    pixel = _SoftmaxDiceFn.apply(x1, t, None, None, 0.1, None, 2.0, False, "ce")[0]
+    ref = F.cross_entropy(x2, t, label_smoothing=0.1)
+    pixel.backward()
+    ref.backward()
+    assert torch.isfinite(pixel) and pixel.item() > 1000
+    torch.testing.assert_close(pixel, ref)
+    torch.testing.assert_close(x1.grad, x2.grad)
