@@ -280,6 +280,9 @@ def save_mask(mask: np.ndarray, task: str, num_classes: int, folder: str, stem: 
 def overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, alpha: float = 0.5) -> np.ndarray:
     """The image with the predicted classes blended in colour (background left as is).
 
+    Drawn with torchvision's ``draw_segmentation_masks`` in the colours of the training
+    prediction grid (segtrain/callbacks.py), so a class has the same colour in both.
+
     Args:
         image: uint8 RGB ``[H, W, 3]`` at the original size.
         mask: as returned by :func:`logits_to_mask`.
@@ -290,17 +293,20 @@ def overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, al
     Returns:
         uint8 RGB ``[H, W, 3]``.
     """
-    colors = palette(num_classes + 1).astype(np.float32)
-    out = image.astype(np.float32)
+    from torchvision.utils import draw_segmentation_masks
+
+    from .callbacks import PALETTE, masks_for_drawing
+
+    m = torch.from_numpy(np.ascontiguousarray(mask))
+    # Back to the training layout masks_for_drawing reads: binary [1, H, W] / multilabel [C, H, W] in {0, 1}.
     if task == "binary":
-        layers = [(mask > 0, colors[1])]
-    elif task == "multiclass":
-        layers = [(mask == k, colors[k]) for k in range(1, num_classes)]
-    else:  # multilabel: label k gets colour k + 1 (colour 0 is background black)
-        layers = [(mask[k] > 0, colors[k + 1]) for k in range(mask.shape[0])]
-    for where, color in layers:
-        out[where] = (1.0 - alpha) * out[where] + alpha * color
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        m = (m > 0)[None].float()
+    elif task == "multilabel":
+        m = (m > 0).float()
+    layers = masks_for_drawing(m, task, num_classes)
+    colors = [PALETTE[i % len(PALETTE)] for i in range(layers.shape[0])]
+    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return draw_segmentation_masks(img, layers, alpha=alpha, colors=colors).permute(1, 2, 0).numpy()
 
 
 def save_overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, folder: str, stem: str) -> str:

@@ -1,0 +1,115 @@
+"""Shared by the reliability tests (resume, reproducibility, predict, export, bad inputs).
+
+:func:`trained_checkpoint` trains a tiny network once per test session and task (an
+``lru_cache`` on this module, which pytest imports once) so that the predict, export and
+bad-input modules share it instead of each paying for a training run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Subprocess runs of train.py: tiny and quiet (no rich progress bar, no prediction pictures).
+TINY_CLI = (
+    "data.image_size=32",
+    "data.num_samples=24",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "callbacks.progress_bar=null",
+    "callbacks.prediction_grid=null",
+    "++trainer.enable_progress_bar=false",
+)
+
+
+def run_script(args: Sequence[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """``python <args>`` from the repository root; raises with the output tail on failure when ``check``."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="1")
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def popen_script(args: Sequence[str], log: Path) -> subprocess.Popen:
+    """Start ``python <args>`` in the background, output to ``log``."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="1")
+    out = open(log, "w")  # noqa: SIM115 -- closed by the OS when the process ends
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+_SCRATCH = tempfile.mkdtemp(prefix="seg_reliability_")
+atexit.register(shutil.rmtree, _SCRATCH, True)
+
+
+# The same tiny settings for in-process runs (Hydra's compose API, as tests/conftest.py does).
+TINY_COMPOSE = (*TINY_CLI, "data.num_samples=16", "trainer.max_epochs=1", "++trainer.enable_model_summary=false")
+
+
+def compose_run(overrides: Sequence[str], output_dir: Path):
+    """Compose ``conf/train.yaml`` with :data:`TINY_COMPOSE` + ``overrides``; the run folder is ``output_dir``."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=[*TINY_COMPOSE, *overrides, f"paths.output_dir={Path(output_dir).as_posix()}"],
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def trained_checkpoint(task: str = "binary", num_classes: int = 1) -> Path:
+    """``last.ckpt`` of a one-epoch run on tiny synthetic data (trained in-process, once per session)."""
+    from segtrain.run import train
+
+    run_dir = Path(_SCRATCH) / f"run_{task}"
+    loss = {"binary": "bce_dice", "multiclass": "ce_dice", "multilabel": "bce_dice"}[task]
+    cfg = compose_run([f"task={task}", f"num_classes={num_classes}", f"loss={loss}"], run_dir)
+    train(cfg)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file(), f"training wrote no {ckpt}"
+    return ckpt
+
+
+@functools.lru_cache(maxsize=None)
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (registered in ``sys.modules``, as dataclasses need)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_images(folder: Path, sizes: Sequence[tuple[int, int]], seed: int = 0) -> list[Path]:
+    """RGB PNGs of the given ``(height, width)`` plus, if there are >= 3 sizes, the third as grayscale JPEG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        if i == 2:
+            path = folder / f"img{i}.jpg"
+            Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(path)
+        else:
+            path = folder / f"img{i}.png"
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
