@@ -185,7 +185,7 @@ def run(args) -> int:
         import seglosses
 
         seglosses.set_checks(False)
-    cases = build_cases(args.quick, device)
+    cases = [c for c in build_cases(args.quick, device) if not args.cases or c["key"] in args.cases]
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"repeats={repeats} (median, interleaved) clock={args.clock} "
           f"seglosses value checks={'off' if args.no_value_checks else 'on'}")
@@ -217,6 +217,8 @@ def run(args) -> int:
     ]
     for key, other, target in specs:
         res = results.get(key, {})
+        if not res:
+            continue
         if other not in res:
             print(f"  SKIP {key}: {other} not installed")
             continue
@@ -240,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (median); default 15")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (smoke test)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave default)")
+    parser.add_argument(
+        "--cases", nargs="*", choices=["binary", "multiclass", "focal"], default=None,
+        help="run only these cases (default: all)",
+    )
     parser.add_argument(
         "--clock", default="wall", choices=["wall", "cpu"],
         help="wall: perf_counter (latency); cpu: process CPU time (robust on a shared machine with "

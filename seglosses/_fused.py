@@ -91,6 +91,100 @@ def _pow(q: Tensor, e: float) -> Tensor:
     return q.pow(e)
 
 
+# Elements per chunk on CPU: ~1 MiB of float32 per operand, so that the several passes over a
+# chunk (sigmoid, sums, the log factor; in backward the gradient's multiply-adds) run from the
+# L2 cache instead of main memory. This is the main speed-up on CPU; on GPUs one chunk.
+_CPU_CHUNK_ELEMS = 1 << 18
+_MIN_CHUNK = 1024  # along the last dim: keeps the Python loop short when B * C is large
+
+
+def _chunks(x: Tensor) -> list[tuple[int, int]]:
+    """(start, length) slices of the last dim of a [B, C, N] tensor."""
+    B, C, N = x.shape
+    if x.device.type != "cpu" or N == 0:
+        return [(0, N)]
+    step = max(_MIN_CHUNK, _CPU_CHUNK_ELEMS // max(1, B * C))
+    return [(j, min(step, N - j)) for j in range(0, N, step)]
+
+
+def _smoothed(t: Tensor, v: Tensor | None, smoothing: float) -> Tensor:
+    """t' = t (1 - s) + s / 2 on valid elements (t is already 0 where ignored)."""
+    if smoothing == 0.0:
+        return t
+    return t * (1.0 - smoothing) + (smoothing / 2.0) * (1.0 if v is None else v)
+
+
+def _bce_forward(x, t, v, pos_weight, smoothing, squared):
+    """p = sigmoid(x), the BCE sum and the Dice sums, chunk by chunk (see _CPU_CHUNK_ELEMS).
+
+    BCE per element: l = softplus(x) - t' x + (pw - 1) t' softplus(-x). Without pos_weight,
+    softplus(x) = relu(x) - log max(p, 1 - p); the log factor is in [0.5, 1], so its sum is the
+    log of products of 64 elements (one log per 64 elements instead of one per element).
+    """
+    B, C, N = x.shape
+    p = torch.empty_like(x)
+    inter, pred, tsum = (x.new_zeros(B, C) for _ in range(3))
+    total = x.new_zeros(())
+    chunks = _chunks(x)
+    scratch = x.new_empty(B * C * max(n for _, n in chunks)) if N else x.new_empty(0)
+    for j, n in chunks:
+        xs, ts, ps = x[..., j : j + n], t[..., j : j + n], p[..., j : j + n]
+        vs = None if v is None else v[..., j : j + n]
+        torch.sigmoid(xs, out=ps)
+        inter += _rowdot(ps, ts)
+        if squared:
+            pred += _rowdot(ps, ps if vs is None else ps * vs)
+        else:
+            pred += ps.sum(-1) if vs is None else _rowdot(ps, vs)
+        tsum += ts.sum(-1)
+        tss = _smoothed(ts, vs, smoothing)
+        buf = scratch[: B * C * n].view(B, C, n)
+        if pos_weight is None:
+            torch.clamp_min(xs, 0.0, out=buf)  # relu(x)
+            total += (buf.sum() if vs is None else _rowdot(buf, vs).sum()) - _rowdot(xs, tss).sum()
+            torch.sub(ps, 0.5, out=buf).abs_().add_(0.5)  # max(p, 1 - p)
+            if vs is not None:
+                buf.sub_(1.0).mul_(vs).add_(1.0)  # ignored elements: factor 1, log 0
+            total -= _sum_log_half_to_one(buf)
+        else:
+            sp = F.softplus(xs)
+            total += (sp.sum() if vs is None else _rowdot(sp, vs).sum()) - _rowdot(xs, tss).sum()
+            sp.sub_(xs)  # softplus(-x) = softplus(x) - x, in place
+            total += (_rowdot(sp, tss) * (pos_weight - 1.0)).sum()
+    return p, total, inter, pred, tsum
+
+
+def _bce_backward(p, t, v, pos_weight, smoothing, squared, c, g_inter, g_pred):
+    """dL/dx = p (1 - p) (gI t + gP [2p] v) + c (lw p - pw t'), chunk by chunk, in place."""
+    grad = torch.empty_like(p)
+    gi, gp = g_inter.unsqueeze(-1), g_pred.unsqueeze(-1)
+    for j, n in _chunks(p):
+        ps, ts, gs = p[..., j : j + n], t[..., j : j + n], grad[..., j : j + n]
+        vs = None if v is None else v[..., j : j + n]
+        if squared:
+            pm = ps * 2.0 if vs is None else ps * (2.0 * vs)
+            torch.addcmul(ts * gi, pm, gp, out=gs)
+        elif vs is None:
+            torch.addcmul(gp, ts, gi, out=gs)
+        else:
+            torch.addcmul(ts * gi, vs, gp, out=gs)
+        # * p (1 - p): one fused kernel, written in place
+        torch.ops.aten.sigmoid_backward.grad_input(gs, ps, grad_input=gs)
+        tss = _smoothed(ts, vs, smoothing)
+        if pos_weight is None:
+            # + c (p - t'), as two in-place multiply-adds (c is a 0-dim tensor)
+            gs.addcmul_(ps if vs is None else ps * vs, c)
+            gs.addcmul_(tss, -c)
+        else:
+            pw = pos_weight.view(1, -1, 1)
+            pix = (1.0 + (pw - 1.0) * tss) * ps - pw * tss
+            if vs is not None:
+                pix.mul_(vs)
+            gs.addcmul_(pix, c)
+    return grad
+
+
+
 # --------------------------------------------------------------------------------------------
 # sigmoid family: binary / multilabel, pixel term BCE or sigmoid focal
 # --------------------------------------------------------------------------------------------
@@ -105,61 +199,45 @@ class _SigmoidDiceFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, t, v, pos_weight, smoothing, alpha, gamma, squared, kind):
         with torch.autocast(device_type=x.device.type, enabled=False):
-            p = torch.sigmoid(x)
-            inter = _rowdot(p, t)
-            if squared:
-                pred = _rowdot(p, p if v is None else p * v)
-            else:
-                pred = p.sum(-1) if v is None else _rowdot(p, v)
-            tsum = t.sum(-1)
             count = torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device) if v is None else v.sum()
             count = count.clamp_min(1.0)  # every element ignored -> loss 0, gradient 0
             if kind == "bce":
-                # t' = t (1 - s) + s / 2 on valid elements
-                ts = t if smoothing == 0.0 else t * (1.0 - smoothing) + (smoothing / 2.0) * (1.0 if v is None else v)
-                if pos_weight is None:
-                    # l = softplus(x) - t' x, softplus(x) = relu(x) - log max(p, 1 - p): the log
-                    # factor is in [0.5, 1], so its sum is taken as the log of chunk products
-                    # (one log per 64 elements instead of one per element).
-                    buf = x.clamp_min(0.0)  # relu(x)
-                    total = (buf.sum() if v is None else _rowdot(buf, v).sum()) - _rowdot(x, ts).sum()
-                    m = torch.sub(p, 0.5, out=buf).abs_().add_(0.5)  # reuses the buffer
-                    if v is not None:
-                        m.sub_(1.0).mul_(v).add_(1.0)  # ignored elements: factor 1, log 0
-                    total = total - _sum_log_half_to_one(m)
-                else:
-                    # l = softplus(x) - t' x + (pw - 1) t' softplus(-x)
-                    sp = F.softplus(x)
-                    total = (sp.sum() if v is None else _rowdot(sp, v).sum()) - _rowdot(x, ts).sum()
-                    sp.sub_(x)  # softplus(-x) = softplus(x) - x, in place
-                    total = total + (_rowdot(sp, ts) * (pos_weight - 1.0)).sum()
-                pixel = total / count
-                ctx.save_for_backward(p, t, v, ts, pos_weight, count)
-            elif gamma == 0.0 or gamma >= 1.0:
-                # q^g has a bounded slope for g >= 1 (or is constant for g = 0), so q = 1 - p_t
-                # may be formed directly: p + t - 2 p t. Its rounding near q = 0 changes the
-                # loss and gradient only by ~q^g (tiny); g < 1 takes the log-space branch below.
-                m = (p - 0.5).abs_().add_(0.5)  # max(p, 1 - p)
-                ce = x.clamp_min(0.0)
-                ce.sub_(m.log_())  # softplus(x) = relu(x) - log max(p, 1 - p)
-                ce.addcmul_(t, x, value=-1.0)  # - t x
-                q = torch.addcmul(t, p, t, value=-2.0).add_(p).clamp_min_(0.0)
-                w = ce * _pow(q, gamma) if gamma != 0.0 else ce.clone()
-                if alpha is not None:
-                    w.mul_(t * (2.0 * alpha - 1.0) + (1.0 - alpha))  # alpha t + (1 - alpha)(1 - t)
-                pixel = (w.sum() if v is None else _rowdot(w, v).sum()) / count
-                ctx.save_for_backward(p, t, v, q, ce, count)
+                p, pixel, inter, pred, tsum = _bce_forward(x, t, v, pos_weight, smoothing, squared)
+                pixel = pixel / count
+                ctx.save_for_backward(p, t, v, pos_weight, count)
             else:
-                logp = F.logsigmoid(x)
-                log1mp = logp - x  # log(1 - p) = logsigmoid(x) - x
-                ce = torch.addcmul(-log1mp, t, x, value=-1.0)  # softplus(x) - t x
-                # q = 1 - p_t = p (1 - t) + (1 - p) t, in log space
-                logq = torch.logaddexp(logp + torch.log1p(-t), log1mp + torch.log(t))
-                w = ce * torch.exp(gamma * logq) if gamma != 0.0 else ce
-                if alpha is not None:
-                    w = w * (alpha * t + (1.0 - alpha) * (1.0 - t))
-                pixel = (w.sum() if v is None else _rowdot(w, v).sum()) / count
-                ctx.save_for_backward(p, t, v, logp, log1mp, logq, ce, count)
+                p = torch.sigmoid(x)
+                inter = _rowdot(p, t)
+                if squared:
+                    pred = _rowdot(p, p if v is None else p * v)
+                else:
+                    pred = p.sum(-1) if v is None else _rowdot(p, v)
+                tsum = t.sum(-1)
+                if gamma == 0.0 or gamma >= 1.0:
+                    # q^g has a bounded slope for g >= 1 (or is constant for g = 0), so q = 1 - p_t
+                    # may be formed directly: p + t - 2 p t. Its rounding near q = 0 changes the
+                    # loss and gradient only by ~q^g (tiny); g < 1 takes the log-space branch below.
+                    m = (p - 0.5).abs_().add_(0.5)  # max(p, 1 - p)
+                    ce = x.clamp_min(0.0)
+                    ce.sub_(m.log_())  # softplus(x) = relu(x) - log max(p, 1 - p)
+                    ce.addcmul_(t, x, value=-1.0)  # - t x
+                    q = torch.addcmul(t, p, t, value=-2.0).add_(p).clamp_min_(0.0)
+                    w = ce * _pow(q, gamma) if gamma != 0.0 else ce.clone()
+                    if alpha is not None:
+                        w.mul_(t * (2.0 * alpha - 1.0) + (1.0 - alpha))  # alpha t + (1 - alpha)(1 - t)
+                    pixel = (w.sum() if v is None else _rowdot(w, v).sum()) / count
+                    ctx.save_for_backward(p, t, v, q, ce, count)
+                else:
+                    logp = F.logsigmoid(x)
+                    log1mp = logp - x  # log(1 - p) = logsigmoid(x) - x
+                    ce = torch.addcmul(-log1mp, t, x, value=-1.0)  # softplus(x) - t x
+                    # q = 1 - p_t = p (1 - t) + (1 - p) t, in log space
+                    logq = torch.logaddexp(logp + torch.log1p(-t), log1mp + torch.log(t))
+                    w = ce * torch.exp(gamma * logq) if gamma != 0.0 else ce
+                    if alpha is not None:
+                        w = w * (alpha * t + (1.0 - alpha) * (1.0 - t))
+                    pixel = (w.sum() if v is None else _rowdot(w, v).sum()) / count
+                    ctx.save_for_backward(p, t, v, logp, log1mp, logq, ce, count)
             ctx.kind = kind
             ctx.squared = squared
             ctx.smoothing = smoothing
@@ -172,7 +250,11 @@ class _SigmoidDiceFn(torch.autograd.Function):
     def backward(ctx, g_pixel, g_inter, g_pred, _g_tsum):
         with torch.autocast(device_type=g_inter.device.type, enabled=False):
             if ctx.kind == "bce":
-                p, t, v, ts, pos_weight, count = ctx.saved_tensors
+                p, t, v, pos_weight, count = ctx.saved_tensors
+                grad = _bce_backward(
+                    p, t, v, pos_weight, ctx.smoothing, ctx.squared, g_pixel / count, g_inter, g_pred
+                )
+                return grad, None, None, None, None, None, None, None, None
             elif ctx.gamma == 0.0 or ctx.gamma >= 1.0:
                 p, t, v, q, ce, count = ctx.saved_tensors
             else:
@@ -190,19 +272,7 @@ class _SigmoidDiceFn(torch.autograd.Function):
             # * p (1 - p): one fused kernel, written in place
             dice = torch.ops.aten.sigmoid_backward.grad_input(dice, p, grad_input=dice)
             c = g_pixel / count
-            if ctx.kind == "bce":
-                if pos_weight is None:
-                    # + c (p - t'), as two in-place multiply-adds (c is a 0-dim tensor)
-                    dice.addcmul_(p if v is None else p * v, c)
-                    dice.addcmul_(ts, -c)
-                else:
-                    pw = pos_weight.view(1, -1, 1)
-                    lw = 1.0 + (pw - 1.0) * ts
-                    pix = lw * p - pw * ts
-                    if v is not None:
-                        pix.mul_(v)
-                    dice.add_(pix.mul_(c))
-            elif ctx.gamma == 0.0 or ctx.gamma >= 1.0:
+            if ctx.gamma == 0.0 or ctx.gamma >= 1.0:
                 gamma, alpha = ctx.gamma, ctx.alpha
                 # a_t [q^g (p - t) + g q^(g-1) (1 - 2t) p (1 - p) ce]
                 if gamma == 0.0:

@@ -107,6 +107,23 @@ def test_sigmoid_bce_matches_reference(squared, ignore, soft, pw, smoothing):
 
 
 @pytest.mark.parametrize(
+    "squared,ignore,soft,pw,smoothing",
+    [(False, False, False, False, 0.0), (True, True, True, True, 0.2), (False, True, True, False, 0.1)],
+)
+def test_sigmoid_bce_chunked_matches_reference(monkeypatch, squared, ignore, soft, pw, smoothing):
+    """CPU chunking (cache blocking) with several chunks and a partial last one."""
+    import seglosses._fused as fused
+
+    monkeypatch.setattr(fused, "_CPU_CHUNK_ELEMS", 24)
+    monkeypatch.setattr(fused, "_MIN_CHUNK", 5)
+    x, t, v = _binary_data((2, 3, 23), soft, ignore, seed=11)
+    assert len(fused._chunks(x)) == 5
+    pos_weight = torch.tensor([0.5, 2.0, 3.0], dtype=DT) if pw else None
+    args = (t, v, pos_weight, smoothing, None, 2.0, squared, "bce")
+    _compare(_SigmoidDiceFn, _sigmoid_reference, x, args)
+
+
+@pytest.mark.parametrize(
     "gamma,alpha,squared,ignore,soft",
     [(2.0, 0.25, False, False, False), (0.0, None, True, True, False), (0.5, 0.7, False, True, True),
      (3.0, None, True, False, True), (1.0, 0.25, False, False, False)],
