@@ -20,8 +20,9 @@ other processes hits all of them alike) after a warm-up, and the table shows the
 Memory ("peak MB"): the peak of tensor memory allocated *during* forward+backward, above what was
 live before (inputs excluded). On CUDA it is ``torch.cuda.max_memory_allocated`` minus the
 baseline; on CPU it is reconstructed from the allocation/free events of ``torch.profiler``
-(``profile_memory=True``) replayed in time order -- allocator-level bytes at op granularity, not
-RSS. Measured in a separate, untimed call.
+(``profile_memory=True``): its raw allocation/free records replayed in time order --
+allocator-level bytes, not RSS. Both include the logits' gradient (kept by the leaf). Measured in a
+separate, untimed call.
 
 Usage::
 
@@ -164,13 +165,14 @@ def peak_memory(fn: LossFn, x: torch.Tensor, t: torch.Tensor, device: torch.devi
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(xx, t).backward()
-    # Allocations are attributed to the op that made them (self memory), frees the allocator
-    # cannot attribute appear as "[memory]" events; replayed in time order they give the live
-    # bytes after each op, and their maximum is the peak (at op granularity).
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    # The raw allocation (+bytes) and free (-bytes) records with their timestamps, replayed in
+    # time order: live bytes after each event; the maximum is the peak. (The per-op FunctionEvents
+    # cannot be used: a parent op's self memory lumps its children's frees at its start time.)
+    records = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    records.sort(key=lambda e: e.start_ns())
     live = peak = 0
-    for e in events:
-        live += e.self_cpu_memory_usage
+    for e in records:
+        live += e.nbytes()
         peak = max(peak, live)
     return peak / 2**20
 
