@@ -1,0 +1,145 @@
+"""SegmentationModule: network + combined loss + torchmetrics Dice/IoU, for any task.
+
+Logged keys (every value is an epoch mean, synced across DDP ranks):
+
+* ``train/loss``, ``val/loss``: the combined loss ``sum_k w_k L_k``;
+* ``train/loss_<term>``, ``val/loss_<term>``: each term's unweighted value ``L_k``;
+* ``val/dice``, ``val/iou``: mean over classes of the per-class scores pooled over all validation
+  pixels, ``Dice_c = 2 TP_c / (2 TP_c + FP_c + FN_c)``, ``IoU_c = TP_c / (TP_c + FP_c + FN_c)``;
+* ``val/dice_class<c>``, ``val/iou_class<c>``: per class (multiclass, multilabel).
+
+The metrics are torchmetrics objects: their TP/FP/FN states are summed over ranks in
+``compute()``, so the values are those of the whole validation set under DDP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+from torch import Tensor, nn
+
+from .task import metric_kwargs, validate_task
+
+
+class SegmentationModule(L.LightningModule):
+    """LightningModule for binary, multiclass and multilabel segmentation.
+
+    Args:
+        net: network mapping images ``[B, 3, H, W]`` to logits ``[B, out_channels, H, W]``.
+        loss: a ``seglosses.CombinedLoss`` (anything with ``forward(logits, target)`` and a
+            ``last_values`` dict of per-term values).
+        optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``).
+        scheduler: ``optimizer -> LRScheduler`` or ``None`` for a constant learning rate.
+        scheduler_config: Lightning's lr-scheduler options (``interval``, ``frequency``, ``monitor``).
+        task: ``binary`` | ``multiclass`` | ``multilabel``.
+        num_classes: 1 for binary; classes incl. background for multiclass; labels for multilabel.
+        ignore_index: mask value excluded from the metrics (the losses get it from their config).
+        config: the whole resolved run config (plain dict), saved into every checkpoint as
+            ``checkpoint["config"]`` so that predict/export can rebuild network and transforms.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_config: Mapping[str, Any] | None = None,
+        task: str = "binary",
+        num_classes: int = 1,
+        ignore_index: int | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        validate_task(task, num_classes)
+        if not hasattr(loss, "last_values"):
+            raise ValueError(
+                f"loss must be a seglosses.CombinedLoss (per-term values are logged), got {type(loss).__name__}"
+            )
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler", "config"])
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_config = dict(scheduler_config or {})
+        self.task = task
+        self.num_classes = int(num_classes)
+        self.config = dict(config) if config is not None else None
+        kwargs = metric_kwargs(task, num_classes, ignore_index)
+        self.val_dice = torchmetrics.F1Score(**kwargs)
+        self.val_iou = torchmetrics.JaccardIndex(**kwargs)
+        self.test_dice = torchmetrics.F1Score(**kwargs)
+        self.test_iou = torchmetrics.JaccardIndex(**kwargs)
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Logits ``[B, out_channels, H, W]`` for images ``[B, 3, H, W]``."""
+        return self.net(image)
+
+    def _step(self, batch: Mapping[str, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        image, mask = batch["image"], batch["mask"]
+        logits = self(image)
+        loss = self.loss(logits, mask)
+        n = image.shape[0]
+        # Epoch means, weighted by batch size; sync_dist averages them over ranks at epoch end.
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        for name, value in self.loss.last_values.items():
+            self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        return loss, logits
+
+    def _metric_target(self, mask: Tensor) -> Tensor:
+        # torchmetrics wants integer targets; binary/multilabel masks are float {0, 1}.
+        return mask if self.task == "multiclass" else mask.long()
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        loss, _ = self._step(batch, "train")
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        loss, logits = self._step(batch, "val")
+        target = self._metric_target(batch["mask"])
+        # Logits go in as they are: torchmetrics applies sigmoid/argmax (threshold 0.5).
+        self.val_dice.update(logits.detach(), target)
+        self.val_iou.update(logits.detach(), target)
+        return loss
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        loss, logits = self._step(batch, "test")
+        target = self._metric_target(batch["mask"])
+        self.test_dice.update(logits.detach(), target)
+        self.test_iou.update(logits.detach(), target)
+        return loss
+
+    def _log_scores(self, stage: str, name: str, metric: torchmetrics.Metric) -> None:
+        scores = metric.compute()  # all-reduces TP/FP/FN over ranks first
+        metric.reset()
+        # Same value on every rank after compute(); sync_dist only quiets Lightning's DDP warning.
+        self.log(f"{stage}/{name}", scores.float().mean(), prog_bar=name == "dice", sync_dist=True)
+        if scores.ndim == 1:
+            for c, score in enumerate(scores):
+                self.log(f"{stage}/{name}_class{c}", score, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val", "dice", self.val_dice)
+        self._log_scores("val", "iou", self.val_iou)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test", "dice", self.test_dice)
+        self._log_scores("test", "iou", self.test_iou)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), **self.scheduler_config},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Plain dict: loadable with torch.load(weights_only=True) and without Hydra/OmegaConf.
+        if self.config is not None:
+            checkpoint["config"] = self.config

@@ -1,0 +1,120 @@
+"""``train(cfg) -> float``: build everything from the composed config, fit, return the metric.
+
+Order matters for the user: everything that can be checked without data (task, class count,
+loss terms against the task, network, loss, optimizer) is checked and built *before* the
+datamodule is instantiated, so a config mistake fails in a second with a clear message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from .losses import build_loss, check_loss_config
+from .module import SegmentationModule
+from .task import validate_task
+from .utils import build
+
+log = logging.getLogger(__name__)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Start-up checks that need no data: task/num_classes, loss terms vs task, monitor mode.
+
+    Raises ``ValueError`` naming the key and the fix.
+    """
+    validate_task(cfg.task, cfg.num_classes)
+    check_loss_config(cfg.loss, cfg.task, cfg.num_classes)
+    if cfg.monitor_mode not in ("min", "max"):
+        raise ValueError(f"monitor_mode must be 'min' or 'max', got {cfg.monitor_mode!r}")
+
+
+def _instantiate_dict(node: Any, what: str) -> list[Any]:
+    """Instantiate every entry of a ``name -> {_target_: ...}`` group (callbacks, loggers); skip nulls."""
+    if not node:
+        return []
+    objects = []
+    for name, conf in node.items():
+        if conf is None:
+            continue  # switched off from the command line: callbacks.<name>=null
+        if not isinstance(conf, (DictConfig, Mapping)) or "_target_" not in conf:
+            raise ValueError(f"{what}.{name} needs a _target_ (a class to build), got {conf!r}")
+        objects.append(build(conf))
+    return objects
+
+
+def build_module(cfg: DictConfig) -> SegmentationModule:
+    """Network + loss + optimizer/scheduler factories -> :class:`SegmentationModule` (no data needed)."""
+    net = build(cfg.model)
+    loss = build_loss(cfg.loss, cfg.task, cfg.num_classes)
+    optimizer = build(cfg.optimizer)
+    scheduler, scheduler_config = None, {}
+    sched_cfg = cfg.get("scheduler")
+    if sched_cfg and sched_cfg.get("scheduler"):
+        scheduler = build(sched_cfg.scheduler)
+        scheduler_config = {k: v for k, v in OmegaConf.to_container(sched_cfg, resolve=True).items() if k != "scheduler"}
+    return SegmentationModule(
+        net=net,
+        loss=loss,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scheduler_config=scheduler_config,
+        task=cfg.task,
+        num_classes=cfg.num_classes,
+        ignore_index=cfg.get("ignore_index"),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+@rank_zero_only
+def _save_config(cfg: DictConfig, output_dir: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    OmegaConf.save(cfg, os.path.join(output_dir, "config.yaml"), resolve=True)
+
+
+def best_metric(trainer: L.Trainer, monitor: str) -> float:
+    """The best value of ``monitor`` seen by the checkpoint callback, else its last logged value.
+
+    Returns NaN when the metric was never logged (e.g. no validation ran).
+    """
+    ckpt = trainer.checkpoint_callback
+    score = getattr(ckpt, "best_model_score", None) if ckpt is not None else None
+    if score is None:
+        score = trainer.callback_metrics.get(monitor)
+    return float(score) if score is not None else math.nan
+
+
+def train(cfg: DictConfig) -> float:
+    """Train one run described by ``cfg`` (the composed ``conf/train.yaml``).
+
+    Steps: seed everything; validate the config; build module (network, loss, optimizer,
+    scheduler); build datamodule, callbacks, loggers, trainer; save the resolved config to
+    ``<paths.output_dir>/config.yaml``; ``trainer.fit(ckpt_path=cfg.ckpt_path)``; optionally test.
+
+    Returns:
+        the best value of ``cfg.monitor`` (e.g. ``val/dice``) as a float, for sweeps.
+    """
+    L.seed_everything(cfg.seed, workers=True)
+    validate_config(cfg)
+    output_dir = str(cfg.paths.output_dir)
+    module = build_module(cfg)
+    datamodule = build(cfg.data)
+    callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks")
+    loggers = _instantiate_dict(cfg.get("logger"), "logger")
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    _save_config(cfg, output_dir)
+    log.info("Run folder: %s", os.path.abspath(output_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    value = best_metric(trainer, cfg.monitor)
+    if cfg.get("test_after_fit"):
+        ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
+    log.info("Best %s: %.4f (run folder %s)", cfg.monitor, value, os.path.abspath(output_dir))
+    return value
