@@ -18,22 +18,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch import Callback
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Subprocess runs of train.py: tiny and quiet (no rich progress bar, no prediction pictures).
-TINY_CLI = (
-    "data.image_size=32",
-    "data.num_samples=24",
-    "data.batch_size=8",
-    "data.num_workers=0",
+# Tiny and quiet runs: one CPU process, no progress bar, no prediction pictures.
+TINY_TRAINER = (
     "trainer.accelerator=cpu",
     "trainer.devices=1",
     "callbacks.progress_bar=null",
     "callbacks.prediction_grid=null",
     "++trainer.enable_progress_bar=false",
 )
+TINY_DATA = ("data.image_size=32", "data.num_samples=24", "data.batch_size=8", "data.num_workers=0")
+# Subprocess runs of train.py (synthetic data).
+TINY_CLI = (*TINY_DATA, *TINY_TRAINER)
 
 
 def run_script(args: Sequence[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -62,14 +62,21 @@ atexit.register(shutil.rmtree, _SCRATCH, True)
 TINY_COMPOSE = (*TINY_CLI, "data.num_samples=16", "trainer.max_epochs=1", "++trainer.enable_model_summary=false")
 
 
-def compose_run(overrides: Sequence[str], output_dir: Path):
-    """Compose ``conf/train.yaml`` with :data:`TINY_COMPOSE` + ``overrides``; the run folder is ``output_dir``."""
+def compose_run(overrides: Sequence[str], output_dir: Path | str, synthetic: bool = True):
+    """Compose ``conf/train.yaml`` with the tiny settings + ``overrides``; the run folder is ``output_dir``.
+
+    Args:
+        overrides: command-line style overrides.
+        output_dir: ``paths.output_dir``.
+        synthetic: also apply the tiny synthetic-data settings (off for ``data=folder``).
+    """
     from hydra import compose, initialize_config_dir
 
+    tiny = TINY_COMPOSE if synthetic else (*TINY_TRAINER, "trainer.max_epochs=1", "++trainer.enable_model_summary=false")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(
             config_name="train",
-            overrides=[*TINY_COMPOSE, *overrides, f"paths.output_dir={Path(output_dir).as_posix()}"],
+            overrides=[*tiny, *overrides, f"paths.output_dir={Path(output_dir).as_posix()}"],
         )
 
 
@@ -85,6 +92,18 @@ def trained_checkpoint(task: str = "binary", num_classes: int = 1) -> Path:
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert ckpt.is_file(), f"training wrote no {ckpt}"
     return ckpt
+
+
+class ExplodeLearningRate(Callback):
+    """Test stand-in for a diverging run: from epoch ``epoch`` on, the learning rate is multiplied by 1e12."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            for group in trainer.optimizers[0].param_groups:
+                group["lr"] *= 1e12
 
 
 @functools.lru_cache(maxsize=None)
