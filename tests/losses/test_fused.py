@@ -211,20 +211,23 @@ def test_all_ignored_gives_zero_pixel_term_and_gradient():
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.5])
-def test_sigmoid_focal_saturated_matches_composed_float32(gamma):
-    """Saturated logits (|x| up to 1e4) in float32: finite, and equal to the composed focal loss."""
-    from seglosses import functional as Fn
+def test_sigmoid_focal_saturated_matches_torchvision_float32(gamma):
+    """Saturated logits (|x| up to 1e4) in float32: finite, and torchvision's value; gradients
+    equal torchvision's float64 gradients wherever those are finite (it gives NaN at q = 0)."""
+    from torchvision.ops import sigmoid_focal_loss
 
     x = torch.tensor([[[40.0, -40.0, 1e4, -1e4, 17.0, -17.0, 0.3, -2.0]]])
     t = torch.tensor([[[1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.7, 0.2]]])
-    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    x1, x2 = x.clone().requires_grad_(), x.double().requires_grad_()
     pixel = _SigmoidDiceFn.apply(x1, t, None, None, 0.0, 0.25, gamma, False, "focal")[0]
-    ref = Fn.focal_loss(x2, t, "multilabel", alpha=0.25, gamma=gamma)
+    ref = sigmoid_focal_loss(x2, t.double(), alpha=0.25, gamma=gamma, reduction="mean")
     pixel.backward()
     ref.backward()
     assert torch.isfinite(x1.grad).all()
-    torch.testing.assert_close(pixel, ref, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(pixel.double(), ref, atol=1e-6, rtol=1e-5)
+    ok = torch.isfinite(x2.grad)
+    assert ok.sum() >= 4
+    torch.testing.assert_close(x1.grad.double()[ok], x2.grad[ok], atol=1e-6, rtol=1e-4)
 
 
 def test_softmax_ce_extreme_logits_match_cross_entropy_float32():
@@ -239,3 +242,4 @@ def test_softmax_ce_extreme_logits_match_cross_entropy_float32():
     assert torch.isfinite(pixel) and pixel.item() > 1000
     torch.testing.assert_close(pixel, ref)
     torch.testing.assert_close(x1.grad, x2.grad)
+
