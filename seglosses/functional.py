@@ -58,20 +58,22 @@ def _channel_view(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(-1, *([1] * (ndim - 2)))
 
 
-def _reduce(loss: Tensor, valid: Tensor | None, reduction: str) -> Tensor:
-    """Mean over valid elements / sum / none; ignored elements hold exactly 0 and get no gradient."""
-    if valid is not None:
-        # where (not multiply): a non-finite loss at an ignored pixel must not leak as 0 * inf.
-        loss = torch.where(valid, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+def _reduce(loss: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
+    """Mean over valid elements / sum / none; ignored elements hold exactly 0 and get no gradient.
+
+    ``mask`` is a 0/1 float tensor of valid elements (or None): multiplying by it is ~30x faster
+    on CPU than a bool ``torch.where``, and exact for the finite losses computed here.
+    """
+    if mask is not None:
+        loss = loss * mask
     if reduction == "none":
         return loss
     total = loss.sum()
     if reduction == "sum":
         return total
-    count = loss.numel() if valid is None else valid.sum()
-    if valid is None:
-        return total / max(count, 1)
-    return total / count.clamp_min(1).to(total.dtype)
+    if mask is None:
+        return total / max(loss.numel(), 1)
+    return total / mask.sum().clamp_min(1)
 
 
 def _binary_target(logits: Tensor, target: Tensor) -> Tensor:
@@ -80,12 +82,13 @@ def _binary_target(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def _dense_target(target: Tensor, ignore_index, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-    """Float target with ignored entries set to 0 (so e.g. 255 never enters a formula) + mask."""
+    """Float target with ignored entries set to 0 (so e.g. 255 never enters a formula) and the
+    0/1 float mask of valid entries (None without ignore_index)."""
     t = target.to(dtype)
     if ignore_index is None:
         return t, None
-    valid = target != ignore_index
-    return torch.where(valid, t, torch.zeros((), dtype=dtype, device=t.device)), valid
+    mask = (target != ignore_index).to(dtype)
+    return t * mask, mask
 
 
 def _index_target(target: Tensor, ignore_index) -> tuple[Tensor, Tensor | None]:
@@ -145,13 +148,13 @@ def binary_cross_entropy(
     if pw is not None:
         _checks.check_weight_length(pw, x.shape[1], "pos_weight", name)
         pw = _channel_view(pw, x.ndim)
-    t, valid = _dense_target(target, ignore_index, x.dtype)
+    t, mask = _dense_target(target, ignore_index, x.dtype)
     if label_smoothing:
         t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
-    if valid is None and reduction != "none":
+    if mask is None and reduction != "none":
         return F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction=reduction)
     loss = F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none")
-    return _reduce(loss, valid, reduction)
+    return _reduce(loss, mask, reduction)
 
 
 def cross_entropy(
@@ -233,9 +236,10 @@ def focal_loss(
     ``gamma=0, alpha=None`` equals BCE / CE exactly.
 
     The modulating factor is computed in log space, ``(1 - p_t)^gamma = exp(gamma log(1 - p_t))``,
-    with ``log(1 - p_t)`` from ``logsigmoid`` / ``log_softmax`` (for softmax: the log-sum-exp of the
-    *other* classes), never from ``1 - p_t`` itself: that difference rounds to 0 at saturated logits,
-    where the gradient of ``(.)^gamma`` is infinite for ``gamma < 1`` (torchvision and smp give NaN).
+    with ``log(1 - p_t)`` built from the log-sigmoid pieces (sigmoid) or from the sum of the *other*
+    classes' probabilities (softmax), never from the difference ``1 - p_t``: that rounds to 0 at
+    saturated logits, where the gradient of ``(.)^gamma`` is infinite for ``gamma < 1``
+    (torchvision and smp give NaN there).
 
     Args:
         logits: ``[B, C, *spatial]``.
@@ -250,41 +254,122 @@ def focal_loss(
     _checks.check_mode(mode, name)
     _checks.check_logits(logits, name)
     _checks.check_reduction(reduction, name)
+    if target.requires_grad:
+        raise ValueError(
+            f"{name}: the focal loss has no gradient with respect to the target; pass target.detach()"
+        )
     x = _upcast(logits)
     if mode == "multiclass":
         _checks.check_multiclass_target(logits, target, ignore_index, name)
         t, valid = _index_target(target, ignore_index)
-        idx = t.unsqueeze(1)
-        logp = F.log_softmax(x, dim=1)
-        logp_t = logp.gather(1, idx).squeeze(1)
-        loss = -logp_t
-        if gamma != 0:
-            # log(1 - p_t) = log sum_{c != t} p_c: exact even where p_t rounds to 1.
-            log1m_pt = torch.logsumexp(logp.scatter(1, idx, float("-inf")), dim=1)
-            loss = loss * torch.exp(gamma * log1m_pt)
+        a_t = None
         if alpha is not None:
             if isinstance(alpha, (int, float)):
-                loss = loss * float(alpha)
+                a_t = torch.full(t.shape, float(alpha), dtype=x.dtype, device=x.device)
             else:
                 a = _as_vector(alpha, x)
                 _checks.check_weight_length(a, x.shape[1], "alpha", name)
-                loss = loss * a[t]
-        return _reduce(loss, valid, reduction)
+                a_t = a[t]
+        loss = _SoftmaxFocal.apply(x, t, a_t, float(gamma))
+        return _reduce(loss, None if valid is None else valid.to(x.dtype), reduction)
 
     target = _binary_target(logits, target) if mode == "binary" else target
     _checks.check_dense_target(logits, target, mode, ignore_index, name)
-    t, valid = _dense_target(target, ignore_index, x.dtype)
-    ls_pos = F.logsigmoid(x)  # log p
-    # BCE from logits: -(t log p + (1 - t) log(1 - p)) with log(1 - p) = log p - x.
-    loss = (1.0 - t) * x - ls_pos
-    if gamma != 0:
-        ls_neg = ls_pos - x  # log(1 - p)
-        # 1 - p_t = p (1 - t) + (1 - p) t; its log via logaddexp stays exact for soft labels too.
-        log1m_pt = torch.logaddexp(ls_pos + torch.log1p(-t), ls_neg + torch.log(t))
-        loss = loss * torch.exp(gamma * log1m_pt)
-    if alpha is not None:
-        loss = loss * (alpha * t + (1.0 - alpha) * (1.0 - t))
-    return _reduce(loss, valid, reduction)
+    t, mask = _dense_target(target, ignore_index, x.dtype)
+    a_t = None if alpha is None else (1.0 - alpha) + (2.0 * alpha - 1.0) * t  # alpha t + (1-alpha)(1-t)
+    loss = _SigmoidFocal.apply(x, t, a_t, float(gamma))
+    return _reduce(loss, mask, reduction)
+
+
+class _SigmoidFocal(torch.autograd.Function):
+    r"""Per-element sigmoid focal loss ``a_t * ce * q^gamma`` with a closed-form backward.
+
+    ``ce = (1 - t) x - log p`` (BCE from logits), ``q = 1 - p_t = p (1 - t) + (1 - p) t``. With
+    ``u = exp(-|x|)`` and ``m = log sigmoid(|x|) = -log1p(u)`` (the larger of ``log p`` and
+    ``log(1 - p)``; the smaller is ``m - |x|``): ``log p = m + min(x, 0)`` and
+    ``log q = m + log((1 - s) + s u)`` with ``s = t`` where ``x > 0``, ``1 - t`` where ``x < 0``
+    (``s = h + t (1 - 2h)``, ``h = (1 - sign x) / 2``; at ``x = 0``, ``u = 1`` and any ``s`` gives
+    ``q = 1/2``): exact for soft labels, computed in log space, and free of infinities (which
+    would also send the CPU kernels down slow paths; so are bool ``where``\ s). The bracket is
+    ``>= u``; it is clamped at the smallest normal float only where ``u`` underflows
+    (``|x| > ~87`` in float32, where ``q^gamma < 1e-38``).
+
+    Gradient: ``dL/dx = a_t q^gamma [(p - t) + gamma (1 - 2t) ce r]``, ``r = p (1 - p) / q
+    = u / ((1 + u)(1 - s + s u))`` in [0, 1] -- finite for every ``gamma >= 0``, where the
+    autograd of ``(1 - p_t) ** gamma`` gives NaN for ``gamma < 1`` at saturated logits. It is
+    formed in the forward pass, so the backward is one multiply.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, t: Tensor, a_t: Tensor | None, gamma: float) -> Tensor:
+        u = torch.exp(-x.abs())
+        m = -torch.log1p(u)
+        ce = (1.0 - t) * x - (m + x.clamp_max(0.0))
+        loss = ce
+        if gamma != 0:
+            h = 0.5 - 0.5 * torch.sign(x)  # 1 where x < 0, 0 where x > 0
+            s = h + t * (1.0 - 2.0 * h)
+            inner = ((1.0 - s) + s * u).clamp_min(torch.finfo(x.dtype).tiny)
+            mod = torch.exp(gamma * (m + torch.log(inner)))
+            loss = ce * mod
+        if a_t is not None:
+            loss = loss * a_t
+        if ctx.needs_input_grad[0]:
+            g = torch.sigmoid(x) - t
+            if gamma != 0:
+                r = u / ((1.0 + u) * inner)
+                g = (g + gamma * (1.0 - 2.0 * t) * ce * r) * mod
+            if a_t is not None:
+                g = g * a_t
+            ctx.save_for_backward(g)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (g,) = ctx.saved_tensors
+        return grad * g, None, None, None
+
+
+class _SoftmaxFocal(torch.autograd.Function):
+    r"""Per-pixel softmax focal loss ``-a_t q^gamma log p_t`` with a closed-form backward.
+
+    ``q = 1 - p_t`` is the sum of the *other* classes' probabilities (no cancellation where
+    ``p_t`` rounds to 1), clamped at the smallest normal float only where all of them underflow.
+    Gradient over the classes: ``dL/dx = a_t q^gamma (1 - gamma log(p_t) p_t / q) (p - onehot(t))``,
+    finite for every ``gamma >= 0`` (``-log(p_t) p_t / q`` tends to 1 as ``q -> 0``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, t: Tensor, a_t: Tensor | None, gamma: float) -> Tensor:
+        idx = t.unsqueeze(1)
+        logp = F.log_softmax(x, dim=1)
+        logp_t = logp.gather(1, idx).squeeze(1)
+        p = logp.exp() if (gamma != 0 or ctx.needs_input_grad[0]) else None
+        loss = -logp_t
+        if gamma != 0:
+            log_q = torch.log(p.scatter(1, idx, 0.0).sum(1).clamp_min(torch.finfo(x.dtype).tiny))
+            mod = torch.exp(gamma * log_q)
+            loss = loss * mod
+        if a_t is not None:
+            loss = loss * a_t
+        if ctx.needs_input_grad[0]:
+            h = (
+                mod * (1.0 - gamma * logp_t * torch.exp(logp_t - log_q))
+                if gamma != 0
+                else torch.ones_like(logp_t)
+            )
+            if a_t is not None:
+                h = h * a_t
+            ctx.save_for_backward(p, h, idx)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        p, h, idx = ctx.saved_tensors
+        w = (grad * h).unsqueeze(1)
+        return (p * w).scatter_add(1, idx, -w), None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,16 +424,16 @@ def region_sums(
 
     target = _binary_target(logits, target) if mode == "binary" else target
     p = (torch.sigmoid(x) if from_logits else x).reshape(B, C, -1)
-    t, valid = _dense_target(target.reshape(B, C, -1), ignore_index, p.dtype)
-    if valid is not None:
-        p = torch.where(valid, p, torch.zeros((), dtype=p.dtype, device=p.device))
+    t, mask = _dense_target(target.reshape(B, C, -1), ignore_index, p.dtype)
+    if mask is not None:
+        p = p * mask
     inter = (p * t).sum(dims)
     psum = (p * p if squared_pred else p).sum(dims)
     tsum = t.sum(dims)
-    if valid is None:
+    if mask is None:
         count = torch.full_like(psum, p.shape[2] * (1 if per_image else B))
     else:
-        count = valid.to(p.dtype).sum(dims)
+        count = mask.sum(dims)
     return inter, psum, tsum, count
 
 
