@@ -128,3 +128,9 @@ def test_bad_options():
         DiceLoss("multiclass", class_weights=[1.0, -1.0])
     with pytest.raises(ValueError, match="at least 2 channels"):
         DiceLoss("multiclass")(torch.randn(2, 1, 3, 3), torch.zeros(2, 3, 3, dtype=torch.long))
+
+
+def test_focal_target_with_grad():
+    t = torch.rand(2, 1, 4, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="no gradient with respect to the target"):
+        FocalLoss("binary")(torch.randn(2, 1, 4, 4), t)

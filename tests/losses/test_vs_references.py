@@ -138,3 +138,44 @@ def test_zero_policy_matches_smp_with_absent_class():
     # the default policy differs exactly by class 2's false-positive rate / 4
     fp_rate = x.softmax(1)[:, 2].mean()
     torch.testing.assert_close(DiceLoss("multiclass")(x, t), ours + fp_rate / 4)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_focal_saturated_logits_finite_and_exact(gamma):
+    # float32 logits far into saturation: torchvision's gradient is NaN for gamma < 1 where
+    # 1 - p_t rounds to 0; ours is finite and equals the float64 reference wherever that is finite.
+    x = torch.tensor([40.0, -40.0, 1e4, -1e4, 17.0, -17.0, 0.3, -2.0, 90.0, -95.0]).view(1, 1, -1)
+    t = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.7, 0.2, 1.0, 1.0]).view(1, 1, -1)
+    xs = x.clone().requires_grad_()
+    loss = FocalLoss("binary", alpha=0.25, gamma=gamma)(xs, t)
+    loss.backward()
+    x64 = x.double().requires_grad_()
+    ref = sigmoid_focal_loss(x64, t.double(), alpha=0.25, gamma=gamma, reduction="mean")
+    ref.backward()
+    assert torch.isfinite(loss) and torch.isfinite(xs.grad).all()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    ok = torch.isfinite(x64.grad)
+    assert ok.sum() >= 5
+    torch.testing.assert_close(xs.grad.double()[ok], x64.grad[ok], rtol=1e-4, atol=1e-7)
+    if gamma < 1:
+        xt = x.clone().requires_grad_()
+        sigmoid_focal_loss(xt, t, alpha=0.25, gamma=gamma, reduction="mean").backward()
+        assert not torch.isfinite(xt.grad).all()  # the failure mode we avoid
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_softmax_focal_saturated_logits(gamma):
+    x = torch.tensor([[30.0, 0.0, -5.0], [1e4, 0.0, 1.0], [0.0, 200.0, 0.0], [1.0, 2.0, 3.0]]).T.unsqueeze(0)
+    t = torch.tensor([[0, 0, 0, 2]])  # confident right, saturated right, confident wrong, moderate
+    xs = x.clone().requires_grad_()
+    loss = FocalLoss("multiclass", gamma=gamma, reduction="none")(xs, t)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(xs.grad).all()
+    # float64 naive formula (fine in float64 for all but the 1e4 column)
+    x64 = x.double().requires_grad_()
+    logp = x64.log_softmax(1).gather(1, t.unsqueeze(1)).squeeze(1)
+    ref = -(1 - logp.exp()) ** gamma * logp
+    ref.sum().backward()
+    keep = [0, 2, 3]
+    torch.testing.assert_close(loss[0, keep].double(), ref[0, keep], rtol=1e-4, atol=1e-10)
+    torch.testing.assert_close(xs.grad[..., keep].double(), x64.grad[..., keep], rtol=1e-3, atol=1e-10)
