@@ -316,3 +316,74 @@ def test_torch_compile_fullgraph(mode, terms):
         seglosses.set_checks(previous)
     torch.testing.assert_close(out_c, out_e)
     torch.testing.assert_close(xc.grad, xe.grad)
+
+
+# --------------------------------------------------------------------------------------------
+# sync_dist on the fused path: two CPU processes (gloo) under DDP == one process, whole batch
+def _ddp_cases():
+    out = []
+    # (no ignore_index: with unequal valid counts per rank, the average of per-rank CE means is
+    # not the global mean -- a property of DDP averaging, the same on the composed path)
+    x, t = _data("multiclass", (4, 3, 5, 5), seed=20)
+    t[2:][t[2:] == 2] = 1  # class 2 only on rank 0: presence must be decided globally
+    out.append(("ce", x, t, lambda s: {
+        "ce": CrossEntropyLoss(label_smoothing=0.1),
+        "dice": DiceLoss("multiclass", sync_dist=s)}))
+    x, t = _data("binary", (4, 1, 5, 5), seed=21)
+    out.append(("bce", x, t, lambda s: {"bce": BCELoss(), "dice": DiceLoss("binary", squared_pred=True, sync_dist=s)}))
+    return out
+
+
+def _ddp_worker(rank: int, port: int, out_dir: str):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        results = {}
+        for name, x, t, terms in _ddp_cases():
+            torch.manual_seed(0)
+            net = torch.nn.parallel.DistributedDataParallel(torch.nn.Conv2d(x.shape[1], x.shape[1], 1).double())
+            combined = CombinedLoss(terms(True), {list(terms(True))[0]: 0.5})
+            assert _fused.plan(combined.terms, t) is not None
+            half = slice(2 * rank, 2 * rank + 2)
+            loss = combined(net(x[half]), t[half])
+            loss.backward()
+            results[name] = {"values": combined.last_values, "grads": [p.grad.clone() for p in net.parameters()]}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fused_sync_dist_two_processes_equal_one_process(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name, x, t, terms in _ddp_cases():
+        torch.manual_seed(0)
+        net = torch.nn.Conv2d(x.shape[1], x.shape[1], 1).double()
+        ref_terms = terms(False)
+        pixel_name = list(ref_terms)[0]
+        combined = CombinedLoss(ref_terms, {pixel_name: 0.5})
+        combined(net(x), t).backward()  # one process, whole batch
+        for r in range(2):
+            got = ranks[r][name]
+            # the Dice term is the global-batch Dice on every rank ...
+            torch.testing.assert_close(got["values"]["dice"], combined.last_values["dice"])
+            # ... the pixel term is each rank's own mean (DDP's averaging makes it global)
+            half = slice(2 * r, 2 * r + 2)
+            with torch.no_grad():
+                local = ref_terms[pixel_name](net(x[half]), t[half])
+            torch.testing.assert_close(got["values"][pixel_name], local)
+            for g_ddp, p in zip(got["grads"], net.parameters()):
+                torch.testing.assert_close(g_ddp, p.grad, msg=f"{name}: DDP-averaged gradient, rank {r}")

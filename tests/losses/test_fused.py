@@ -243,3 +243,17 @@ def test_softmax_ce_extreme_logits_match_cross_entropy_float32():
     torch.testing.assert_close(pixel, ref)
     torch.testing.assert_close(x1.grad, x2.grad)
 
+
+
+def test_bench_script_runs_quick(capsys):
+    """scripts/bench_losses.py --quick runs end to end (tiny shapes; no timing assertions)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_losses", ROOT / "scripts" / "bench_losses.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--repeats", "1", "--cases", "binary", "multiclass"]) == 0
+    out = capsys.readouterr().out
+    for row in ("binary BCE+Dice", "multiclass CE+Dice", "ours", "ours-composed", "floor", "peak MB"):
+        assert row in out
+    assert out.count("PASS") + out.count("FAIL") >= 2
