@@ -10,36 +10,46 @@ elementwise op (each is a full pass over memory in backward too). Here one
     P[b,c] = sum_n p  or p^2    (prediction sum; p^2 with ``squared_pred``)
     T[b,c] = sum_n t            (target sum; no gradient)
 
-over the valid (not ignored) pixels. The Dice formula itself -- smoothing, log-Dice, per-image vs
-batch aggregation, class weights, background exclusion, the empty-class policy, ``sync_dist`` --
-only touches these ``[B, C]`` sums and is computed by ordinary autograd (cheap: a few hundred
-numbers). Its gradients ``dL/dI``, ``dL/dP`` arrive in the Function's backward, which then
+over the valid (not ignored) pixels. The region formula itself -- Dice, Jaccard or Tversky,
+smoothing, log loss, per-image vs batch aggregation, class weights, background exclusion, the
+empty-class policy, ``sync_dist`` -- only touches these ``[B, C]`` sums and is the very function
+the modules use (``functional.overlap_loss_from_sums``), run by ordinary autograd (cheap: a few
+hundred numbers). Its gradients ``dL/dI``, ``dL/dP`` arrive in the Function's backward, which
 writes the logit gradient in closed form:
 
     sigmoid (binary / multilabel), per element:
         dL/dx = p (1 - p) (gI t + gP [2p if squared]) + g_pix dpixel/dx
         BCE:   dpixel/dx = (lw p - pw t') / N,   t' = t (1 - s) + s/2,  lw = 1 + (pw - 1) t'
         focal: dpixel/dx = a_t [q^g (p - t) + g q^(g-1) (1 - 2t) p (1 - p) ce] / N,
-               q = 1 - p_t, evaluated in log space so saturated logits stay finite
+               q = 1 - p_t (in log space for g < 1, so saturated logits stay finite)
     softmax (multiclass), with G_c = gP_c [2 p_c] + gI_c [t = c] and A_n the pixel term:
         dL/dx_c = p_c (G_c - sum_k p_k G_k) + A_n (p_c - [t = c])   (+ label smoothing term)
         CE:    A_n = w_t / sum(w_t),   focal: A_n = a_t (q^g - g p_t q^(g-1) log p_t) / N
 
-No one-hot is materialised for multiclass: ``I`` and ``T`` are scatter-adds of the target-class
-probability, ``sum_k p_k gP_k`` is one batched mat-vec. All sums accumulate in float32 (float64
-for float64 logits), also under autocast.
+Where the time goes on CPU, and what is done about it (measured with scripts/bench_losses.py):
 
-When the fused path applies (see :func:`plan`): exactly two terms, one ``DiceLoss`` and one of
-``BCELoss`` / ``CrossEntropyLoss`` / ``FocalLoss``, with
+- transcendental functions: one ``sigmoid``/``softmax`` per element, nothing else per element.
+  The BCE value needs ``sum softplus(x) = sum relu(x) - sum log max(p, 1 - p)``; the log factor
+  lies in [0.5, 1], so its sum is the log of products of 64 elements (one log per 64). CE needs
+  ``log p_t`` only on [B, N]: ``x_t - max_c x_c + log max_c p_c`` (exact, no underflow).
+- memory passes: the binary path runs chunk by chunk along the pixels on CPU (cache blocking,
+  ~1 MiB per operand) with in-place kernels (``sigmoid_backward``, ``addcmul_``), so each chunk
+  is read from main memory about once per direction.
+- no one-hot for multiclass: ``I``/``T`` are scatter-adds of ``p_t``, ``sum_k p_k gP_k`` is
+  one batched mat-vec, the target-class term of the gradient is one ``index_add_``.
 
-- Dice ``from_logits=True``; the pixel term's ``reduction="mean"``;
-- BCE with Dice in binary/multilabel mode; CE with Dice in multiclass mode; Focal in the same
-  mode as Dice;
-- the same ``ignore_index`` on both terms (or none);
-- a target that does not require grad.
+All sums accumulate in float32 (float64 for float64 logits), also under autocast (bf16/fp16
+logits are upcast once; autocast is disabled inside the Function). The same code runs on CUDA
+(one chunk). Custom Functions trace under ``torch.compile(fullgraph=True)`` (tested with the
+eager backend).
 
-Everything else (other pairs, other reductions, different ignore indices, soft-label gradients)
-runs the composed modules, so the result is always defined.
+When the fused path applies (see :func:`plan`): exactly two terms, one region term
+(``DiceLoss``, ``JaccardLoss``, ``TverskyLoss``) and one pixel term (``BCELoss`` with a
+binary/multilabel region term, ``CrossEntropyLoss`` with a multiclass one, ``FocalLoss`` in the
+region term's mode), with ``from_logits=True``, the pixel term's ``reduction="mean"``, the same
+``ignore_index`` on both terms, and a target that does not require grad. Everything else (other
+pairs, three or more terms, other reductions, different ignore indices, probabilities as input,
+gradients w.r.t. soft targets) runs the composed modules, so the result is always defined.
 """
 
 from __future__ import annotations
