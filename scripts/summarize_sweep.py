@@ -166,15 +166,21 @@ def to_markdown(header: list[str], rows: list[list[Any]], shared: dict[str, str]
     return "\n".join(lines) + "\n"
 
 
-def plot(jobs: list[Job], metric: str, mode: str, path: Path) -> None:
-    """Bars of each job's best ``metric`` (failed jobs marked) and each finished job's curve."""
+def plot(jobs: list[Job], metric: str, mode: str, path: Path, keys: list[str] | None = None) -> None:
+    """Bars of each job's best ``metric`` (failed jobs marked) and each finished job's curve.
+
+    ``keys``: the override keys that label a job (default: all; pass the ones that vary).
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers and CI
     import matplotlib.pyplot as plt
 
     fig, (ax_bar, ax_curve) = plt.subplots(1, 2, figsize=(13, 0.45 * len(jobs) + 2.5))
-    labels = [f"{j.name}: " + " ".join(f"{k}={v}" for k, v in j.overrides.items())[:60] for j in jobs]
+    from matplotlib.ticker import MaxNLocator
+
+    labels = [f"{j.name}: " + " ".join(f"{k}={v}" for k, v in j.overrides.items() if keys is None or k in keys)[:60]
+              for j in jobs]
     values = [j.best.get(metric, 0.0) if j.status == "ok" else 0.0 for j in jobs]
     colors = ["tab:blue" if j.status == "ok" else "tab:red" for j in jobs]
     y = list(range(len(jobs)))[::-1]  # best at the top
@@ -187,6 +193,7 @@ def plot(jobs: list[Job], metric: str, mode: str, path: Path) -> None:
     for j in jobs:
         if j.curve:
             ax_curve.plot([e for e, _ in j.curve], [v for _, v in j.curve], marker="o", label=j.name)
+    ax_curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_curve.set_xlabel("epoch")
     ax_curve.set_ylabel(metric)
     ax_curve.set_title("Validation curve per job")
@@ -233,12 +240,12 @@ def summarize(multirun_dir: Path, out_dir: Path | None = None, metric: str | Non
     paths = {"md": out_dir / "summary.md", "csv": out_dir / "summary.csv", "png": out_dir / "summary.png"}
     header, rows, shared = table(jobs, metric, all_keys=False)
     paths["md"].write_text(to_markdown(header, rows, shared, metric, mode))
+    plot(jobs, metric, mode, paths["png"], keys=[k for k in header if k not in shared])
     header, rows, _ = table(jobs, metric, all_keys=True)
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows([[("" if c is None else c) for c in row] for row in rows])
-    plot(jobs, metric, mode, paths["png"])
     return paths
 
 

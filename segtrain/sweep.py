@@ -21,7 +21,8 @@ A single run (no ``-m``) is not wrapped: its exception propagates, with the orig
 Debug knob: :class:`InjectNaN` poisons the network's weights at a chosen step, to check the
 whole NaN path (``DivergenceGuard`` raises, the sweep records the failure) on a tiny run::
 
-    python train.py -m loss=bce,dice +callbacks.inject_nan._target_=segtrain.sweep.InjectNaN
+    python train.py -m +callbacks.inject_nan._target_=segtrain.sweep.InjectNaN \
+        +callbacks.inject_nan.at_step=0,null     # job 0 diverges, job 1 trains
 """
 
 from __future__ import annotations
@@ -159,16 +160,17 @@ class InjectNaN(L.Callback):
     """Debug knob: set every weight of the network to NaN before training step ``at_step``.
 
     Only for testing the failure path of sweeps and the divergence guard; never in real runs.
+    Sweepable: ``+callbacks.inject_nan.at_step=0,null`` gives one poisoned and one clean job.
 
     Args:
-        at_step: the global step before which the weights are poisoned.
+        at_step: the global step before which the weights are poisoned; ``None``: never.
     """
 
-    def __init__(self, at_step: int = 0) -> None:
+    def __init__(self, at_step: int | None = 0) -> None:
         self.at_step = at_step
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self.at_step:
+        if self.at_step is not None and trainer.global_step == self.at_step:
             with torch.no_grad():
                 for p in pl_module.parameters():
                     p.fill_(float("nan"))

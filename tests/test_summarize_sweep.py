@@ -93,3 +93,40 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert summarize_sweep.main([str(tmp_path)]) == 2
     assert "No job folders" in capsys.readouterr().err
+
+
+def _tiny_multirun():
+    # The multirun of tests/test_sweep.py (built once per session, whichever test asks first).
+    spec = importlib.util.spec_from_file_location("_segtrain_test_sweep", ROOT / "tests" / "test_sweep.py")
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module.tiny_multirun
+
+
+@pytest.fixture(scope="module")
+def real_multirun(tmp_path_factory):
+    return _tiny_multirun()(tmp_path_factory)
+
+
+def test_summary_of_a_real_multirun(real_multirun, tmp_path):
+    """train.py -m loss=bce,dice,ce: two trained jobs sorted by val/dice, the ce job failed."""
+    assert summarize_sweep.main([str(real_multirun), "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    assert sorted(r["loss"] for r in rows[:2]) == ["bce", "dice"] and rows[2]["loss"] == "ce"
+    dice = [float(r["val/dice"]) for r in rows[:2]]
+    assert dice == sorted(dice, reverse=True) and all(0.0 <= d <= 1.0 for d in dice)
+    # The table's numbers are the jobs' own best epochs from their metrics.csv.
+    for r in rows[:2]:
+        logged = [float(x["val/dice"]) for x in csv.DictReader(open(real_multirun / r["job"] / "metrics.csv"))
+                  if x.get("val/dice")]
+        assert float(r["val/dice"]) == pytest.approx(max(logged))
+        assert r["val/iou"] != "" and r["val/loss"] != ""
+    assert "ValueError" in rows[2]["error"]
+    md = (tmp_path / "summary.md").read_text()
+    assert "sorted by val/dice (max)" in md and "| failed |" in md
+    assert "`data.image_size=32`" in md  # the overrides shared by all jobs, listed once
+    assert (tmp_path / "summary.png").stat().st_size > 5000

@@ -63,3 +63,121 @@ def test_keyboard_interrupt_still_stops_the_sweep(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep_job(interrupted, None, mode="max", output_dir=tmp_path, multirun=True)
+
+
+# --------------------------------------------------- configs compose (in-process, fast) -----
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def test_slurm_launcher_config_composes_and_builds():
+    from hydra.utils import instantiate
+
+    cfg = _compose(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+                    "hydra.launcher.partition=gpu", "hydra.sweep.dir=/sweeps/x"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    # One SLURM task per GPU, as many nodes as the trainer: what Lightning's SLURMEnvironment expects.
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert launcher.partition == "gpu" and launcher.submitit_folder == "/sweeps/x/.submitit/%j"
+    built = instantiate(launcher)  # constructing it needs no cluster
+    assert built.params["nodes"] == 2 and built.params["tasks_per_node"] == 4
+
+
+def test_optuna_search_space_matches_the_config():
+    cfg = _compose(["hparams_search=optuna"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert cfg.monitor_mode == "max"  # the direction optimises the metric train.py returns
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"  # sweeps without -m
+    params = dict(sweeper.params)
+    assert set(params) == {"loss.terms.dice.weight", "loss.terms.focal.weight", "loss.terms.focal.gamma",
+                           "loss.terms.dice.smooth", "optimizer.lr"}
+    for key in params:  # every searched key exists in the composed config (else Optuna's trials fail)
+        assert OmegaConf.select(cfg, key) is not None, key
+
+
+# ------------------------------------------------------------ multiruns (subprocesses) -----
+
+TINY = [
+    "data.num_samples=16", "data.image_size=32", "data.batch_size=4", "data.num_workers=0",
+    "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_epochs=1",
+    "trainer.enable_model_summary=false", "callbacks.progress_bar=null", "callbacks.early_stopping=null",
+]
+
+
+def run_train(args, timeout=420):
+    """``python train.py *args`` from the repo root; fails the test with the output's tail."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
+    env["PYTHONWARNINGS"] = "ignore"
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"train.py {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def tiny_multirun(tmp_path_factory) -> Path:
+    """``train.py -m loss=bce,dice,ce`` on tiny data, once per test session (cached on disk).
+
+    ``ce`` cannot serve the binary task: that job fails at start-up, the two others train.
+    Also used by tests/test_summarize_sweep.py.
+    """
+    sweep_dir = tmp_path_factory.getbasetemp() / "tiny_multirun"
+    done = sweep_dir / ".done"
+    if not done.exists():
+        run_train(["-m", "loss=bce,dice,ce", f"hydra.sweep.dir={sweep_dir}",
+                   f"paths.log_dir={sweep_dir.parent / 'tiny_multirun_logs'}", *TINY])
+        done.touch()
+    return sweep_dir
+
+
+@pytest.fixture(scope="module")
+def multirun_dir(tmp_path_factory):
+    return tiny_multirun(tmp_path_factory)
+
+
+def test_multirun_failed_job_is_recorded_and_others_finish(multirun_dir):
+    jobs = {p.name: p for p in multirun_dir.iterdir() if p.is_dir()}
+    assert set(jobs) == {"0", "1", "2"}
+    for name, loss in (("0", "bce"), ("1", "dice")):
+        assert f"loss={loss}" in yaml.safe_load((jobs[name] / ".hydra" / "overrides.yaml").read_text())
+        assert (jobs[name] / "metrics.csv").exists() and (jobs[name] / "checkpoints" / "last.ckpt").exists()
+        assert not (jobs[name] / sweep.FAILURE_FILE).exists()
+    failure = yaml.safe_load((jobs["2"] / sweep.FAILURE_FILE).read_text())
+    assert failure["error_type"] == "ValueError" and "ce" in failure["message"]
+    assert "loss=ce" in failure["overrides"] and failure["returned"] == -math.inf
+    assert "Sweep job failed" in (jobs["2"] / "train.log").read_text()  # logged, in the job's log
+
+
+def test_optuna_search_runs_tiny_trials(tmp_path):
+    sweep_dir = tmp_path / "optuna"
+    run_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep_dir}",
+               f"paths.log_dir={tmp_path}", *TINY])
+    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert set(result["best_params"]) == {"loss.terms.dice.weight", "loss.terms.focal.weight",
+                                          "loss.terms.focal.gamma", "loss.terms.dice.smooth", "optimizer.lr"}
+    assert 0.0 <= result["best_value"] <= 1.0
+    values = []
+    for job in ("0", "1"):
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load((sweep_dir / job / ".hydra" / "overrides.yaml").read_text()))
+        config = yaml.safe_load((sweep_dir / job / "config.yaml").read_text())
+        # The trial's sampled values are what the job trained with.
+        assert float(overrides["loss.terms.focal.gamma"]) == pytest.approx(config["loss"]["terms"]["focal"]["gamma"])
+        assert float(overrides["optimizer.lr"]) == pytest.approx(config["optimizer"]["lr"])
+        assert 1e-4 <= config["optimizer"]["lr"] <= 1e-2 and 0.5 <= config["loss"]["terms"]["focal"]["gamma"] <= 4.0
+        values.append(overrides)
+    assert values[0] != values[1]  # two different trials
