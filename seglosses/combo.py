@@ -57,6 +57,10 @@ class CombinedLoss(nn.Module):
                 f"{terms!r}"
             )
         for name, term in terms.items():
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(
+                    f"CombinedLoss term names must be non-empty strings without '.', got {name!r}"
+                )
             if not isinstance(term, nn.Module):
                 raise ValueError(
                     f"CombinedLoss term {name!r} must be an nn.Module (a loss such as DiceLoss), "

@@ -235,6 +235,7 @@ def test_composed_weighted_sum_and_last_values():
         ({"a": nn.L1Loss()}, {"b": 1.0}, "unknown terms"),
         ({"a": lambda x, t: x}, None, "nn.Module"),
         ({"a": nn.L1Loss()}, {"a": "heavy"}, "number"),
+        ({"a.b": nn.L1Loss()}, None, "without '.'"),
     ],
 )
 def test_bad_construction_raises_value_error(terms, weights, match):
