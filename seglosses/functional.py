@@ -302,25 +302,28 @@ class _SigmoidFocal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, t: Tensor, a_t: Tensor | None, gamma: float) -> Tensor:
-        u = torch.exp(-x.abs())
-        m = -torch.log1p(u)
-        ce = (1.0 - t) * x - (m + x.clamp_max(0.0))
+        # In-place chains on fresh tensors: the loss is memory-bound, allocations cost as much as maths.
+        u = x.abs().neg_().exp_()  # exp(-|x|)
+        m = torch.log1p(u).neg_()  # log sigmoid(|x|)
+        ce = x.clamp_max(0.0).add_(m).neg_()  # -log p
+        ce.add_(x).addcmul_(t, x, value=-1.0)  # + (1 - t) x
         loss = ce
         if gamma != 0:
-            h = 0.5 - 0.5 * torch.sign(x)  # 1 where x < 0, 0 where x > 0
-            s = h + t * (1.0 - 2.0 * h)
-            inner = ((1.0 - s) + s * u).clamp_min(torch.finfo(x.dtype).tiny)
-            mod = torch.exp(gamma * (m + torch.log(inner)))
+            c = t.mul(-2.0).add_(1.0)  # 1 - 2t
+            s = torch.sign(x).mul_(c).mul_(-0.5).add_(0.5)  # t where x > 0, 1 - t where x < 0
+            inner = torch.rsub(u, 1.0).mul_(s).neg_().add_(1.0)  # (1 - s) + s u
+            inner.clamp_min_(torch.finfo(x.dtype).tiny)
+            mod = torch.log(inner).add_(m).mul_(gamma).exp_()  # (1 - p_t)^gamma
             loss = ce * mod
         if a_t is not None:
             loss = loss * a_t
         if ctx.needs_input_grad[0]:
-            g = torch.sigmoid(x) - t
+            g = torch.sigmoid(x).sub_(t)
             if gamma != 0:
-                r = u / ((1.0 + u) * inner)
-                g = (g + gamma * (1.0 - 2.0 * t) * ce * r) * mod
+                r = u.div_((u + 1.0).mul_(inner))  # p (1 - p) / q
+                g.addcmul_(ce.mul_(r), c, value=gamma).mul_(mod)
             if a_t is not None:
-                g = g * a_t
+                g.mul_(a_t)
             ctx.save_for_backward(g)
         return loss
 
