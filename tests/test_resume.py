@@ -9,6 +9,7 @@ a folder). The rest are in-process unit tests.
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import random
@@ -23,6 +24,8 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
+import yaml
+from reliability_helpers import TINY_CLI, popen_script, run_script
 
 from segtrain.atomic import AtomicCheckpointIO, atomic_torch_save
 from segtrain.resume import (
@@ -174,3 +177,70 @@ def test_restore_reports_sources_the_datamodule_no_longer_has():
     state = capture_random_state(dm)
     del dm.generator
     assert restore_random_state(state, dm) == ["datamodule.generator"]
+
+
+# ------------------------------------------------------------ kill, resume, same result -----
+
+# Three epochs of a tiny run; val every epoch so last.ckpt is written at each epoch's end.
+RESUME_ARGS = (*TINY_CLI, "trainer.max_epochs=3", "seed=7", "data.num_samples=32", "data.batch_size=4", "+callbacks.rng_state._target_=segtrain.resume.RandomStateCheckpoint")
+
+
+def _run_folders(log_dir: Path) -> dict[str, Path]:
+    """``{hydra.job.name: run folder}`` for the runs under ``log_dir/runs``."""
+    found = {}
+    for hydra_yaml in (log_dir / "runs").glob("*/.hydra/hydra.yaml"):
+        try:
+            name = yaml.safe_load(hydra_yaml.read_text())["hydra"]["job"]["name"]
+        except (TypeError, KeyError, yaml.YAMLError):
+            continue  # Hydra is still writing the file
+        found[name] = hydra_yaml.parent.parent
+    return found
+
+
+def _final_val(run: Path) -> dict[str, float]:
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("val/loss")]
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}, int(rows[0]["epoch"])
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    """SIGKILL after epoch 0's last.ckpt, resume in a new process: same weights and metrics as no crash."""
+    logs = tmp_path / "logs"
+    common = ["train.py", f"paths.log_dir={logs}", *RESUME_ARGS]
+    # Both start at the same moment into the same runs folder: they must get two folders.
+    reference = popen_script([*common, "hydra.job.name=reference"], tmp_path / "reference.log")
+    victim = popen_script([*common, "hydra.job.name=victim"], tmp_path / "victim.log")
+    deadline = time.monotonic() + 240
+    last = None
+    while time.monotonic() < deadline and victim.poll() is None:
+        folder = _run_folders(logs).get("victim") if (logs / "runs").exists() else None
+        if folder is not None and (folder / "checkpoints" / "last.ckpt").exists():
+            last = folder / "checkpoints" / "last.ckpt"
+            os.kill(victim.pid, signal.SIGKILL)  # a real crash: no handler, no final checkpoint
+            break
+        time.sleep(0.02)
+    victim.wait()
+    assert last is not None and victim.returncode == -signal.SIGKILL, (
+        f"the victim run was not killed mid-run (rc={victim.returncode}):\n{(tmp_path / 'victim.log').read_text()[-2000:]}"
+    )
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    assert killed_at < 2, "the kill came after the last epoch: nothing left to resume"
+    before = last.read_bytes()
+
+    run_script([*common, f"ckpt_path={last}", "hydra.job.name=resumed"])
+    assert reference.wait(timeout=240) == 0, (tmp_path / "reference.log").read_text()[-2000:]
+
+    runs = _run_folders(logs)
+    assert len({runs["reference"], runs["victim"], runs["resumed"]}) == 3  # nothing shared a folder
+    assert last.read_bytes() == before  # the resumed run wrote its own folder, not the crashed one's
+
+    ref_ckpt = torch.load(runs["reference"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    res_ckpt = torch.load(runs["resumed"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert res_ckpt["epoch"] == ref_ckpt["epoch"] == 2 and res_ckpt["global_step"] == ref_ckpt["global_step"]
+    for key, value in ref_ckpt["state_dict"].items():
+        assert torch.equal(value, res_ckpt["state_dict"][key]), f"weights differ after resume: {key}"
+    # Optimizer moments and the LR schedule were restored too (else the weights would differ above).
+    assert res_ckpt["lr_schedulers"][0]["last_epoch"] == ref_ckpt["lr_schedulers"][0]["last_epoch"]
+    ref_val, _ = _final_val(runs["reference"])
+    res_val, first_epoch = _final_val(runs["resumed"])
+    assert first_epoch == killed_at + 1  # the resumed run continued, it did not start over
+    assert res_val == ref_val
