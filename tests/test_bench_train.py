@@ -30,6 +30,7 @@ def test_quick_benchmark_reports_both_sides(tmp_path, capsys):
     # Interleaved rounds: the same number of timed rounds per side.
     assert len(result["plain_rounds_s_per_step"]) == len(result["harness_rounds_s_per_step"]) == result["rounds"] == 2
     assert all(t > 0 for t in result["plain_rounds_s_per_step"] + result["harness_rounds_s_per_step"])
+    assert len(result["plain_rounds_cpu_s_per_step"]) == 2 and math.isfinite(result["overhead_cpu_time_percent"])
     assert result["plain_images_per_s"] > 0 and result["harness_images_per_s"] > 0
     expected = (result["plain_images_per_s"] / result["harness_images_per_s"] - 1) * 100
     assert math.isclose(result["overhead_percent"], expected, rel_tol=1e-9)
@@ -49,6 +50,6 @@ def test_plain_loop_trains_like_the_module():
     batch = {"image": torch.randn(2, 3, 8, 8), "mask": (torch.rand(2, 1, 8, 8) > 0.5).float()}
     before = loss(net(batch["image"]), batch["mask"]).item()
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
-    seconds = bench_train.plain_loop(net, loss, opt, [batch] * 6, torch.device("cpu"), "32-true", warmup=1, steps=5)
-    assert seconds > 0
+    wall, cpu = bench_train.plain_loop(net, loss, opt, [batch] * 6, torch.device("cpu"), "32-true", warmup=1, steps=5)
+    assert wall > 0 and cpu > 0
     assert loss(net(batch["image"]), batch["mask"]).item() < before
