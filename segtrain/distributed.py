@@ -138,8 +138,8 @@ def startup_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
             "Several processes were started for this run (torchrun, srun or a multi-node launch "
             "with NODE_RANK) but no hydra.run.dir was given: each process would create its own "
             "timestamped folder. Pass the same folder to every process, e.g. "
-            "hydra.run.dir=outputs/runs/${SLURM_JOB_ID} (shell variable) or "
-            "hydra.run.dir=outputs/runs/two_node_1."
+            "hydra.run.dir=logs/runs/slurm_${SLURM_JOB_ID} (a shell variable) or "
+            "hydra.run.dir=logs/runs/two_node_01."
         )
     rank = env_global_rank(env)
     if world > 1 and rank > 0:
