@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from reliability_helpers import compose_run
 
+from segtrain import atomic
 from segtrain.run import train
 
 
@@ -24,10 +25,15 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
-def test_same_seed_same_metrics_other_seed_different(tmp_path):
+def test_same_seed_same_metrics_other_seed_different(tmp_path, monkeypatch):
+    # Also check, on the way, that train() writes its checkpoints through the atomic writer.
+    saved = []
+    real_save = atomic.atomic_torch_save
+    monkeypatch.setattr(atomic, "atomic_torch_save", lambda obj, path: (saved.append(str(path)), real_save(obj, path)))
     common = ["trainer.max_epochs=2", "data.num_samples=16", "data.batch_size=4"]
     values = [train(compose_run([*common, f"seed={seed}"], tmp_path / name))
               for name, seed in (("a", 3), ("b", 3), ("c", 4))]
+    assert str(tmp_path / "a" / "checkpoints" / "last.ckpt") in saved
     a, b, c = (_metrics(tmp_path / n) for n in "abc")
     assert any("val/dice" in row for row in a) and any("train/loss" in row for row in a)
     # Every logged number, epoch by epoch, is bit-identical; so are the final weights.

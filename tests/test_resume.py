@@ -244,3 +244,20 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     res_val, first_epoch = _final_val(runs["resumed"])
     assert first_epoch == killed_at + 1  # the resumed run continued, it did not start over
     assert res_val == ref_val
+
+
+def test_ckpt_path_latest_resumes_the_newest_run(tmp_path):
+    """``ckpt_path=latest`` through train(): picks the newest run's last.ckpt and continues after its epoch."""
+    from reliability_helpers import compose_run, trained_checkpoint
+
+    from segtrain.run import train
+
+    logs = tmp_path / "logs"
+    old = logs / "runs" / "2026-01-01_00-00-00_000000" / "checkpoints" / "last.ckpt"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(trained_checkpoint("binary", 1).read_bytes())  # a one-epoch run (epoch 0)
+    run = logs / "runs" / "2026-01-02_00-00-00_000000"
+    train(compose_run(["ckpt_path=latest", f"paths.log_dir={logs}", "trainer.max_epochs=2"], run))
+    epochs = {int(r["epoch"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("epoch")}
+    assert epochs == {1}  # epoch 0 came from the checkpoint; only epoch 1 was trained here
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
