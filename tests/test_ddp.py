@@ -10,10 +10,13 @@ one-process value, and a bf16-mixed run.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from segtrain import distributed as D
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------- start-up rules (unit) -----
 
@@ -62,6 +65,31 @@ def test_external_launch_needs_one_explicit_run_dir():
     assert D.startup_argv(["train.py"], interactive) == ["train.py"]
 
 
+def test_job_argv_recreates_the_multirun_job(tmp_path):
+    """What a multirun job hands its DDP children: its own overrides, primary-config flags,
+    logging overrides and folder -- never the sweep's values or -m."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["loss=dice", "hydra/job_logging=disabled"],
+                      return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.runtime.output_dir = str(tmp_path / "multi" / "3")
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert D.is_multirun()
+        argv = D.job_argv(["train.py", "-m", "--config-name", "train", "loss=dice,bce"])
+    finally:
+        HydraConfig.instance().cfg = None
+    assert argv == ["--config-name", "train", "hydra/job_logging=disabled", "loss=dice",
+                    f'hydra.run.dir="{tmp_path / "multi" / "3"}"', "hydra.output_subdir=null", "hydra.mode=RUN"]
+    assert not D.is_multirun()
+
+
 @pytest.mark.parametrize(
     "env, rank",
     [
@@ -83,10 +111,6 @@ import math  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
 # 20 samples: 12 train (6 per rank), 8 validation (4 per rank: one batch each, no padding by
 # DistributedSampler, so both ranks see disjoint halves and together exactly the whole set).
 TINY = [
