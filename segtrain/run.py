@@ -17,6 +17,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from .distributed import multirun_ddp_scope
 from .losses import build_loss, check_loss_config
 from .module import SegmentationModule
 from .task import validate_task
@@ -111,10 +112,12 @@ def train(cfg: DictConfig) -> float:
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _save_config(cfg, output_dir)
     log.info("Run folder: %s", os.path.abspath(output_dir))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    value = best_metric(trainer, cfg.monitor)
-    if cfg.get("test_after_fit"):
-        ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
+    # Inside a multirun, DDP children re-run this job (not the sweep); cleaned up after (distributed.py).
+    with multirun_ddp_scope(trainer):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        value = best_metric(trainer, cfg.monitor)
+        if cfg.get("test_after_fit"):
+            ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
     log.info("Best %s: %.4f (run folder %s)", cfg.monitor, value, os.path.abspath(output_dir))
     return value
