@@ -4,16 +4,23 @@ Thin on purpose: Hydra composes ``conf/train.yaml`` with the command-line overri
 :func:`segtrain.run.train` does the work. Returns the monitored metric (for sweeps).
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from segtrain.distributed import startup_argv
 from segtrain.run import train
+from segtrain.sweep import sweep_safe
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    # Inside a multirun a failed job is recorded and reports the worst value (segtrain/sweep.py).
+    return sweep_safe(train, cfg)
 
 
 if __name__ == "__main__":
+    # DDP ranks started by Lightning, torchrun or srun: one run folder, the right job (segtrain/distributed.py).
+    sys.argv = startup_argv(sys.argv)
     main()
