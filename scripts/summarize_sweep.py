@@ -135,6 +135,11 @@ def sort_jobs(jobs: list[Job], metric: str, mode: str) -> list[Job]:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
+    if isinstance(value, str) and any(c in value for c in ".eE"):
+        try:  # a swept float override (Optuna samples 17 digits): 4 significant digits in the table
+            return f"{float(value):.4g}"
+        except ValueError:
+            pass
     return "" if value is None else str(value)
 
 
