@@ -7,7 +7,8 @@ A sweep of losses and weights *expects* some jobs to fail (a loss that diverges 
 batch size that runs out of memory), so inside a multirun :func:`run_sweep_job`:
 
 - catches the job's exception (any ``Exception``; ``KeyboardInterrupt`` still stops everything),
-  and treats a non-finite returned metric the same way;
+  and treats a non-finite returned metric, or a NaN/inf loss in the job's ``metrics.csv`` (a
+  diverged run that no guard stopped), the same way;
 - logs it with the traceback and writes ``failure.yaml`` in the job's folder (error type,
   message, traceback, the job's overrides, the value returned) -- ``scripts/summarize_sweep.py``
   lists such jobs as failed;
@@ -63,6 +64,7 @@ def record_failure(
     error: BaseException | str,
     overrides: Sequence[str] = (),
     returned: float | None = None,
+    error_type: str = "NonFiniteMetric",
 ) -> Path:
     """Write ``failure.yaml`` into ``output_dir`` and return its path.
 
@@ -71,6 +73,7 @@ def record_failure(
         error: the exception the job raised, or a message (e.g. for a NaN metric).
         overrides: the job's overrides (``hydra.overrides.task``), to reproduce it.
         returned: the value reported to the sweeper instead.
+        error_type: the type recorded when ``error`` is a message.
     """
     if isinstance(error, BaseException):
         info = {
@@ -79,13 +82,38 @@ def record_failure(
             "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
         }
     else:
-        info = {"error_type": "NonFiniteMetric", "message": str(error), "traceback": ""}
+        info = {"error_type": error_type, "message": str(error), "traceback": ""}
     record = {"status": "failed", **info, "overrides": list(overrides), "returned": returned}
     path = Path(output_dir) / FAILURE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     # Plain floats: yaml writes -inf as -.inf, which yaml.safe_load reads back as float.
     path.write_text(yaml.safe_dump(record, sort_keys=False))
     return path
+
+
+def nonfinite_losses(output_dir: str | Path) -> str | None:
+    """The first NaN/inf loss the job logged in ``<output_dir>/metrics.csv``, described; else None.
+
+    A diverged run that nothing stopped (no ``DivergenceGuard`` among the callbacks) still ends
+    "successfully", with a metric computed from NaN weights; its logged losses give it away.
+    Looks at every column whose name contains ``loss`` (``train/loss``, ``val/loss_dice`` ...).
+    """
+    path = Path(output_dir) / "metrics.csv"
+    if not path.exists():
+        return None
+    import csv
+
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, text in row.items():
+                if key and "loss" in key and text not in (None, ""):
+                    try:
+                        value = float(text)
+                    except ValueError:
+                        continue
+                    if not math.isfinite(value):
+                        return f"{key} was {value} at epoch {row.get('epoch', '?')} (training diverged)"
+    return None
 
 
 def _free_memory() -> None:
@@ -129,10 +157,14 @@ def run_sweep_job(
         del err  # drop the traceback's frames (and their tensors) before freeing memory
         _free_memory()
         return worst
+    message, kind = None, "NonFiniteMetric"
     if value is None or not math.isfinite(float(value)):
         message = f"the monitored metric is {value} (not a finite number)"
+    elif (diverged := nonfinite_losses(output_dir)) is not None:
+        message, kind = diverged, "NonFiniteLoss"
+    if message is not None:
         log.error("Sweep job failed: %s; reporting %s. Overrides: %s", message, worst, " ".join(overrides))
-        record_failure(output_dir, message, overrides, worst)
+        record_failure(output_dir, message, overrides, worst, error_type=kind)
         return worst
     return float(value)
 

@@ -46,6 +46,21 @@ def test_nan_metric_in_multirun_is_a_failure(tmp_path):
     assert record["error_type"] == "NonFiniteMetric" and "nan" in record["message"]
 
 
+def test_diverged_losses_in_metrics_csv_make_a_failure(tmp_path):
+    """A run that diverged but was not stopped returns a finite metric; its NaN loss gives it away."""
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/dice,val/loss_dice\n0,9,0.8,,\n0,9,,0.41,0.6\n1,19,nan,,\n1,19,,0.0,nan\n"
+    )
+    assert "train/loss was nan at epoch 1" in sweep.nonfinite_losses(tmp_path)
+    value = sweep.run_sweep_job(lambda cfg: 0.41, None, mode="max", output_dir=tmp_path, multirun=True)
+    assert value == -math.inf
+    record = yaml.safe_load((tmp_path / sweep.FAILURE_FILE).read_text())
+    assert record["error_type"] == "NonFiniteLoss" and "diverged" in record["message"]
+    # Finite losses: nothing to report.
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss,val/dice\n0,9,0.8,\n0,9,,0.41\n")
+    assert sweep.nonfinite_losses(tmp_path) is None
+
+
 def test_single_run_raises_and_writes_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="out of memory"):
         sweep.run_sweep_job(_boom, None, mode="max", output_dir=tmp_path, multirun=False)
