@@ -168,6 +168,25 @@ def test_ddp_run_uses_one_folder_and_two_ranks(ddp_run):
     assert 0.0 <= last_val_row(run / "metrics.csv")["val/dice"] <= 1.0
 
 
+def test_torchrun_ranks_share_the_given_folder(tmp_path):
+    """Processes started by torchrun (as on each node of a multi-node run): one folder, given by
+    hydra.run.dir; rank 1 writes neither .hydra/ nor rank 0's log."""
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith("SLURM_")}
+    env["PYTHONWARNINGS"] = "ignore"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={run}",
+           f"paths.log_dir={tmp_path}", "callbacks.prediction_grid=null", *TINY]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert (run / "train_rank1.log").exists() and (run / "train.log").exists()
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    hydra_cfg = yaml_load(run / ".hydra" / "hydra.yaml")["hydra"]  # rank 0's copy (rank 1 writes none)
+    assert hydra_cfg["job"]["name"] == "train"
+    assert 0.0 <= last_val_row(run / "metrics.csv")["val/dice"] <= 1.0
+
+
 def _validate_in_one_process(ckpt: Path, batch_size: int) -> dict[str, float]:
     """val metrics of ``ckpt`` in one process, on the run's own validation set."""
     import hydra
