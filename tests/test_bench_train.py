@@ -12,6 +12,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_train", ROOT / "scripts" / "bench_train.py")
 bench_train = importlib.util.module_from_spec(_spec)
@@ -19,6 +21,7 @@ sys.modules["bench_train"] = bench_train
 _spec.loader.exec_module(bench_train)
 
 
+@pytest.mark.slow
 def test_quick_benchmark_reports_both_sides(tmp_path, capsys):
     out = tmp_path / "bench.json"
     # One thread: immune to OpenMP barrier stalls when other processes share the cores.

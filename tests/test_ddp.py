@@ -152,6 +152,7 @@ def ddp_run(tmp_path_factory):
     return log_dir, proc
 
 
+@pytest.mark.slow
 def test_ddp_run_uses_one_folder_and_two_ranks(ddp_run):
     log_dir, proc = ddp_run
     runs = sorted((log_dir / "runs").iterdir())
@@ -168,6 +169,7 @@ def test_ddp_run_uses_one_folder_and_two_ranks(ddp_run):
     assert 0.0 <= last_val_row(run / "metrics.csv")["val/dice"] <= 1.0
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_share_the_given_folder(tmp_path):
     """Processes started by torchrun (as on each node of a multi-node run): one folder, given by
     hydra.run.dir; rank 1 writes neither .hydra/ nor rank 0's log."""
@@ -207,6 +209,7 @@ def _validate_in_one_process(ckpt: Path, batch_size: int) -> dict[str, float]:
     return metrics
 
 
+@pytest.mark.slow
 def test_two_process_validation_equals_one_process(ddp_run):
     """The DDP run's logged validation (2 ranks x 4 images, Dice loss with sync_dist) equals one
     process validating the same weights on the same 8 images in one batch of 8."""
@@ -223,6 +226,7 @@ def test_two_process_validation_equals_one_process(ddp_run):
     assert not math.isclose(halves["val/loss_dice"], ddp["val/loss_dice"], abs_tol=1e-5)
 
 
+@pytest.mark.slow
 def test_ddp_inside_multirun_each_job_in_its_folder(tmp_path):
     """-m with script-relaunching DDP: job 0 diverges (NaN weights) and is recorded as failed,
     job 1 then trains with DDP in its own folder; nothing else is created."""
@@ -250,6 +254,7 @@ def yaml_load(path: Path):
     return yaml.safe_load(path.read_text())
 
 
+@pytest.mark.slow
 def test_bf16_mixed_trains_on_cpu_without_nan(compose, tmp_path, monkeypatch):
     """trainer.precision=bf16-mixed on CPU (autocast bfloat16): finite train and val losses.
     (16-mixed is for GPUs; on a CPU Lightning itself switches it to bf16-mixed with a warning.)"""

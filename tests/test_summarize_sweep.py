@@ -111,6 +111,7 @@ def real_multirun(tmp_path_factory):
     return _tiny_multirun()(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_summary_of_a_real_multirun(real_multirun, tmp_path):
     """train.py -m loss=bce,dice,ce: two trained jobs sorted by val/dice, the ce job failed."""
     assert summarize_sweep.main([str(real_multirun), "--out", str(tmp_path)]) == 0

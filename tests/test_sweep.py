@@ -165,6 +165,7 @@ def multirun_dir(tmp_path_factory):
     return tiny_multirun(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_multirun_failed_job_is_recorded_and_others_finish(multirun_dir):
     jobs = {p.name: p for p in multirun_dir.iterdir() if p.is_dir()}
     assert set(jobs) == {"0", "1", "2"}
@@ -178,6 +179,7 @@ def test_multirun_failed_job_is_recorded_and_others_finish(multirun_dir):
     assert "Sweep job failed" in (jobs["2"] / "train.log").read_text()  # logged, in the job's log
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_tiny_trials(tmp_path):
     sweep_dir = tmp_path / "optuna"
     run_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep_dir}",
