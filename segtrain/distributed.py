@@ -15,6 +15,8 @@ rank 0 saves ``.hydra/``. Two cases break and are handled here:
    that job's folder. After the job the scope puts back the environment Lightning changed
    (``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_PORT`` ...) and destroys the process group;
    otherwise the next job would believe its ranks were started externally and wait forever.
+   A rank that crashes fails only its job: Lightning's child watchdog, which SIGKILLs the main
+   process (here: the whole sweep), is swapped for one that only stops the job's children.
 2. **Processes started by someone else** (``torchrun``, ``srun``, a manual multi-node launch
    with ``NODE_RANK``): every process runs Hydra on its own, so each would resolve ``${now:...}``
    to its own timestamped folder, and a multirun would run the whole sweep in every process.
@@ -28,11 +30,11 @@ launchers' environment variables) and ``trainer.is_global_zero`` afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-import contextlib
 from contextlib import contextmanager
 
 import torch
