@@ -17,9 +17,11 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import AtomicCheckpointIO
 from .distributed import multirun_ddp_scope
 from .losses import build_loss, check_loss_config
 from .module import SegmentationModule
+from .resume import check_resume_config, load_checkpoint_config, resolve_ckpt_path
 from .task import validate_task
 from .utils import build
 
@@ -105,16 +107,23 @@ def train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True)
     validate_config(cfg)
     output_dir = str(cfg.paths.output_dir)
+    # ckpt_path: a file, a run folder or "latest" (segtrain/resume.py); checked before any data is read.
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), runs_root=cfg.paths.get("log_dir"), current_run_dir=output_dir)
+    if ckpt_path is not None:
+        check_resume_config(load_checkpoint_config(ckpt_path), OmegaConf.to_container(cfg, resolve=True), ckpt_path)
+        log.info("Resuming from %s", ckpt_path)
     module = build_module(cfg)
     datamodule = build(cfg.data)
     callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks")
     loggers = _instantiate_dict(cfg.get("logger"), "logger")
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Checkpoints via temp file + fsync + os.replace: a crash never leaves half a last.ckpt (segtrain/atomic.py).
+    plugins = [*(build(p) for p in cfg.trainer.get("plugins") or []), AtomicCheckpointIO()]
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     _save_config(cfg, output_dir)
     log.info("Run folder: %s", os.path.abspath(output_dir))
     # Inside a multirun, DDP children re-run this job (not the sweep); cleaned up after (distributed.py).
     with multirun_ddp_scope(trainer):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         value = best_metric(trainer, cfg.monitor)
         if cfg.get("test_after_fit"):
             ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None

@@ -182,7 +182,7 @@ def test_restore_reports_sources_the_datamodule_no_longer_has():
 # ------------------------------------------------------------ kill, resume, same result -----
 
 # Three epochs of a tiny run; val every epoch so last.ckpt is written at each epoch's end.
-RESUME_ARGS = (*TINY_CLI, "trainer.max_epochs=3", "seed=7", "data.num_samples=32", "data.batch_size=4", "+callbacks.rng_state._target_=segtrain.resume.RandomStateCheckpoint")
+RESUME_ARGS = (*TINY_CLI, "trainer.max_epochs=3", "seed=7", "data.num_samples=32", "data.batch_size=4")
 
 
 def _run_folders(log_dir: Path) -> dict[str, Path]:
