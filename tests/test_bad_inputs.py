@@ -251,7 +251,7 @@ def test_diverging_run_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_pat
     step = int(re.search(r"diverged at global step (\d+) \(epoch 1, batch \d+\)", message).group(1))
     assert step >= 4
     assert re.search(r"(training loss|gradient of \S+) is (not finite|nan|inf)", message), message
-    assert f"{last} is kept unchanged" in message
+    assert f"The last checkpoint, {last}, is kept unchanged" in message
     assert "ckpt_path=" in message and "optimizer.lr" in message and "gradient_clip_val" in message
     # The checkpoint on disk is epoch 0's, with finite weights: resumable.
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
