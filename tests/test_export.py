@@ -17,6 +17,7 @@ def _pytorch_logits(net, batch: torch.Tensor) -> np.ndarray:
         return net(batch).numpy()
 
 
+@pytest.mark.slow
 def test_export_cli_onnx_and_torchscript_match_pytorch(tmp_path):
     """The README command with the default (dynamo) exporter; checked at batch sizes it was not traced with."""
     ckpt = trained_checkpoint("binary", 1)

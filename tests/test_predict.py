@@ -35,6 +35,7 @@ def _reference_mask(model, path) -> np.ndarray:
     return fg[0] if model.task == "binary" else fg
 
 
+@pytest.mark.slow
 def test_predict_cli_folder_binary(tmp_path):
     """The command from the README, on a folder of images of different sizes, modes and formats."""
     ckpt = trained_checkpoint("binary", 1)

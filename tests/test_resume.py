@@ -100,6 +100,7 @@ def test_atomic_save_replaces_and_leaves_no_temporary(tmp_path):
     assert torch.load(path) == {"b": 1}
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
     """Kill a process that rewrites an 8 MB checkpoint in a loop, at random moments (mostly mid-write)."""
     path = tmp_path / "last.ckpt"
@@ -202,6 +203,7 @@ def _final_val(run: Path) -> dict[str, float]:
     return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}, int(rows[0]["epoch"])
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     """SIGKILL after epoch 0's last.ckpt, resume in a new process: same weights and metrics as no crash."""
     logs = tmp_path / "logs"
