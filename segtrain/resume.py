@@ -139,6 +139,13 @@ def load_checkpoint_config(path: str) -> dict[str, Any] | None:
     return dict(config) if isinstance(config, Mapping) else None
 
 
+def _shape_part(value: Any) -> Any:
+    # The pretrained-weights choice only affects initialisation, which the checkpoint replaces.
+    if isinstance(value, Mapping):
+        return {k: v for k, v in value.items() if k != "encoder_weights"}
+    return value
+
+
 def check_resume_config(ckpt_config: Mapping[str, Any] | None, config: Mapping[str, Any], path: str) -> None:
     """Fail early, with the differing key, when a checkpoint cannot be resumed under ``config``.
 
@@ -156,7 +163,7 @@ def check_resume_config(ckpt_config: Mapping[str, Any] | None, config: Mapping[s
     if ckpt_config is None:
         return
     for key in SHAPE_KEYS:
-        old, new = ckpt_config.get(key), config.get(key)
+        old, new = _shape_part(ckpt_config.get(key)), _shape_part(config.get(key))
         if old is not None and new is not None and old != new:
             raise ValueError(
                 f"Cannot resume from {path}: it was trained with {key}={old!r} but this run has "

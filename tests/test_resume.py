@@ -80,6 +80,8 @@ def test_resume_config_mismatch_names_the_key():
     ckpt = {"task": "binary", "num_classes": 1, "model": {"arch": "unet"}}
     check_resume_config(ckpt, dict(ckpt), "x.ckpt")  # same config: fine
     check_resume_config(None, ckpt, "x.ckpt")  # a foreign checkpoint: nothing to compare
+    # Pretrained weights only change the initialisation, which the checkpoint overwrites anyway.
+    check_resume_config(ckpt, {**ckpt, "model": {"arch": "unet", "encoder_weights": "imagenet"}}, "x.ckpt")
     with pytest.raises(ValueError, match=r"trained with task='binary'.*this run has task='multiclass'.*drop that override"):
         check_resume_config(ckpt, {**ckpt, "task": "multiclass", "num_classes": 3}, "x.ckpt")
     with pytest.raises(ValueError, match=r"model="):
