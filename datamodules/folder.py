@@ -272,7 +272,10 @@ class FolderDataModule(SegmentationDataModule):
     def _split(self) -> tuple[list[Pair], list[Pair]]:
         root = self.root
         if not root.is_dir():
-            raise FileNotFoundError(f"data.root {root} does not exist (or is not a folder)")
+            raise FileNotFoundError(
+                f"data.root {root} does not exist (or is not a folder): pass "
+                "data.root=/path/to/dataset, a folder holding images/ and masks/ (or train/ and val/)"
+            )
         if (root / "train").is_dir():
             if not (root / "val").is_dir():
                 raise FileNotFoundError(f"{root} has train/ but no val/: add {root / 'val'} (images/ + masks/)")
@@ -281,7 +284,8 @@ class FolderDataModule(SegmentationDataModule):
             return train, val
         if not (root / "images").is_dir():
             raise FileNotFoundError(
-                f"{root} holds neither images/ + masks/ nor train/ + val/ subfolders (each with images/ + masks/)"
+                f"{root} holds neither images/ + masks/ nor train/ + val/ subfolders (each with images/ + masks/): "
+                "put the images in images/ and their masks, same file stem, in masks/"
             )
         pairs = find_pairs(root / "images", root / "masks", self.task, self.num_classes)
         n_val = int(round(len(pairs) * self.val_fraction))

@@ -15,31 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-TASKS = ("binary", "multiclass", "multilabel")
+from segtrain.task import validate_task
 
-
-def check_task(task: str, num_classes: int) -> None:
-    """Raise ``ValueError`` unless ``(task, num_classes)`` is a valid combination.
-
-    Args:
-        task: ``binary``, ``multiclass`` or ``multilabel``.
-        num_classes: 1 for binary; >= 2 for multiclass (background included); >= 1 for multilabel.
-    """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise ValueError(f"num_classes must be an int, got {num_classes!r}")
-    if task == "binary" and num_classes != 1:
-        raise ValueError(
-            f"task=binary needs num_classes=1 (one foreground channel), got {num_classes}; "
-            "for several classes use task=multiclass or task=multilabel"
-        )
-    if task == "multiclass" and num_classes < 2:
-        raise ValueError(
-            f"task=multiclass needs num_classes >= 2 (class 0 is the background), got {num_classes}"
-        )
-    if task == "multilabel" and num_classes < 1:
-        raise ValueError(f"task=multilabel needs num_classes >= 1, got {num_classes}")
+# (task, num_classes) rules live in one place, segtrain/task.py (plain Python, no Lightning).
+check_task = validate_task
 
 
 def mask_dtype(task: str, num_classes: int, ignore_index: int | None = None) -> np.dtype:

@@ -113,6 +113,18 @@ def check_logits(logits: Tensor, loss: str) -> None:
         )
 
 
+def _valid_range(target: Tensor, ignore_index: int | float | None) -> tuple[Tensor, Tensor]:
+    """Smallest and largest target value, ignored pixels excepted, in one pass (one sync).
+
+    Ignored pixels are replaced by 0 (a valid value in every mode) rather than removed, so no
+    data-dependent shape and no copy of the valid pixels.
+    """
+    target = target.detach()
+    if ignore_index is not None:
+        target = target.masked_fill(target == ignore_index, 0)
+    return torch.aminmax(target)
+
+
 def _check_target_tensor(target, loss: str) -> None:
     if not isinstance(target, Tensor):
         raise ValueError(f"{loss}: target must be a torch.Tensor, got {type(target).__name__}")
@@ -145,17 +157,15 @@ def check_multiclass_target(
             f"got {num_classes}; use mode='binary' for a single foreground channel"
         )
     if _value_checks_active() and target.numel() > 0:
-        target = target.detach()
-        valid = target if ignore_index is None else target[target != ignore_index]
-        if valid.numel() > 0:
-            lo, hi = int(valid.min()), int(valid.max())
-            if lo < 0 or hi >= num_classes:
-                ign = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
-                raise ValueError(
-                    f"{loss}: class indices must be in [0, {num_classes - 1}]{ign} for "
-                    f"{num_classes}-channel logits, got values in [{lo}, {hi}]; set ignore_index "
-                    f"for a void label, or seglosses.set_checks(False) to skip this check"
-                )
+        lo, hi = _valid_range(target, ignore_index)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi >= num_classes:
+            ign = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+            raise ValueError(
+                f"{loss}: class indices must be in [0, {num_classes - 1}]{ign} for "
+                f"{num_classes}-channel logits, got values in [{lo}, {hi}]; set ignore_index "
+                f"for a void label, or seglosses.set_checks(False) to skip this check"
+            )
 
 
 def check_dense_target(
@@ -183,14 +193,12 @@ def check_dense_target(
             f"{list(logits.shape)}, got {list(shape)}"
         )
     if _value_checks_active() and target.numel() > 0 and target.dtype != torch.bool:
-        target = target.detach()
-        valid = target if ignore_index is None else target[target != ignore_index]
-        if valid.numel() > 0:
-            lo, hi = float(valid.min()), float(valid.max())
-            if not (0.0 <= lo and hi <= 1.0):
-                ign = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
-                raise ValueError(
-                    f"{loss}: {mode} target values must be in [0, 1]{ign}, got values in "
-                    f"[{lo:g}, {hi:g}]; for class indices use mode='multiclass', or "
-                    f"seglosses.set_checks(False) to skip this check"
-                )
+        lo, hi = _valid_range(target, ignore_index)
+        lo, hi = float(lo), float(hi)
+        if not (0.0 <= lo and hi <= 1.0):
+            ign = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+            raise ValueError(
+                f"{loss}: {mode} target values must be in [0, 1]{ign}, got values in "
+                f"[{lo:g}, {hi:g}]; for class indices use mode='multiclass', or "
+                f"seglosses.set_checks(False) to skip this check"
+            )

@@ -127,13 +127,13 @@ def _folder(tmp_path, root, task="binary", num_classes=1, validate=True, extra=(
 
 
 def test_missing_data_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"data.root .*nowhere does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"data.root .*nowhere does not exist.*pass data.root=/path/to/dataset"):
         _folder(tmp_path, tmp_path / "nowhere")
 
 
 def test_folder_without_images_subfolder(tmp_path):
     (tmp_path / "data").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"holds neither images/ \+ masks/ nor train/ \+ val/"):
+    with pytest.raises(FileNotFoundError, match=r"holds neither images/ \+ masks/ nor train/ \+ val/.*put the images in images/"):
         _folder(tmp_path, tmp_path / "data")
 
 
