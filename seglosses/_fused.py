@@ -34,7 +34,9 @@ Where the time goes on CPU, and what is done about it (measured with scripts/ben
   ``log p_t`` only on [B, N]: ``x_t - max_c x_c + log max_c p_c`` (exact, no underflow).
 - memory passes: the binary path runs chunk by chunk along the pixels on CPU (cache blocking,
   4 MiB per operand) with in-place kernels (``sigmoid_backward``, ``addcmul_``), so each chunk
-  is read from main memory about once per direction.
+  is read from main memory about once per direction. Backward writes the logit gradient into
+  the probabilities saved by forward and reuses forward's chunk buffer: no large allocation
+  (and no page faults) per call.
 - no one-hot for multiclass: ``I``/``T`` are scatter-adds of ``p_t``, ``sum_k p_k gP_k`` is
   one batched mat-vec, the target-class term of the gradient is one ``index_add_``.
 
@@ -130,6 +132,8 @@ def _smoothed(t: Tensor, v: Tensor | None, smoothing: float) -> Tensor:
 def _bce_forward(x, t, v, pos_weight, smoothing, squared):
     """p = sigmoid(x), the BCE sum and the Dice sums, chunk by chunk (see _CPU_CHUNK_ELEMS).
 
+    Returns p and the chunk buffer too: backward reuses both (see _bce_backward).
+
     BCE per element: l = softplus(x) - t' x + (pw - 1) t' softplus(-x). Without pos_weight,
     softplus(x) = relu(x) - log max(p, 1 - p); the log factor is in [0.5, 1], so its sum is the
     log of products of 64 elements (one log per 64 elements instead of one per element).
@@ -155,7 +159,7 @@ def _bce_forward(x, t, v, pos_weight, smoothing, squared):
         if pos_weight is None:
             torch.clamp_min(xs, 0.0, out=buf)  # relu(x)
             total += (buf.sum() if vs is None else _rowdot(buf, vs).sum()) - _rowdot(xs, tss).sum()
-            torch.sub(ps, 0.5, out=buf).abs_().add_(0.5)  # max(p, 1 - p)
+            torch.maximum(torch.sub(1.0, ps, out=buf), ps, out=buf)  # max(p, 1 - p)
             if vs is not None:
                 buf.sub_(1.0).mul_(vs).add_(1.0)  # ignored elements: factor 1, log 0
             total -= _sum_log_half_to_one(buf)
@@ -164,38 +168,47 @@ def _bce_forward(x, t, v, pos_weight, smoothing, squared):
             total += (sp.sum() if vs is None else _rowdot(sp, vs).sum()) - _rowdot(xs, tss).sum()
             sp.sub_(xs)  # softplus(-x) = softplus(x) - x, in place
             total += (_rowdot(sp, tss) * (pos_weight - 1.0)).sum()
-    return p, total, inter, pred, tsum
+    return p, total, inter, pred, tsum, scratch
 
 
-def _bce_backward(p, t, v, pos_weight, smoothing, squared, c, g_inter, g_pred):
-    """dL/dx = p (1 - p) (gI t + gP [2p] v) + c (lw p - pw t'), chunk by chunk, in place."""
-    grad = torch.empty_like(p)
+def _bce_backward(p, t, v, pos_weight, smoothing, squared, c, g_inter, g_pred, scratch):
+    """dL/dx = p (1 - p) (gI t + gP [2p] v) + c (lw p - pw t') [v], chunk by chunk, into p.
+
+    The gradient overwrites ``p`` (the forward's probabilities, dead after this) and the Dice
+    part goes through ``scratch`` (the forward's chunk buffer): no new large buffer. On CPU a
+    fresh multi-MB buffer costs a page fault per 4 KiB page on first touch, which measured as
+    much as the arithmetic here. Every op reads ``p[i]`` no later than it writes ``p[i]``.
+    """
     gi, gp = g_inter.unsqueeze(-1), g_pred.unsqueeze(-1)
+    B, C, _ = p.shape
     for j, n in _chunks(p):
-        ps, ts, gs = p[..., j : j + n], t[..., j : j + n], grad[..., j : j + n]
+        ps, ts = p[..., j : j + n], t[..., j : j + n]
         vs = None if v is None else v[..., j : j + n]
+        buf = scratch[: B * C * n].view(B, C, n)
+        # Dice part, gI t + gP [2p] [v], in buf (mul + in-place adds: a broadcasting
+        # out-of-place addcmul runs ~4x slower on CPU)
         if squared:
-            pm = ps * 2.0 if vs is None else ps * (2.0 * vs)
-            torch.addcmul(ts * gi, pm, gp, out=gs)
+            torch.mul(ps, 2.0 * gp, out=buf)
+            if vs is not None:
+                buf.mul_(vs)
+            buf.addcmul_(ts, gi)
         elif vs is None:
-            torch.addcmul(gp, ts, gi, out=gs)
+            torch.mul(ts, gi, out=buf).add_(gp)
         else:
-            torch.addcmul(ts * gi, vs, gp, out=gs)
+            torch.mul(vs, gp, out=buf).addcmul_(ts, gi)
         # * p (1 - p): one fused kernel, written in place
-        torch.ops.aten.sigmoid_backward.grad_input(gs, ps, grad_input=gs)
+        torch.ops.aten.sigmoid_backward.grad_input(buf, ps, grad_input=buf)
+        # + c (lw p - pw t') [v], computed in ps (its last use), then ps = buf + c ps
         tss = _smoothed(ts, vs, smoothing)
         if pos_weight is None:
-            # + c (p - t'), as two in-place multiply-adds (c is a 0-dim tensor)
-            gs.addcmul_(ps if vs is None else ps * vs, c)
-            gs.addcmul_(tss, -c)
+            ps.sub_(tss) if vs is None else ps.mul_(vs).sub_(tss)
         else:
             pw = pos_weight.view(1, -1, 1)
-            pix = (1.0 + (pw - 1.0) * tss) * ps - pw * tss
+            ps.mul_((pw - 1.0) * tss + 1.0).sub_(pw * tss)
             if vs is not None:
-                pix.mul_(vs)
-            gs.addcmul_(pix, c)
-    return grad
-
+                ps.mul_(vs)
+        torch.addcmul(buf, ps, c, out=ps)
+    return p
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,9 +228,12 @@ class _SigmoidDiceFn(torch.autograd.Function):
             count = torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device) if v is None else v.sum()
             count = count.clamp_min(1.0)  # every element ignored -> loss 0, gradient 0
             if kind == "bce":
-                p, pixel, inter, pred, tsum = _bce_forward(x, t, v, pos_weight, smoothing, squared)
+                p, pixel, inter, pred, tsum, scratch = _bce_forward(x, t, v, pos_weight, smoothing, squared)
                 pixel = pixel / count
-                ctx.save_for_backward(p, t, v, pos_weight, count)
+                ctx.save_for_backward(x, t, v, pos_weight, count)
+                # Kept as attributes (no version counter): backward overwrites p with the
+                # gradient, once, and reuses the chunk buffer (no new large allocations).
+                ctx.p, ctx.scratch = p, scratch
             else:
                 p = torch.sigmoid(x)
                 inter = _rowdot(p, t)
@@ -263,9 +279,14 @@ class _SigmoidDiceFn(torch.autograd.Function):
     def backward(ctx, g_pixel, g_inter, g_pred, _g_tsum):
         with torch.autocast(device_type=g_inter.device.type, enabled=False):
             if ctx.kind == "bce":
-                p, t, v, pos_weight, count = ctx.saved_tensors
+                x, t, v, pos_weight, count = ctx.saved_tensors
+                # A second backward through the same graph (retain_graph=True) finds p already
+                # turned into the first gradient, and recomputes it.
+                p = ctx.p if ctx.p is not None else torch.sigmoid(x)
+                ctx.p = None
                 grad = _bce_backward(
-                    p, t, v, pos_weight, ctx.smoothing, ctx.squared, g_pixel / count, g_inter, g_pred
+                    p, t, v, pos_weight, ctx.smoothing, ctx.squared, g_pixel / count, g_inter, g_pred,
+                    ctx.scratch,
                 )
                 return grad, None, None, None, None, None, None, None, None
             elif ctx.gamma == 0.0 or ctx.gamma >= 1.0:

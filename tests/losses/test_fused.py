@@ -106,6 +106,24 @@ def test_sigmoid_bce_matches_reference(squared, ignore, soft, pw, smoothing):
     _compare(_SigmoidDiceFn, _sigmoid_reference, x, args)
 
 
+def test_sigmoid_bce_second_backward_with_retain_graph():
+    """The BCE path writes its gradient into the saved probabilities; a second backward through
+    the same graph (retain_graph=True) must recompute them, not reuse the overwritten buffer."""
+    x, t, v = _binary_data((2, 3, 40), True, True, seed=5)
+    args = (t, v, torch.tensor([0.5, 2.0, 3.0], dtype=DT), 0.1, None, 2.0, True, "bce")
+    x1 = x.clone().requires_grad_()
+    pixel, inter, pred, _ = _SigmoidDiceFn.apply(x1, *args)
+    loss = pixel + (inter * 0.3).sum() - (pred * 0.7).sum()
+    loss.backward(retain_graph=True)
+    first = x1.grad.clone()
+    loss.backward()
+    x2 = x.clone().requires_grad_()
+    rp, ri, rpr, _ = _sigmoid_reference(x2, *args)
+    (expected,) = torch.autograd.grad(rp + (ri * 0.3).sum() - (rpr * 0.7).sum(), x2)
+    torch.testing.assert_close(first, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(x1.grad, 2 * expected, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "squared,ignore,soft,pw,smoothing",
     [(False, False, False, False, 0.0), (True, True, True, True, 0.2), (False, True, True, False, 0.1)],
