@@ -35,6 +35,7 @@ Targets (issue 2, on the 2-core CPU) are printed as PASS/FAIL lines at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -151,6 +152,25 @@ def time_once(fn: LossFn, x: torch.Tensor, t: torch.Tensor, device: torch.device
     return clock() - start
 
 
+@contextlib.contextmanager
+def _native_output_silenced():
+    """Send the C++ profiler's own chatter (kineto's "profiler_start/stop" lines, allocator
+    warnings) to /dev/null: it writes to file descriptors 1 and 2 directly, bypassing Python."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def peak_memory(fn: LossFn, x: torch.Tensor, t: torch.Tensor, device: torch.device) -> float:
     """Peak tensor bytes allocated during forward+backward, above the live baseline (MB)."""
     xx = x.detach().clone().requires_grad_()
@@ -163,7 +183,7 @@ def peak_memory(fn: LossFn, x: torch.Tensor, t: torch.Tensor, device: torch.devi
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_output_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(xx, t).backward()
     # The raw allocation (+bytes) and free (-bytes) records with their timestamps, replayed in
     # time order: live bytes after each event; the maximum is the peak. (The per-op FunctionEvents
