@@ -1,6 +1,6 @@
 """Training-step throughput of the harness against a plain PyTorch loop, side by side in one run.
 
-    python scripts/bench_train.py                       # default config (binary, bce_dice, 96 px)
+    python scripts/bench_train.py                       # default config (binary, bce_dice, 64 px)
     python scripts/bench_train.py loss=dice_focal data.batch_size=32 trainer.precision=bf16-mixed
     python scripts/bench_train.py --quick               # seconds; what the test runs
     python scripts/bench_train.py --data live data.num_workers=2 data.persistent_workers=true
