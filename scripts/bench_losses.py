@@ -14,8 +14,9 @@ Cases: binary BCE+Dice 8x1x512x512, multiclass CE+Dice 4x21x256x256, binary Dice
 
 Method. Each timed call is ``loss(x, t).backward()`` on a fresh leaf copy of the logits (copy made
 outside the timer); the implementations are interleaved within every repetition (so load from
-other processes hits all of them alike) after a warm-up, and the table shows the median over
-``--repeats``. Ratios are ``other / ours`` (>1: ours is faster) and ``ours / floor``.
+other processes hits all of them alike), in an order rotated from one repetition to the next (on
+CPU a call pays for the heap its predecessor left: page faults after a trim), after a warm-up,
+and the table shows the median over ``--repeats``. Ratios are ``other / ours`` (>1: ours is faster) and ``ours / floor``.
 
 Memory ("peak MB"): the peak of tensor memory allocated *during* forward+backward, above what was
 live before (inputs excluded). On CUDA it is ``torch.cuda.max_memory_allocated`` minus the
@@ -218,8 +219,12 @@ def run(args) -> int:
             for _ in range(2 if not args.quick else 1):
                 time_once(fn, x, t, device)
         times: dict[str, list[float]] = {k: [] for k in impls}
-        for _ in range(repeats):
-            for k, (fn, t) in impls.items():
+        keys = list(impls)
+        for r in range(repeats):
+            # Rotate the order every repeat: a call pays for the allocator state (page faults,
+            # trimmed heap) its predecessor left, so a fixed order would bias every impl the same way.
+            for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+                fn, t = impls[k]
                 times[k].append(time_once(fn, x, t, device, clock))
         mem = {k: peak_memory(fn, x, t, device) for k, (fn, t) in impls.items()}
         med = {k: statistics.median(v) for k, v in times.items()}

@@ -28,15 +28,18 @@ writes the logit gradient in closed form:
 
 Where the time goes on CPU, and what is done about it (measured with scripts/bench_losses.py):
 
-- transcendental functions: one ``sigmoid``/``softmax`` per element, nothing else per element.
+- transcendental functions: one ``sigmoid`` per element, nothing else per element.
   The BCE value needs ``sum softplus(x) = sum relu(x) - sum log max(p, 1 - p)``; the log factor
-  lies in [0.5, 1], so its sum is the log of products of 64 elements (one log per 64). CE needs
-  ``log p_t`` only on [B, N]: ``x_t - max_c x_c + log max_c p_c`` (exact, no underflow).
+  lies in [0.5, 1], so its sum is the log of products of 64 elements (one log per 64).
+  Multiclass takes ``log_softmax`` and then ``exp_`` in place: on CPU that is ~30 % faster than
+  ``softmax`` over dim 1, and ``log p_t`` (for CE) is read off exactly, by one index_select.
 - memory passes: the binary path runs chunk by chunk along the pixels on CPU (cache blocking,
   4 MiB per operand) with in-place kernels (``sigmoid_backward``, ``addcmul_``), so each chunk
   is read from main memory about once per direction. Backward writes the logit gradient into
-  the probabilities saved by forward and reuses forward's chunk buffer: no large allocation
-  (and no page faults) per call.
+  the probabilities saved by forward (binary: reusing forward's chunk buffer; multiclass:
+  chunk by chunk, :func:`_scale_classes_and_pixels_`): no new logit-sized buffer in backward.
+  On CPU a fresh multi-MB allocation costs a page fault per 4 KiB page on first touch, which
+  measured as much as the arithmetic.
 - no one-hot for multiclass: ``I``/``T`` are scatter-adds of ``p_t``, ``sum_k p_k gP_k`` is
   one batched mat-vec, the target-class term of the gradient is one ``index_add_``.
 
@@ -339,6 +342,25 @@ class _SigmoidDiceFn(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 # softmax family: multiclass, pixel term CE or softmax focal
 # --------------------------------------------------------------------------------------------
+def _scale_classes_and_pixels_(p: Tensor, u: Tensor, w: Tensor) -> Tensor:
+    """p[b, c, n] <- p[b, c, n] * (u[b, c] + w[b, n]), in place, chunk by chunk along n.
+
+    The sum u + w is never formed at full size ([B, C, N]): per chunk, p * u goes to a small
+    scratch buffer, then p * w is added to it in place. No new full-size buffer: on CPU a fresh
+    multi-MB allocation costs a page fault per 4 KiB on first touch.
+    """
+    B, C, N = p.shape
+    chunks = _chunks(p)
+    scratch = p.new_empty(B * C * max(n for _, n in chunks)) if N else p.new_empty(0)
+    uu = u.unsqueeze(-1)
+    for j, n in chunks:
+        ps = p[..., j : j + n]
+        buf = scratch[: B * C * n].view(B, C, n)
+        torch.mul(ps, uu, out=buf)
+        ps.mul_(w[:, None, j : j + n]).add_(buf)
+    return p
+
+
 class _SoftmaxDiceFn(torch.autograd.Function):
     """(x, t, v) -> (pixel, I, P, T) for softmax probabilities; see the module docstring.
 
@@ -351,28 +373,27 @@ class _SoftmaxDiceFn(torch.autograd.Function):
         with torch.autocast(device_type=x.device.type, enabled=False):
             num_classes = x.shape[1]
             idx = t.unsqueeze(1)
-            # Softmax once (one exp per element). log p_t without a log per element: with the
-            # arg-max class k (p_k >= 1/C, never underflows), lse = x_k - log p_k, so
-            # log p_t = x_t - max_c x_c + log max_c p_c.
-            p = torch.softmax(x, dim=1)
-            lse = x.amax(1) - torch.log(p.amax(1))  # [B, N]
-            # flat position of each pixel's target logit: index_select is cheaper than gather
+            # log_softmax, then exp in place: on CPU this beats softmax over dim 1 (measured
+            # ~10.5 vs ~15 ms at 4x21x256x256) and gives log p_t exactly, with no extra pass.
+            logp = torch.log_softmax(x, dim=1)
+            # flat position of each pixel's target entry: index_select is cheaper than gather
             B, N = t.shape
             base = torch.arange(B, device=t.device).unsqueeze(1) * (num_classes * N) + torch.arange(
                 N, device=t.device
             )
             flat = torch.addcmul(base, t, torch.tensor(N, device=t.device)).view(-1)
-            logpt = x.reshape(-1).index_select(0, flat).view(B, N) - lse
+            logpt = logp.reshape(-1).index_select(0, flat).view(B, N)
             pt = logpt.exp()  # p_t on [B, N] only, instead of a gather over [B, C, N]
+            if kind == "ce" and smoothing != 0.0:
+                wvec = torch.ones(num_classes, dtype=x.dtype, device=x.device) if weight is None else weight
+                swl = torch.einsum("c,bcn->bn", wvec, logp)  # sum_c w_c log p_c, before exp_
+            p = logp.exp_()  # the probabilities, in log p's memory
             vv = torch.ones_like(logpt) if v is None else v
             if kind == "ce":
                 wt = vv if weight is None else weight[t] * vv  # per-pixel weight, 0 where ignored
                 denom = wt.sum()
                 total = -(logpt * wt).sum() * (1.0 - smoothing)
                 if smoothing != 0.0:
-                    wvec = torch.ones(num_classes, dtype=x.dtype, device=x.device) if weight is None else weight
-                    # sum_c w_c log p_c = sum_c w_c x_c - W lse: one batched mat-vec over x
-                    swl = torch.einsum("c,bcn->bn", wvec, x) - wvec.sum() * lse
                     total = total - (smoothing / num_classes) * (swl * vv).sum()
                 denom_safe = torch.where(denom > 0, denom, torch.ones_like(denom))
                 pixel = total / denom_safe
@@ -390,10 +411,13 @@ class _SoftmaxDiceFn(torch.autograd.Function):
                 pred = _rowdot(p, p) if v is None else torch.einsum("bcn,bcn,bn->bc", p, p, v)
             else:
                 pred = _masked_rowsum(p, v)
+            # p is kept as an attribute, not a saved tensor: backward turns it into the gradient
+            # in place (no new [B, C, N] buffer); x is saved to recompute p for a second backward.
+            ctx.p = p
             if kind == "ce":
-                ctx.save_for_backward(p, t, flat, v, pt, wt, weight, denom_safe)
+                ctx.save_for_backward(x, t, flat, v, pt, wt, weight, denom_safe)
             else:
-                ctx.save_for_backward(p, t, flat, v, pt, logpt, logq, mod, at, count)
+                ctx.save_for_backward(x, t, flat, v, pt, logpt, logq, mod, at, count)
             ctx.kind = kind
             ctx.squared = squared
             ctx.smoothing = smoothing
@@ -404,8 +428,12 @@ class _SoftmaxDiceFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_pixel, g_inter, g_pred, _g_tsum):
         with torch.autocast(device_type=g_inter.device.type, enabled=False):
+            # A second backward through the same graph (retain_graph=True) finds p already
+            # turned into the first gradient, and recomputes it the way forward did.
+            p = ctx.p if ctx.p is not None else torch.log_softmax(ctx.saved_tensors[0], dim=1).exp_()
+            ctx.p = None
             if ctx.kind == "ce":
-                p, t, flat, v, pt, wt, weight, denom = ctx.saved_tensors
+                _, t, flat, v, pt, wt, weight, denom = ctx.saved_tensors
                 # A_n = g w_t / D (and the smoothing part: eps W / C instead of (1 - eps) w_t)
                 eps = ctx.smoothing
                 num_classes = p.shape[1]
@@ -417,7 +445,7 @@ class _SoftmaxDiceFn(torch.autograd.Function):
                 else:
                     a_dense = a_scatter
             else:
-                p, t, flat, v, pt, logpt, logq, mod, at, count = ctx.saved_tensors
+                _, t, flat, v, pt, logpt, logq, mod, at, count = ctx.saved_tensors
                 gamma = ctx.gamma
                 # a_t (q^g - g p_t q^(g-1) log p_t); the product is 0 where q == 0
                 f = mod.clone()
@@ -427,7 +455,7 @@ class _SoftmaxDiceFn(torch.autograd.Function):
                     f.addcmul_(pt, tail, value=-gamma)
                 a_scatter = f.mul_(at).mul_(g_pixel / count)
                 a_dense = a_scatter
-            pv = p if v is None else p * v.unsqueeze(1)
+            pv = p if v is None else p.mul_(v.unsqueeze(1))
             gi_t = g_inter.gather(1, t)  # dL/dI at each pixel's target class, [B, N]
             ptv = pt if v is None else pt * v
             # S_n = sum_k p_k G_k = sum_k p_k gP_k [* 2 p_k] + gI_t p_t
@@ -440,9 +468,7 @@ class _SoftmaxDiceFn(torch.autograd.Function):
             else:
                 s = torch.einsum("bc,bcn->bn", g_pred, pv)
                 s.addcmul_(gi_t, ptv)
-                # per-pixel factor first: a broadcast over classes is the faster kernel here
-                grad = pv * (a_dense - s).unsqueeze(1)
-                grad.addcmul_(pv, g_pred.unsqueeze(-1))
+                grad = _scale_classes_and_pixels_(pv, g_pred, a_dense - s)
             # dense: p_c (gP_c [2p_c] - S_n + A_n);  at the target class: + gI_t p_t - A_n
             grad.view(-1).index_add_(0, flat, (gi_t * ptv - a_scatter).view(-1))
             if ctx.kind == "ce" and ctx.smoothing != 0.0:

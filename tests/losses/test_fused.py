@@ -173,6 +173,28 @@ def test_softmax_ce_matches_reference(squared, ignore, weighted, smoothing):
     _compare(_SoftmaxDiceFn, _softmax_reference, x, args)
 
 
+@pytest.mark.parametrize("kind,ignore", [("ce", False), ("ce", True), ("focal", True)])
+def test_softmax_chunked_gradient_and_second_backward(monkeypatch, kind, ignore):
+    """Backward scales the saved probabilities into the gradient in place, chunk by chunk
+    (several chunks and a partial last one here); a second backward (retain_graph=True) must
+    recompute them and give the same gradient again."""
+    import seglosses._fused as fused
+
+    monkeypatch.setattr(fused, "_CPU_CHUNK_ELEMS", 40)
+    monkeypatch.setattr(fused, "_MIN_CHUNK", 7)
+    x, t, v = _multiclass_data(2, 3, 31, ignore, seed=9)
+    assert len(fused._chunks(x)) == 5
+    args = (t, v, None, 0.0, None, 2.0, False, kind)
+    _compare(_SoftmaxDiceFn, _softmax_reference, x, args)
+    x1 = x.clone().requires_grad_()
+    pixel, inter, pred, _ = _SoftmaxDiceFn.apply(x1, *args)
+    loss = pixel + (inter * 0.3).sum() - (pred * 0.7).sum()
+    loss.backward(retain_graph=True)
+    first = x1.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(x1.grad, 2 * first, atol=1e-12, rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     "gamma,alpha,squared,ignore",
     [(2.0, None, False, False), (0.0, None, True, True), (0.5, [0.1, 0.5, 1.0], False, True),
