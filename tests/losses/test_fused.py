@@ -78,6 +78,18 @@ def _compare(fn, ref, x, args, seed=0):
     torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-6)
 
 
+def _backward_twice(fn, x, args):
+    """Gradient of one fixed loss of fn's outputs after one backward, and after a second one
+    through the same graph (retain_graph=True)."""
+    x1 = x.clone().requires_grad_()
+    pixel, inter, pred, _ = fn.apply(x1, *args)
+    loss = pixel + (inter * 0.3).sum() - (pred * 0.7).sum()
+    loss.backward(retain_graph=True)
+    first = x1.grad.clone()
+    loss.backward()
+    return first, x1.grad
+
+
 def _binary_data(shape, soft, ignore, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g, dtype=DT) * 3
@@ -111,17 +123,12 @@ def test_sigmoid_bce_second_backward_with_retain_graph():
     the same graph (retain_graph=True) must recompute them, not reuse the overwritten buffer."""
     x, t, v = _binary_data((2, 3, 40), True, True, seed=5)
     args = (t, v, torch.tensor([0.5, 2.0, 3.0], dtype=DT), 0.1, None, 2.0, True, "bce")
-    x1 = x.clone().requires_grad_()
-    pixel, inter, pred, _ = _SigmoidDiceFn.apply(x1, *args)
-    loss = pixel + (inter * 0.3).sum() - (pred * 0.7).sum()
-    loss.backward(retain_graph=True)
-    first = x1.grad.clone()
-    loss.backward()
+    first, both = _backward_twice(_SigmoidDiceFn, x, args)
     x2 = x.clone().requires_grad_()
     rp, ri, rpr, _ = _sigmoid_reference(x2, *args)
     (expected,) = torch.autograd.grad(rp + (ri * 0.3).sum() - (rpr * 0.7).sum(), x2)
     torch.testing.assert_close(first, expected, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(x1.grad, 2 * expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(both, 2 * expected, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -186,13 +193,8 @@ def test_softmax_chunked_gradient_and_second_backward(monkeypatch, kind, ignore)
     assert len(fused._chunks(x)) == 5
     args = (t, v, None, 0.0, None, 2.0, False, kind)
     _compare(_SoftmaxDiceFn, _softmax_reference, x, args)
-    x1 = x.clone().requires_grad_()
-    pixel, inter, pred, _ = _SoftmaxDiceFn.apply(x1, *args)
-    loss = pixel + (inter * 0.3).sum() - (pred * 0.7).sum()
-    loss.backward(retain_graph=True)
-    first = x1.grad.clone()
-    loss.backward()
-    torch.testing.assert_close(x1.grad, 2 * first, atol=1e-12, rtol=1e-12)
+    first, both = _backward_twice(_SoftmaxDiceFn, x, args)
+    torch.testing.assert_close(both, 2 * first, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize(
