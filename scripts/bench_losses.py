@@ -16,7 +16,8 @@ Method. Each timed call is ``loss(x, t).backward()`` on a fresh leaf copy of the
 outside the timer); the implementations are interleaved within every repetition (so load from
 other processes hits all of them alike), in an order rotated from one repetition to the next (on
 CPU a call pays for the heap its predecessor left: page faults after a trim), after a warm-up,
-and the table shows the median over ``--repeats``. Ratios are ``other / ours`` (>1: ours is faster) and ``ours / floor``.
+and the table shows the median over ``--repeats``. Ratios are ``other / ours`` (>1: ours is
+faster) and ``ours / floor``.
 
 Memory ("peak MB"): the peak of tensor memory allocated *during* forward+backward, above what was
 live before (inputs excluded). On CUDA it is ``torch.cuda.max_memory_allocated`` minus the
