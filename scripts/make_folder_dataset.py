@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"wrote {args.num_samples} samples to {out}")
     overrides = f"data=folder data.root={out} task={args.task} num_classes={args.num_classes}"
+    if args.task == "multiclass":
+        overrides += " loss=ce_dice"  # the default loss, bce_dice, cannot serve multiclass
     if mask_format == "palette_rgb":
         n = 2 if args.task == "binary" else args.num_classes
         colors = ",".join(f"[{r},{g},{b}]" for r, g, b in PALETTE[:n])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import runpy
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from datamodules import FolderDataModule
 from datamodules.folder import read_image
 from datamodules.synthetic import make_sample
 from datamodules.write import PALETTE, write_folder_dataset
+from segtrain.losses import build_loss
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -154,6 +156,16 @@ def test_script_writes_a_dataset_the_datamodule_reads(tmp_path, monkeypatch, cap
     dm = folder(out, "multiclass", 3, palette=PALETTE[:3], validate=True)
     dm.setup("fit")
     assert len(dm.train_set) == 4 and len(dm.val_set) == 1
+    # the printed command composes into a config whose loss serves the task (the default loss,
+    # bce_dice, would stop a multiclass run at start-up) and whose datamodule reads the folder
+    command = printed.split("train on it: python train.py ", 1)[1].strip()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=shlex.split(command))
+    loss = build_loss(cfg.loss, cfg.task, cfg.num_classes)
+    assert type(loss.terms["ce"]).__name__ == "CrossEntropyLoss"
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    assert len(dm.train_set) == 4
 
 
 # --- errors, each naming the file ------------------------------------------------------------
