@@ -17,12 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from datamodules.write import MASK_FORMATS, PALETTE, write_folder_dataset  # noqa: E402
+from segtrain.task import SUGGESTED_LOSS, TASKS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="target folder")
-    parser.add_argument("--task", default="binary", choices=["binary", "multiclass", "multilabel"])
+    parser.add_argument("--task", default="binary", choices=TASKS)
     parser.add_argument("--num-classes", type=int, default=1)
     parser.add_argument("--num-samples", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=128)
@@ -41,9 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         args.layout, args.val_fraction, args.image_format, args.grayscale, mask_format,
     )
     print(f"wrote {args.num_samples} samples to {out}")
-    overrides = f"data=folder data.root={out} task={args.task} num_classes={args.num_classes}"
-    if args.task == "multiclass":
-        overrides += " loss=ce_dice"  # the default loss, bce_dice, cannot serve multiclass
+    # a loss that serves the task (the default, bce_dice, cannot serve multiclass)
+    loss = SUGGESTED_LOSS[args.task]
+    overrides = f"data=folder data.root={out} task={args.task} num_classes={args.num_classes} loss={loss}"
     if mask_format == "palette_rgb":
         n = 2 if args.task == "binary" else args.num_classes
         colors = ",".join(f"[{r},{g},{b}]" for r, g, b in PALETTE[:n])
