@@ -125,6 +125,12 @@ def _chunks(x: Tensor) -> list[tuple[int, int]]:
     return [(j, min(step, N - j)) for j in range(0, N, step)]
 
 
+def _chunk_scratch(x: Tensor, chunks: list[tuple[int, int]]) -> Tensor:
+    """A flat buffer big enough for the largest chunk of ``x`` (view it as ``[B, C, n]``)."""
+    B, C, N = x.shape
+    return x.new_empty(B * C * max(n for _, n in chunks)) if N else x.new_empty(0)
+
+
 def _smoothed(t: Tensor, v: Tensor | None, smoothing: float) -> Tensor:
     """t' = t (1 - s) + s / 2 on valid elements (t is already 0 where ignored)."""
     if smoothing == 0.0:
@@ -141,12 +147,12 @@ def _bce_forward(x, t, v, pos_weight, smoothing, squared):
     softplus(x) = relu(x) - log max(p, 1 - p); the log factor is in [0.5, 1], so its sum is the
     log of products of 64 elements (one log per 64 elements instead of one per element).
     """
-    B, C, N = x.shape
+    B, C, _ = x.shape
     p = torch.empty_like(x)
     inter, pred, tsum = (x.new_zeros(B, C) for _ in range(3))
     total = x.new_zeros(())
     chunks = _chunks(x)
-    scratch = x.new_empty(B * C * max(n for _, n in chunks)) if N else x.new_empty(0)
+    scratch = _chunk_scratch(x, chunks)
     for j, n in chunks:
         xs, ts, ps = x[..., j : j + n], t[..., j : j + n], p[..., j : j + n]
         vs = None if v is None else v[..., j : j + n]
@@ -349,9 +355,9 @@ def _scale_classes_and_pixels_(p: Tensor, u: Tensor, w: Tensor) -> Tensor:
     scratch buffer, then p * w is added to it in place. No new full-size buffer: on CPU a fresh
     multi-MB allocation costs a page fault per 4 KiB on first touch.
     """
-    B, C, N = p.shape
+    B, C, _ = p.shape
     chunks = _chunks(p)
-    scratch = p.new_empty(B * C * max(n for _, n in chunks)) if N else p.new_empty(0)
+    scratch = _chunk_scratch(p, chunks)
     uu = u.unsqueeze(-1)
     for j, n in chunks:
         ps = p[..., j : j + n]
