@@ -168,10 +168,37 @@ def check_multiclass_target(
             )
 
 
-def check_dense_target(
-    logits: Tensor, target: Tensor, mode: str, ignore_index: int | float | None, loss: str
+def dense_range_check_due(target: Tensor) -> bool:
+    """Whether the [0, 1] value check applies to this binary / multilabel target."""
+    return _value_checks_active() and target.numel() > 0 and target.dtype != torch.bool
+
+
+def check_dense_range(
+    lo: Tensor | float, hi: Tensor | float, mode: str, ignore_index: int | float | None, loss: str
 ) -> None:
-    """Binary / multilabel target: same shape as the logits (binary also ``[B, *spatial]``)."""
+    """Binary / multilabel target values, ignored pixels excepted, must lie in [0, 1]."""
+    lo, hi = float(lo), float(hi)
+    if not (0.0 <= lo and hi <= 1.0):
+        ign = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise ValueError(
+            f"{loss}: {mode} target values must be in [0, 1]{ign}, got values in "
+            f"[{lo:g}, {hi:g}]; for class indices use mode='multiclass', or "
+            f"seglosses.set_checks(False) to skip this check"
+        )
+
+
+def check_dense_target(
+    logits: Tensor,
+    target: Tensor,
+    mode: str,
+    ignore_index: int | float | None,
+    loss: str,
+    values: bool = True,
+) -> None:
+    """Binary / multilabel target: same shape as the logits (binary also ``[B, *spatial]``).
+
+    ``values=False`` leaves the [0, 1] range to the caller (:func:`check_dense_range`).
+    """
     _check_target_tensor(target, loss)
     if target.is_complex():
         raise ValueError(f"{loss}: {mode} target must be real (float/int/bool), got {target.dtype}")
@@ -192,13 +219,5 @@ def check_dense_target(
             f"{loss}: {mode} target must have shape {expected} for logits of shape "
             f"{list(logits.shape)}, got {list(shape)}"
         )
-    if _value_checks_active() and target.numel() > 0 and target.dtype != torch.bool:
-        lo, hi = _valid_range(target, ignore_index)
-        lo, hi = float(lo), float(hi)
-        if not (0.0 <= lo and hi <= 1.0):
-            ign = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
-            raise ValueError(
-                f"{loss}: {mode} target values must be in [0, 1]{ign}, got values in "
-                f"[{lo:g}, {hi:g}]; for class indices use mode='multiclass', or "
-                f"seglosses.set_checks(False) to skip this check"
-            )
+    if values and dense_range_check_due(target):
+        check_dense_range(*_valid_range(target, ignore_index), mode, ignore_index, loss)

@@ -444,7 +444,7 @@ def overlap_loss_from_sums(
     inter: Tensor,
     psum: Tensor,
     tsum: Tensor,
-    count: Tensor,
+    count: Tensor | float,
     kind: Literal["dice", "jaccard", "tversky"],
     smooth: float = 0.0,
     alpha: float = 0.5,
@@ -483,6 +483,9 @@ def overlap_loss_from_sums(
 
     With ``sync_dist`` the sums (batch form) or the weighted numerator and denominator (per-image
     form) are all-reduced across processes first, see :mod:`seglosses.distributed`.
+
+    ``count`` (valid pixels per unit and class) may be a plain number when it is the same for all
+    (no ignore_index): the weighting then needs no tensor ops (cheaper for small inputs).
     """
     name = {"dice": "DiceLoss", "jaccard": "JaccardLoss", "tversky": "TverskyLoss"}[kind]
     if empty_class not in EMPTY_CLASS_POLICIES:
@@ -491,14 +494,16 @@ def overlap_loss_from_sums(
         )
     per_image = inter.ndim == 2
     if sync_dist and not per_image:
+        if not isinstance(count, Tensor):
+            count = torch.full_like(inter, count)
         inter, psum, tsum, count = all_reduce_sum(torch.stack([inter, psum, tsum, count])).unbind(0)
     C = inter.shape[-1]
     w = _as_vector(class_weights, inter)
     _checks.check_weight_length(w, C, "class_weights", name)
-    if w is None:
-        w = torch.ones(C, dtype=inter.dtype, device=inter.device)
     if not include_background:
-        inter, psum, tsum, count, w = (v[..., 1:] for v in (inter, psum, tsum, count, w))
+        inter, psum, tsum = (v[..., 1:] for v in (inter, psum, tsum))
+        count = count[..., 1:] if isinstance(count, Tensor) else count
+        w = None if w is None else w[1:]
 
     present = tsum > 0
     if kind == "dice":
@@ -508,29 +513,37 @@ def overlap_loss_from_sums(
     else:
         num = inter + smooth
         den = inter + alpha * (psum - inter) + beta * (tsum - inter) + smooth
-    one = torch.ones((), dtype=den.dtype, device=den.device)
     # Safe denominators in both branches of every where: a 0/0 in the unused branch would still
     # poison the gradient with NaN.
-    score = num / torch.where(present, den.clamp_min(EPS), one)
+    score = num / torch.where(present, den.clamp_min(EPS), 1.0)
+    counted = count > 0  # units/classes with a valid pixel (a bool for a number count)
     if empty_class == "penalize_fp":
-        absent_score = 1.0 - psum / torch.where(count > 0, count, one)
+        safe_count = torch.where(counted, count, 1.0) if isinstance(count, Tensor) else max(count, 1)
+        score = torch.where(present, score, 1.0 - psum / safe_count)
     else:
-        absent_score = one
-    score = torch.where(present, score, absent_score)
+        score = torch.where(present, score, 1.0)
     loss = -torch.log(score.clamp_min(EPS)) if log_loss else 1.0 - score
     if gamma != 1.0:
         # 1 - score can round to a hair below 0; pow of 0 has an infinite slope for gamma < 1.
         pos = loss > 0
-        loss = torch.where(pos, torch.where(pos, loss, one) ** gamma, 0.0 * loss)
+        loss = torch.where(pos, torch.where(pos, loss, 1.0) ** gamma, 0.0 * loss)
 
-    weights = w * (count > 0).to(w.dtype)
+    if not isinstance(count, Tensor) and w is None and empty_class != "exclude" and not sync_dist:
+        # every unit and class counts with weight 1 (or none does: no pixels at all)
+        return loss.mean() if counted and loss.numel() else loss.sum() * 0.0
+    if isinstance(count, Tensor):
+        weights = counted.to(loss.dtype)
+    else:
+        weights = torch.full_like(loss, float(counted))
+    if w is not None:
+        weights = weights * w
     if empty_class == "exclude":
-        weights = weights * present.to(w.dtype)
+        weights = weights * present.to(loss.dtype)
     weights = weights.expand_as(loss)
     numer, denom = (weights * loss).sum(), weights.sum()
     if sync_dist and per_image:
         numer, denom = all_reduce_sum(torch.stack([numer, denom])).unbind(0)
-    return numer / torch.where(denom > 0, denom, one)
+    return numer / torch.where(denom > 0, denom, 1.0)
 
 
 def _overlap_loss(
