@@ -70,10 +70,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+if torch.torch_version.TorchVersion(torch.__version__) >= (2, 4):
+    _autocast_enabled = torch.is_autocast_enabled  # takes the device type
+else:  # torch 2.3: no device argument, a separate query for CPU
+
+    def _autocast_enabled(device_type: str) -> bool:
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def _no_autocast(x: Tensor):
     """A context with autocast off on x's device (a no-op context when it is off already: the
     autocast context manager costs ~15 us per use, a measurable share of a small loss call)."""
-    if torch.is_autocast_enabled(x.device.type):
+    if _autocast_enabled(x.device.type):
         return torch.autocast(device_type=x.device.type, enabled=False)
     return contextlib.nullcontext()
 
