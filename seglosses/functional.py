@@ -18,6 +18,7 @@ Conventions shared by all functions:
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -578,9 +579,17 @@ def _overlap_loss(
             f"{name}: include_background=False drops channel 0, but binary mode has only the "
             f"foreground channel; use it with multiclass (or multilabel) mode"
         )
-    sums = region_sums(logits, target, mode, from_logits, squared_pred, per_image, ignore_index)
+    inter, psum, tsum, count = region_sums(
+        logits, target, mode, from_logits, squared_pred, per_image, ignore_index
+    )
+    if ignore_index is None:
+        # every pixel valid: the count as a plain number keeps the weighting tensor-free
+        count = math.prod(logits.shape[2:]) * (1 if per_image else logits.shape[0])
     return overlap_loss_from_sums(
-        *sums,
+        inter,
+        psum,
+        tsum,
+        count,
         kind=kind,
         smooth=smooth,
         alpha=alpha,
