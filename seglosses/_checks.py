@@ -111,6 +111,12 @@ def check_logits(logits: Tensor, loss: str) -> None:
             f"{loss}: logits must have shape [B, C, *spatial] (at least 2 dims), "
             f"got shape {tuple(logits.shape)}"
         )
+    if logits.numel() == 0:
+        # the means and Dice ratios have nothing to average: torch would return NaN or fail in a reshape
+        raise ValueError(
+            f"{loss}: logits are empty (shape {tuple(logits.shape)}); a loss needs at least one "
+            f"image, class and pixel: skip empty batches before calling it"
+        )
 
 
 def _valid_range(target: Tensor, ignore_index: int | float | None) -> tuple[Tensor, Tensor]:

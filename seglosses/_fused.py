@@ -142,9 +142,9 @@ _MIN_CHUNK = 1024  # along the last dim: keeps the Python loop short when B * C 
 
 
 def _chunks(x: Tensor) -> list[tuple[int, int]]:
-    """(start, length) slices of the last dim of a [B, C, N] tensor."""
+    """(start, length) slices of the last dim of a [B, C, N] tensor (N >= 1: see check_logits)."""
     B, C, N = x.shape
-    if x.device.type != "cpu" or N == 0:
+    if x.device.type != "cpu":
         return [(0, N)]
     step = max(_MIN_CHUNK, _CPU_CHUNK_ELEMS // max(1, B * C))
     return [(j, min(step, N - j)) for j in range(0, N, step)]
@@ -152,8 +152,8 @@ def _chunks(x: Tensor) -> list[tuple[int, int]]:
 
 def _chunk_scratch(x: Tensor, chunks: list[tuple[int, int]]) -> Tensor:
     """A flat buffer big enough for the largest chunk of ``x`` (view it as ``[B, C, n]``)."""
-    B, C, N = x.shape
-    return x.new_empty(B * C * max(n for _, n in chunks)) if N else x.new_empty(0)
+    B, C, _ = x.shape
+    return x.new_empty(B * C * max(n for _, n in chunks))
 
 
 def _smoothed(t: Tensor, v: Tensor | None, smoothing: float) -> Tensor:

@@ -37,6 +37,25 @@ def test_bce_and_ce_shape_mismatch():
         CrossEntropyLoss()(torch.randn(2, 3, 4), torch.zeros(3, 4, dtype=torch.long))
 
 
+@pytest.mark.parametrize(
+    "fn, target",
+    [
+        (BCELoss(), torch.zeros(0, 1, 4, 4)),
+        (DiceLoss("binary"), torch.zeros(0, 1, 4, 4)),
+        (FocalLoss("binary"), torch.zeros(0, 1, 4, 4)),
+        (seglosses.CombinedLoss({"bce": BCELoss(), "dice": DiceLoss("binary")}), torch.zeros(0, 1, 4, 4)),
+        (CrossEntropyLoss(), torch.zeros(0, 4, 4, dtype=torch.long)),
+        (JaccardLoss("multiclass"), torch.zeros(0, 4, 4, dtype=torch.long)),
+        (seglosses.CombinedLoss({"ce": CrossEntropyLoss(), "dice": DiceLoss("multiclass")}),
+         torch.zeros(0, 4, 4, dtype=torch.long)),
+    ],
+)
+def test_empty_batch(fn, target):
+    channels = 1 if target.is_floating_point() else 3
+    with pytest.raises(ValueError, match=r"logits are empty \(shape \(0, %d, 4, 4\)\).*skip empty batches" % channels):
+        fn(torch.zeros(0, channels, 4, 4, requires_grad=True), target)
+
+
 @pytest.mark.parametrize("fn", [CrossEntropyLoss(), DiceLoss("multiclass"), FocalLoss("multiclass")])
 def test_multiclass_target_dtype(fn):
     with pytest.raises(ValueError, match=r"integer class indices .*got dtype torch.float32"):
