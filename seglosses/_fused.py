@@ -421,8 +421,9 @@ def _scale_classes_and_pixels_(p: Tensor, u: Tensor, w: Tensor) -> Tensor:
     """p[b, c, n] <- p[b, c, n] * (u[b, c] + w[b, n]), in place, chunk by chunk along n.
 
     The sum u + w is never formed at full size ([B, C, N]): per chunk, p * u goes to a small
-    scratch buffer, then p * w is added to it in place. No new full-size buffer: on CPU a fresh
-    multi-MB allocation costs a page fault per 4 KiB on first touch.
+    scratch buffer, then one addcmul writes buf + p * w over p (two passes over the chunk). No
+    new full-size buffer: on CPU a fresh multi-MB allocation costs a page fault per 4 KiB on
+    first touch.
     """
     B, C, _ = p.shape
     chunks = _chunks(p)
@@ -432,7 +433,7 @@ def _scale_classes_and_pixels_(p: Tensor, u: Tensor, w: Tensor) -> Tensor:
         ps = p[..., j : j + n]
         buf = scratch[: B * C * n].view(B, C, n)
         torch.mul(ps, uu, out=buf)
-        ps.mul_(w[:, None, j : j + n]).add_(buf)
+        torch.addcmul(buf, ps, w[:, None, j : j + n], out=ps)
     return p
 
 
