@@ -117,24 +117,24 @@ def _bce_dice_grad(x: Tensor, t: Tensor, smoothing: Tensor, c: Tensor, g_inter: 
 def _run(name: str, fn, *args):
     """Call the compiled version of ``fn`` (compiled on first use); None if compiling fails."""
     global _failed
-    kernel = _kernels.get(name)
-    if kernel is None:
-        # Said once per kernel and process: the first call of a large loss stalls while it compiles.
-        log.warning(
-            "seglosses: compiling the fused CPU kernel %r with torch.compile (once per process: "
-            "~30 s the first time on a 2-core machine, ~10 s once inductor has it cached; "
-            "%s=0 or seglosses.set_cpu_compile(False) keeps the eager kernels)", name, _ENV,
-        )
-        # dynamic: one kernel for every input size (no recompilation per batch shape)
-        kernel = _kernels[name] = torch.compile(fn, dynamic=True)
     try:
+        kernel = _kernels.get(name)
+        if kernel is None:
+            # Said once per kernel and process: the first large call stalls while it compiles.
+            log.warning(
+                "seglosses: compiling the fused CPU kernel %r with torch.compile (once per process: "
+                "~30 s the first time on a 2-core machine, ~10 s once inductor has it cached; "
+                "%s=0 or seglosses.set_cpu_compile(False) keeps the eager kernels)", name, _ENV,
+            )
+            # dynamic: one kernel for every input size (no recompilation per batch shape)
+            kernel = _kernels[name] = torch.compile(fn, dynamic=True)
         return kernel(*args)
-    except Exception as err:  # no C++ compiler, unsupported platform, an inductor bug...
+    except Exception as err:  # no C++ compiler, unsupported platform or Python, an inductor bug...
         _failed = True
+        first_line = (str(err).strip().splitlines() or [""])[0]
         warnings.warn(
-            f"seglosses: compiling the fused CPU kernel failed ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); using the eager "
-            f"kernels from now on. Set {_ENV}=0 to skip the attempt.",
+            f"seglosses: compiling the fused CPU kernel failed ({type(err).__name__}: {first_line}); "
+            f"using the eager kernels from now on. Set {_ENV}=0 to skip the attempt.",
             RuntimeWarning,
             stacklevel=2,
         )

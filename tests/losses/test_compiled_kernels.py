@@ -115,9 +115,13 @@ def test_second_backward_with_retain_graph(small_threshold):
     torch.testing.assert_close(x.grad, first)
 
 
-def test_failed_compilation_warns_once_and_falls_back(small_threshold, monkeypatch):
+@pytest.mark.parametrize("where", ["at torch.compile", "at the first call"])
+def test_failed_compilation_warns_once_and_falls_back(small_threshold, monkeypatch, where):
     def broken_compile(fn, **kwargs):
-        def run(*args):
+        if where == "at torch.compile":  # e.g. a Python that dynamo does not support
+            raise RuntimeError("no C++ compiler found")
+
+        def run(*args):  # inductor fails while compiling, on the first call
             raise RuntimeError("no C++ compiler found")
 
         return run
