@@ -420,9 +420,9 @@ class _SigmoidDiceFn(torch.autograd.Function):
 def _scale_classes_and_pixels_(p: Tensor, u: Tensor, w: Tensor) -> Tensor:
     """p[b, c, n] <- p[b, c, n] * (u[b, c] + w[b, n]), in place, chunk by chunk along n.
 
-    The sum u + w is never formed at full size ([B, C, N]): per chunk, p * u goes to a small
-    scratch buffer, then one addcmul writes buf + p * w over p (two passes over the chunk). No
-    new full-size buffer: on CPU a fresh multi-MB allocation costs a page fault per 4 KiB on
+    The sum u + w is never formed at full size ([B, C, N]): per chunk it is written to a small
+    scratch buffer (a pass that reads only the small u and w), then multiplied into p in place.
+    No new full-size buffer: on CPU a fresh multi-MB allocation costs a page fault per 4 KiB on
     first touch.
     """
     B, C, _ = p.shape
@@ -432,8 +432,8 @@ def _scale_classes_and_pixels_(p: Tensor, u: Tensor, w: Tensor) -> Tensor:
     for j, n in chunks:
         ps = p[..., j : j + n]
         buf = scratch[: B * C * n].view(B, C, n)
-        torch.mul(ps, uu, out=buf)
-        torch.addcmul(buf, ps, w[:, None, j : j + n], out=ps)
+        torch.add(uu, w[:, None, j : j + n], out=buf)
+        ps.mul_(buf)
     return p
 
 
