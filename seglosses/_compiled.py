@@ -4,9 +4,10 @@ Why. The eager fused path (:mod:`seglosses._fused`) still makes ~16 passes over 
 element (every torch op is one), and on CPU each pass costs about as much as the arithmetic.
 Inductor turns the same maths into one C++ loop for forward (reading x and t once) and one for
 backward (reading x and t, writing the gradient): measured ~2x faster than the eager path on
-8x1x512x512 (see scripts/bench_losses.py). The price is a one-time compilation with the
-system's C++ compiler: ~15-45 s on a 2-core machine the first time, a few seconds in later
-processes (inductor caches the kernels on disk).
+8x1x512x512 (see scripts/bench_losses.py). The price is a one-time compilation per process with the
+system's C++ compiler: measured 34 s for the first call on a 2-core machine with an empty
+inductor cache, 12 s in a later process (inductor caches the kernels on disk; importing
+dynamo and inductor is part of it).
 
 When it runs (everything else takes the eager path, which computes the same values):
 
@@ -15,7 +16,7 @@ When it runs (everything else takes the eager path, which computes the same valu
   float64 stays eager), without ``ignore_index``, ``pos_weight`` or ``squared_pred``;
 - at least :data:`MIN_ELEMS` logits (smaller inputs do not repay the compilation);
 - not while an outer ``torch.compile`` traces the loss (that one compiles the eager maths itself);
-- switched on: ``seglosses.set_cpu_compile(False)`` or the environment variable
+- switched on, the default: ``seglosses.set_cpu_compile(False)`` or the environment variable
   ``SEGLOSSES_CPU_COMPILE=0`` turns it off. If compiling fails (no C++ compiler, an unsupported
   Python), a warning says so once and the eager path takes over for the rest of the process.
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 MIN_ELEMS = 1 << 20  # logits per call from which the compiled kernels are used
 _ENV = "SEGLOSSES_CPU_COMPILE"
 _OFF = {"0", "false", "no", "off"}
-
 
 
 def _env_allows(value: str | None) -> bool:
