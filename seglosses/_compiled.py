@@ -87,6 +87,8 @@ def applies(x: Tensor, v: Tensor | None, pos_weight: Tensor | None, squared: boo
 def _bce_dice_sums(x: Tensor, t: Tensor, smoothing: Tensor):
     """BCE sum and Dice sums of logits x and targets t shaped [M, 64] (t' = t (1 - s) + s / 2 for BCE).
 
+    (Rows of up to 64 elements: bce_dice_forward also runs it, uncompiled, on the left-over tail.)
+
     softplus(x) = relu(x) - log max(p, 1 - p) is exact for every finite x (1 - p alone rounds to
     0 for x > ~17 in float32). The log factor lies in [0.5, 1], so a row of 64 of them has a
     product >= 5e-20 (no underflow): one log per row instead of one per element, which halves
@@ -97,14 +99,6 @@ def _bce_dice_sums(x: Tensor, t: Tensor, smoothing: Tensor):
     ts = t * (1.0 - smoothing) + 0.5 * smoothing
     rows = (torch.clamp_min(x, 0.0) - ts * x).sum(1) - torch.log(torch.maximum(p, 1.0 - p).prod(1))
     return rows.sum(), (p * t).sum(1).sum(), p.sum(1).sum(), t.sum(1).sum(), t.amin(), t.amax()
-
-
-def _tail_sums(x: Tensor, t: Tensor, smoothing: float):
-    """The same sums, in eager ops, for the < 64 elements left over after the rows of 64."""
-    p = torch.sigmoid(x)
-    ts = t * (1.0 - smoothing) + 0.5 * smoothing
-    bce = (torch.clamp_min(x, 0.0) - torch.log(torch.maximum(p, 1.0 - p)) - ts * x).sum()
-    return bce, (p * t).sum(), p.sum(), t.sum(), t.amin(), t.amax()
 
 
 def _bce_dice_grad(x: Tensor, t: Tensor, smoothing: Tensor, c: Tensor, g_inter: Tensor, g_pred: Tensor):
@@ -150,7 +144,8 @@ def bce_dice_forward(x: Tensor, t: Tensor, smoothing: float):
     sums = _run("bce_dice_forward", _bce_dice_sums, x[:main].view(-1, 64), t[:main].view(-1, 64), s)
     if sums is None or main == n:
         return sums
-    tail = _tail_sums(x[main:], t[main:], smoothing)
+    # the < 64 left-over elements: the same function, uncompiled, on them as one short row
+    tail = _bce_dice_sums(x[main:].view(1, -1), t[main:].view(1, -1), s)
     total, inter, pred, tsum = (a + b for a, b in zip(sums[:4], tail[:4]))
     return total, inter, pred, tsum, torch.minimum(sums[4], tail[4]), torch.maximum(sums[5], tail[5])
 
