@@ -1,5 +1,8 @@
-# Two commands a newcomer needs: `make train` and `make test`. Both create .venv if missing.
+# Two commands a newcomer needs: `make train` and `make test`. Both create .venv if missing and
+# install the loss package (editable) with every extra the harness and the tests use; the harness
+# itself (train.py, conf/, segtrain/, datamodules/, scripts/) runs from this checkout.
 PYTHON ?= python3
+EXTRAS := train,export,sweep,bench,dev
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -9,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)
