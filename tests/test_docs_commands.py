@@ -11,7 +11,8 @@ its lower bound) is composed on its own.
 What the test does differently from a shell, all of it listed here:
 - shell variables are replaced by the values in :data:`SHELL_VARS` (an unknown one fails);
 - ``--cfg job`` and ``--help`` only print, so the rest of the command is composed as usual;
-- ``make train ARGS="..."`` is composed as the Makefile's ``python train.py loss=bce_dice ...``.
+- ``make train ARGS="..."`` is composed as the Makefile's ``python train.py loss=bce_dice ...``;
+- the inline mentions in :data:`MENTIONS` name the command in general and are not composed.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ PRINT_FLAGS = {"--help": 0, "--cfg": 1}
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 # What `make train` runs before $(ARGS) (checked against the Makefile below).
 MAKE_TRAIN = ["loss=bce_dice"]
+# Inline code that names the command in prose rather than giving one.
+MENTIONS = {"python train.py ..."}
 LAUNCHERS = {"python", "python3", "torchrun", "srun"}
 SHELL_FENCES = {"bash", "sh", "shell", "console", ""}
 
@@ -113,6 +116,8 @@ def collect_commands() -> list[Command]:
         for fence in reversed(fences):  # blank the fences out, keeping line numbers
             prose = prose[:fence.start()] + re.sub(r"[^\n]", " ", fence.group(0)) + prose[fence.end():]
         for m in re.finditer(r"`([^`\n]*(?:python train\.py|make train)[^`\n]*)`", prose):
+            if m.group(1) in MENTIONS:
+                continue
             source = f"{rel}:{text.count(chr(10), 0, m.start()) + 1}"
             args = _train_args(m.group(1), source)
             if args is not None:
