@@ -27,4 +27,4 @@ bench: $(STAMP)
 	$(PY) scripts/bench_losses.py
 
 clean:
-	rm -rf $(VENV) logs .pytest_cache
+	rm -rf $(VENV) logs .pytest_cache build dist

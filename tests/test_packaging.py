@@ -200,6 +200,7 @@ LOSS_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two fresh interpreters that each import torch
 def test_every_loss_runs_from_the_wheel_with_torch_alone(wheel, torch_only_venv, tmp_path):
     python = torch_only_venv
     install = subprocess.run(
@@ -216,3 +217,11 @@ def test_every_loss_runs_from_the_wheel_with_torch_alone(wheel, torch_only_venv,
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     # 3 modes x (5 single losses + 2 combinations)
     assert proc.stdout.startswith("21 losses ran:"), proc.stdout
+
+    # The front page's example, as a user of the wheel would paste it.
+    readme = (ROOT / "README.md").read_text().split("## Use the losses in your own code", 1)[1]
+    example = tmp_path / "readme_example.py"
+    example.write_text(re.search(r"```python\n(.*?)```", readme, flags=re.S).group(1))
+    proc = subprocess.run([python, "-I", str(example)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
