@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .masks import check_task, encode_mask
+from .masks import encode_mask, validate_task
 from .transforms import TransformSpec, build_transforms, default_transforms, init_worker
 
 # A sample source returns (image uint8 [H, W, 3], mask [H, W] or [H, W, C], name).
@@ -58,8 +59,20 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return default_collate(samples)
 
 
+def _option_names(cls: type) -> list[str]:
+    """The keyword options of ``cls`` and of its bases up to :class:`SegmentationDataModule`."""
+    names: set[str] = set()
+    for klass in cls.__mro__[: cls.__mro__.index(SegmentationDataModule) + 1]:
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD}
+    return sorted(names)
+
+
 class SegmentationDataModule(L.LightningDataModule):
     """DataLoader knobs and pipelines common to the synthetic and folder datamodules.
+
+    All options are keyword-only; subclasses take their own options and hand the rest on as
+    ``**base_options`` (the yaml configs, instantiated by Hydra, pass keywords anyway).
 
     Args:
         task: ``binary``, ``multiclass`` or ``multilabel``.
@@ -75,12 +88,17 @@ class SegmentationDataModule(L.LightningDataModule):
             horizontal flip, normalise (:func:`~datamodules.transforms.default_transforms`); ``{}``
             = no transform at all (images stay 0..255).
         val_transforms: pipeline spec for validation; ``None`` = resize, normalise.
+
+    Raises:
+        ValueError: an option no class of the datamodule takes (a misspelt ``data.<key>``),
+            listing the accepted ones.
     """
 
     def __init__(
         self,
-        task: str,
-        num_classes: int,
+        *,
+        task: str = "binary",
+        num_classes: int = 1,
         image_size: int,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -90,9 +108,15 @@ class SegmentationDataModule(L.LightningDataModule):
         seed: int = 0,
         train_transforms: TransformSpec = None,
         val_transforms: TransformSpec = None,
+        **unknown: Any,
     ) -> None:
         super().__init__()
-        check_task(task, num_classes)
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} has no option(s) {', '.join(sorted(unknown))} (data.<option> in the "
+                f"config): fix the spelling or drop them. Its options: {', '.join(_option_names(type(self)))}."
+            )
+        validate_task(task, num_classes)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(num_workers) < 0:
