@@ -9,10 +9,21 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .masks import encode_mask, validate_task
-from .transforms import TransformSpec, build_transforms, default_transforms, init_worker
+from .transforms import (
+    TransformSpec,
+    build_transforms,
+    default_transforms,
+    init_worker,
+    pipeline_random_state,
+    set_pipeline_random_state,
+)
+
+# The augmentation pipelines whose random state goes into checkpoints (state_dict).
+_PIPELINES = ("train_transform", "val_transform")
 
 # A sample source returns (image uint8 [H, W, 3], mask [H, W] or [H, W, C], name).
 SampleFn = Callable[[int], tuple[np.ndarray, np.ndarray, str]]
@@ -158,6 +169,28 @@ class SegmentationDataModule(L.LightningDataModule):
             worker_init_fn=init_worker,
             collate_fn=collate,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation pipelines' random state; Lightning stores it in every checkpoint.
+
+        albumentations 2.0 keeps a private generator in every transform, untouched by the
+        global seeds; with this state a resumed run continues the augmentation stream where the
+        checkpoint left it (the global generators are saved by ``RandomStateCheckpoint``).
+        """
+        return {name: pipeline_random_state(getattr(self, name)) for name in _PIPELINES}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Called by Lightning on ``fit(ckpt_path=...)``; warns about saved transforms this config lacks."""
+        missing = [
+            f"{name}[{key}]"
+            for name in _PIPELINES
+            for key in set_pipeline_random_state(getattr(self, name), state_dict.get(name, {}))
+        ]
+        if missing:
+            rank_zero_warn(
+                f"Resuming: the checkpoint has random state for {missing}, which this run's pipelines do not "
+                "have (a changed data config?); those start from their seed."
+            )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
