@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from reliability_helpers import TINY_CLI, popen_script, run_script
+from reliability_helpers import TINY, popen_script, run_script
 
 from datamodules.transforms import pipeline_random_state
 from segtrain.atomic import AtomicCheckpointIO, atomic_torch_save
@@ -185,7 +185,7 @@ def test_restore_warns_about_transforms_the_config_no_longer_has():
 # ------------------------------------------------------------ kill, resume, same result -----
 
 # Three epochs of a tiny run; val every epoch so last.ckpt is written at each epoch's end.
-RESUME_ARGS = (*TINY_CLI, "trainer.max_epochs=3", "seed=7", "data.num_samples=32", "data.batch_size=4")
+RESUME_ARGS = (*TINY, "trainer.max_epochs=3", "seed=7", "data.num_samples=32")
 
 
 def _run_folders(log_dir: Path) -> dict[str, Path]:
