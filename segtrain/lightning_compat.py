@@ -11,9 +11,9 @@ that says so rather than guessing.
 1. **DDP re-launch inside a Hydra multirun** (Lightning #11300, Hydra #2070; no public API in
    2.6). With ``strategy=ddp`` on its own, ``_SubprocessScriptLauncher`` re-runs ``sys.argv``
    for every local rank > 0 -- inside ``-m`` that is the *sweep's* command line -- and
-   ``lightning.fabric.strategies.launchers.subprocess_script._launch_process_observer`` starts a
-   thread that SIGKILLs the main process (here: the whole sweep) as soon as one child exits
-   non-zero. :func:`multirun_ddp_scope` hands the children the job's own command line (through
+   ``_launch_process_observer`` (Fabric's, imported into
+   ``lightning.pytorch.strategies.launchers.subprocess_script``) starts a thread that SIGKILLs
+   the main process (here: the whole sweep) as soon as one child exits non-zero. :func:`multirun_ddp_scope` hands the children the job's own command line (through
    :data:`segtrain.distributed.RELAUNCH_ENV`, read by ``segtrain.distributed.startup_argv``),
    swaps that observer -- looked up by ``launch()`` as a module global at call time, hence
    replaceable -- for :class:`_SiblingObserver` for the duration of the job, and afterwards

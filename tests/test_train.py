@@ -9,7 +9,6 @@ config, TensorBoard images) and that training learns. One subprocess checks the 
 from __future__ import annotations
 
 import csv
-import math
 import os
 import subprocess
 import sys
