@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .masks import check_task, encode_mask
-from .transforms import TransformSpec, build_transforms, default_transforms, init_worker
+from .masks import encode_mask, validate_task
+from .transforms import (
+    TransformSpec,
+    build_transforms,
+    default_transforms,
+    init_worker,
+    pipeline_random_state,
+    set_pipeline_random_state,
+)
+
+# The augmentation pipelines whose random state goes into checkpoints (state_dict).
+_PIPELINES = ("train_transform", "val_transform")
 
 # A sample source returns (image uint8 [H, W, 3], mask [H, W] or [H, W, C], name).
 SampleFn = Callable[[int], tuple[np.ndarray, np.ndarray, str]]
@@ -58,8 +70,20 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return default_collate(samples)
 
 
+def _option_names(cls: type) -> list[str]:
+    """The keyword options of ``cls`` and of its bases up to :class:`SegmentationDataModule`."""
+    names: set[str] = set()
+    for klass in cls.__mro__[: cls.__mro__.index(SegmentationDataModule) + 1]:
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD}
+    return sorted(names)
+
+
 class SegmentationDataModule(L.LightningDataModule):
     """DataLoader knobs and pipelines common to the synthetic and folder datamodules.
+
+    All options are keyword-only; subclasses take their own options and hand the rest on as
+    ``**base_options`` (the yaml configs, instantiated by Hydra, pass keywords anyway).
 
     Args:
         task: ``binary``, ``multiclass`` or ``multilabel``.
@@ -75,12 +99,17 @@ class SegmentationDataModule(L.LightningDataModule):
             horizontal flip, normalise (:func:`~datamodules.transforms.default_transforms`); ``{}``
             = no transform at all (images stay 0..255).
         val_transforms: pipeline spec for validation; ``None`` = resize, normalise.
+
+    Raises:
+        ValueError: an option no class of the datamodule takes (a misspelt ``data.<key>``),
+            listing the accepted ones.
     """
 
     def __init__(
         self,
-        task: str,
-        num_classes: int,
+        *,
+        task: str = "binary",
+        num_classes: int = 1,
         image_size: int,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -90,9 +119,15 @@ class SegmentationDataModule(L.LightningDataModule):
         seed: int = 0,
         train_transforms: TransformSpec = None,
         val_transforms: TransformSpec = None,
+        **unknown: Any,
     ) -> None:
         super().__init__()
-        check_task(task, num_classes)
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} has no option(s) {', '.join(sorted(unknown))} (data.<option> in the "
+                f"config): fix the spelling or drop them. Its options: {', '.join(_option_names(type(self)))}."
+            )
+        validate_task(task, num_classes)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(num_workers) < 0:
@@ -134,6 +169,28 @@ class SegmentationDataModule(L.LightningDataModule):
             worker_init_fn=init_worker,
             collate_fn=collate,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation pipelines' random state; Lightning stores it in every checkpoint.
+
+        albumentations 2.0 keeps a private generator in every transform, untouched by the
+        global seeds; with this state a resumed run continues the augmentation stream where the
+        checkpoint left it (the global generators are saved by ``RandomStateCheckpoint``).
+        """
+        return {name: pipeline_random_state(getattr(self, name)) for name in _PIPELINES}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Called by Lightning on ``fit(ckpt_path=...)``; warns about saved transforms this config lacks."""
+        missing = [
+            f"{name}[{key}]"
+            for name in _PIPELINES
+            for key in set_pipeline_random_state(getattr(self, name), state_dict.get(name, {}))
+        ]
+        if missing:
+            rank_zero_warn(
+                f"Resuming: the checkpoint has random state for {missing}, which this run's pipelines do not "
+                "have (a changed data config?); those start from their seed."
+            )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -36,13 +36,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .base import SegmentationDataModule, SegmentationDataset
 from .masks import binary_values, index_values, mask_dtype, palette_to_index
-from .transforms import TransformSpec
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -197,41 +197,32 @@ class FolderDataModule(SegmentationDataModule):
 
     Args:
         root: the dataset folder (``images/`` + ``masks/``, or ``train/`` + ``val/`` each holding both).
-        task: ``binary`` | ``multiclass`` | ``multilabel``.
-        num_classes: 1 for binary; classes incl. background (0) for multiclass; channels for multilabel.
         image_size: side the default pipelines resize to (the yaml pipelines follow it as well).
         val_fraction: share of ``root/images`` held out for validation (ignored with train/ + val/).
-        seed: seed of the split and of the augmentation stream.
         palette: for RGB colour masks, ``palette[k] = [r, g, b]`` of class k (binary: 2 colours).
         ignore_index: a mask value meaning "not labelled" (e.g. 255), passed through unchanged.
         validate: read every pair in setup() and check sizes and values (slower; for small datasets).
-        batch_size, num_workers, pin_memory, persistent_workers, drop_last, train_transforms,
-        val_transforms: see :class:`~datamodules.base.SegmentationDataModule`.
+        batch_size, num_workers: as in :class:`~datamodules.base.SegmentationDataModule`, other defaults.
+        **base_options: ``task``, ``num_classes``, ``seed`` (of the split and the augmentation
+            stream) ... -- the options of :class:`~datamodules.base.SegmentationDataModule`, by keyword.
     """
 
     def __init__(
         self,
         root: str | Path,
-        task: str = "binary",
-        num_classes: int = 1,
+        *,
         image_size: int = 256,
         val_fraction: float = 0.2,
-        seed: int = 0,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int | None = None,
         validate: bool = False,
         batch_size: int = 8,
         num_workers: int = 2,
-        pin_memory: bool | None = None,
-        persistent_workers: bool | None = None,
-        drop_last: bool = False,
-        train_transforms: TransformSpec = None,
-        val_transforms: TransformSpec = None,
+        **base_options: Any,
     ) -> None:
-        super().__init__(
-            task, num_classes, image_size, batch_size, num_workers, pin_memory, persistent_workers, drop_last, seed,
-            train_transforms, val_transforms,
-        )
+        # Files are decoded while training runs: smaller batches and two workers by default.
+        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, **base_options)
+        task, num_classes = self.task, self.num_classes
         if root is None or str(root) in ("", "???"):
             raise ValueError("data.root is not set: pass data.root=/path/to/dataset (holding images/ and masks/)")
         if not 0.0 <= float(val_fraction) < 1.0:

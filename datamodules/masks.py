@@ -1,24 +1,85 @@
-"""Mask encoding shared by the datamodules: checks, value conversion, tensor layout per task.
+"""The data contract of the datamodules: valid ``(task, num_classes)`` pairs, mask encoding per task.
 
-Layout of ``batch["mask"]`` (docs/ARCHITECTURE.md):
+Layout of ``batch["mask"]`` (:data:`MASK_LAYOUT`, docs/ARCHITECTURE.md):
 
 * ``binary``: float32 ``[B, 1, H, W]`` in {0, 1} (``num_classes`` must be 1),
 * ``multiclass``: int64 ``[B, H, W]`` with class indices ``0 .. num_classes - 1``; class 0 is the
   background (optionally ``ignore_index`` where the mask has no label),
 * ``multilabel``: float32 ``[B, C, H, W]`` in {0, 1}, ``C = num_classes`` independent channels.
+
+The rules for the pair live here, below the harness: ``segtrain`` imports this module (its
+``segtrain/task.py`` maps the pair to network channels, loss mode and metrics), never the other
+way round. :func:`class_palette` is the one colour table of the project (colour masks written
+for the folder datamodule, predicted palette PNGs, overlays and training pictures).
 """
 
 from __future__ import annotations
 
+import colorsys
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from segtrain.task import validate_task
+TASKS = ("binary", "multiclass", "multilabel")
 
-# (task, num_classes) rules live in one place, segtrain/task.py (plain Python, no Lightning).
-check_task = validate_task
+# What ``batch["mask"]`` looks like for each task (docs/ARCHITECTURE.md, "Task and tensors").
+MASK_LAYOUT = {
+    "binary": "float32 [B, 1, H, W] in {0, 1}",
+    "multiclass": "int64 [B, H, W] class indices 0..num_classes-1",
+    "multilabel": "float32 [B, C, H, W] in {0, 1}",
+}
+
+# Hand-picked distinct colours; colour 0 (background) is black.
+_BASE_COLORS = (
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+)
+
+
+def validate_task(task: Any, num_classes: Any) -> None:
+    """Raise ``ValueError`` unless ``(task, num_classes)`` is a valid pair.
+
+    Args:
+        task: ``binary`` | ``multiclass`` | ``multilabel``.
+        num_classes: an int; binary needs 1 (one foreground channel), multiclass >= 2 (class 0
+            is the background), multilabel >= 1 (one channel per label).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got task={task!r} (set e.g. task=multiclass)")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise ValueError(f"num_classes must be an integer, got num_classes={num_classes!r}")
+    if num_classes < 0:
+        raise ValueError(f"num_classes must not be negative, got num_classes={num_classes}")
+    if task == "binary" and num_classes != 1:
+        raise ValueError(
+            f"task=binary needs num_classes=1 (one foreground channel), got num_classes={num_classes}; "
+            "for several classes use task=multiclass (one class per pixel) or task=multilabel (overlapping labels)"
+        )
+    if task == "multiclass" and num_classes < 2:
+        raise ValueError(
+            f"task=multiclass needs num_classes >= 2 (class 0 is the background), got num_classes={num_classes}; "
+            "for a single foreground class use task=binary num_classes=1"
+        )
+    if task == "multilabel" and num_classes < 1:
+        raise ValueError(f"task=multilabel needs num_classes >= 1 (one channel per label), got num_classes={num_classes}")
+
+
+def class_palette(num_colors: int) -> np.ndarray:
+    """``[num_colors, 3]`` uint8 RGB colours, ``palette[k]`` for class ``k``; colour 0 (background) is black.
+
+    The first 16 are hand-picked to be distinct; beyond them hues are spread by the golden
+    ratio, so any class count gets colours without repeats.
+    """
+    base = np.array(_BASE_COLORS[:num_colors], dtype=np.uint8).reshape(-1, 3)
+    extra = [
+        tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.8, 0.95))
+        for i in range(max(num_colors - len(_BASE_COLORS), 0))
+    ]
+    return np.concatenate([base, np.array(extra, dtype=np.uint8).reshape(-1, 3)])
 
 
 def mask_dtype(task: str, num_classes: int, ignore_index: int | None = None) -> np.dtype:

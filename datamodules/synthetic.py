@@ -20,12 +20,13 @@ Masks per task (class ``k`` = shape kind ``SHAPES[k - 1]``):
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
 from .base import SegmentationDataModule, SegmentationDataset
 from .masks import mask_dtype
-from .transforms import TransformSpec
 
 SHAPES = ("circle", "rectangle", "triangle", "ellipse", "hexagon", "cross")
 
@@ -179,10 +180,10 @@ class SyntheticDataModule(SegmentationDataModule):
     the validation set (samples are independent draws, so a split by index is a random split);
     the test set (``trainer.test``) is ``num_test`` further samples, generated only when asked for.
 
+    ``num_classes`` (a base option): 1 for binary; 2..7 for multiclass (class 0 = background,
+    class k = shape kind ``SHAPES[k-1]``); 1..6 for multilabel (channel k = ``SHAPES[k]``).
+
     Args:
-        task: ``binary`` | ``multiclass`` | ``multilabel``.
-        num_classes: 1 for binary; 2..7 for multiclass (class 0 = background, class k = shape kind
-            ``SHAPES[k-1]``); 1..6 for multilabel (channel k = ``SHAPES[k]``).
         num_samples: total number of generated images (train + val).
         image_size: side of the generated square images.
         val_fraction: share of the samples used for validation.
@@ -190,15 +191,14 @@ class SyntheticDataModule(SegmentationDataModule):
         max_shapes: each image holds 1..max_shapes shapes.
         noise_std: Gaussian pixel noise (0..255 scale).
         min_contrast: minimum L1 RGB distance between a shape and the background under it; lower is harder.
-        seed: generation seed (also seeds the augmentation stream).
-        batch_size, num_workers, pin_memory, persistent_workers, drop_last, train_transforms,
-        val_transforms: see :class:`~datamodules.base.SegmentationDataModule`.
+        **base_options: ``task``, ``num_classes``, ``seed`` (generation seed, also of the
+            augmentation stream), ``batch_size`` ... -- the options of
+            :class:`~datamodules.base.SegmentationDataModule`, by keyword.
     """
 
     def __init__(
         self,
-        task: str = "binary",
-        num_classes: int = 1,
+        *,
         num_samples: int = 400,
         image_size: int = 96,
         val_fraction: float = 0.2,
@@ -206,19 +206,10 @@ class SyntheticDataModule(SegmentationDataModule):
         max_shapes: int = 4,
         noise_std: float = 12.0,
         min_contrast: float = 120.0,
-        seed: int = 0,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool | None = None,
-        persistent_workers: bool | None = None,
-        drop_last: bool = False,
-        train_transforms: TransformSpec = None,
-        val_transforms: TransformSpec = None,
+        **base_options: Any,
     ) -> None:
-        super().__init__(
-            task, num_classes, image_size, batch_size, num_workers, pin_memory, persistent_workers, drop_last, seed,
-            train_transforms, val_transforms,
-        )
+        super().__init__(image_size=image_size, **base_options)
+        task, num_classes = self.task, self.num_classes
         kinds = num_classes - 1 if task == "multiclass" else num_classes
         if task != "binary" and kinds > len(SHAPES):
             raise ValueError(

@@ -20,7 +20,7 @@ The datamodule appends ``ToTensorV2(transpose_mask=True)`` itself: images become
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import albumentations as A
@@ -118,3 +118,50 @@ def init_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None)
     if transform is not None and hasattr(transform, "set_random_seed"):
         transform.set_random_seed(info.seed % 2**32)
+
+
+def _with_generators(pipeline: A.BaseCompose) -> Iterator[tuple[str, Any]]:
+    """``(name, transform)`` for the pipeline and every transform nested in it, in a stable order.
+
+    albumentations 2.0 gives each of them a numpy and a Python generator of its own
+    (``random_generator``, ``py_random``). Names join position and class
+    (``"1.ColorJitter"``), so a state saved for one pipeline never lands on another transform.
+    """
+
+    def walk(t: Any, name: str) -> Iterator[tuple[str, Any]]:
+        yield name, t
+        for i, child in enumerate(getattr(t, "transforms", None) or []):
+            if isinstance(child, (A.BasicTransform, A.BaseCompose)):
+                yield from walk(child, f"{name}.{i}.{type(child).__name__}".lstrip("."))
+
+    yield from walk(pipeline, "")
+
+
+def pipeline_random_state(pipeline: A.BaseCompose) -> dict[str, Any]:
+    """The random state of every generator in ``pipeline`` (plain ints, strings and tuples).
+
+    Returns:
+        ``{name: {"numpy": bit-generator state, "python": random.Random state}}``; ``""`` names
+        the pipeline itself.
+    """
+    return {
+        name: {"numpy": t.random_generator.bit_generator.state, "python": t.py_random.getstate()}
+        for name, t in _with_generators(pipeline)
+    }
+
+
+def set_pipeline_random_state(pipeline: A.BaseCompose, state: Mapping[str, Any]) -> list[str]:
+    """Put back what :func:`pipeline_random_state` returned, transform by transform.
+
+    Returns:
+        The names in ``state`` that ``pipeline`` does not have (a transform added, removed or
+        replaced since): those keep their seeded state.
+    """
+    left = dict(state)
+    for name, t in _with_generators(pipeline):
+        if name in left:
+            saved = left.pop(name)
+            t.random_generator.bit_generator.state = saved["numpy"]
+            version, internal, gauss = saved["python"]
+            t.py_random.setstate((version, tuple(internal), gauss))
+    return sorted(left)

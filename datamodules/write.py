@@ -11,16 +11,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .masks import check_task
+from .masks import class_palette, validate_task
 from .synthetic import make_sample
 
-# Colours of classes 0..6 for RGB palette masks (class 0 = background = black).
-PALETTE = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]
 MASK_FORMATS = ("01", "255", "palette_rgb", "palette_p", "16bit")
 
 
-def _mask_image(mask: np.ndarray, mask_format: str, task: str) -> Image.Image:
-    """Encode an index mask [H, W] (binary: 0/1) as a PIL image in ``mask_format``."""
+def _mask_image(mask: np.ndarray, mask_format: str, task: str, colors: np.ndarray) -> Image.Image:
+    """Encode an index mask [H, W] (binary: 0/1) as a PIL image in ``mask_format`` (``colors[k]``: class k)."""
     if mask_format == "01":
         return Image.fromarray(mask.astype(np.uint8), mode="L")
     if mask_format == "255":
@@ -31,10 +29,10 @@ def _mask_image(mask: np.ndarray, mask_format: str, task: str) -> Image.Image:
         scale = 65535 if task != "multiclass" else 1
         return Image.fromarray((mask.astype(np.uint16) * scale).astype(np.uint16))
     if mask_format == "palette_rgb":
-        return Image.fromarray(np.asarray(PALETTE, np.uint8)[mask], mode="RGB")
+        return Image.fromarray(colors[mask], mode="RGB")
     if mask_format == "palette_p":
         p = Image.fromarray(mask.astype(np.uint8), mode="P")
-        p.putpalette([v for color in PALETTE for v in color])
+        p.putpalette(colors.reshape(-1).tolist())
         return p
     raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
 
@@ -64,18 +62,20 @@ def write_folder_dataset(
         image_format: ``png``, ``jpg`` or ``tif`` for the images (masks are always PNG: lossless).
         grayscale: write single-channel images.
         mask_format: ``01`` (values 0/1 or class indices), ``255`` (binary 0/255), ``16bit``
-            (binary 0/65535 or 16-bit indices), ``palette_rgb`` (colours of :data:`PALETTE`;
-            pass ``data.palette`` = ``PALETTE[:num_classes]``), ``palette_p`` ('P'-mode PNG of indices).
+            (binary 0/65535 or 16-bit indices), ``palette_rgb`` (colours of
+            :func:`~datamodules.masks.class_palette`; pass ``data.palette`` =
+            ``class_palette(num_classes)``, binary: ``class_palette(2)``), ``palette_p`` ('P'-mode PNG of indices).
 
     Returns:
         ``Path(out)``.
     """
-    check_task(task, num_classes)
+    validate_task(task, num_classes)
     if layout not in ("ratio", "split"):
         raise ValueError(f"layout must be 'ratio' or 'split', got {layout!r}")
     if image_format not in ("png", "jpg", "tif"):
         raise ValueError(f"image_format must be png, jpg or tif, got {image_format!r}")
     out = Path(out)
+    colors = class_palette(max(num_classes, 2))  # binary and multilabel files hold 0/1
     n_val = int(round(num_samples * val_fraction)) if layout == "split" else 0
     for i in range(num_samples):
         sub = out if layout == "ratio" else out / ("val" if i >= num_samples - n_val else "train")
@@ -87,7 +87,7 @@ def write_folder_dataset(
         pil.save(sub / "images" / f"{stem}.{image_format}", **({"quality": 95} if image_format == "jpg" else {}))
         if task == "multilabel":
             for k in range(num_classes):
-                _mask_image(mask[..., k], mask_format, task).save(sub / "masks" / f"{stem}_{k}.png")
+                _mask_image(mask[..., k], mask_format, task, colors).save(sub / "masks" / f"{stem}_{k}.png")
         else:
-            _mask_image(mask, mask_format, task).save(sub / "masks" / f"{stem}.png")
+            _mask_image(mask, mask_format, task, colors).save(sub / "masks" / f"{stem}.png")
     return out

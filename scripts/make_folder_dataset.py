@@ -16,8 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from datamodules.write import MASK_FORMATS, PALETTE, write_folder_dataset  # noqa: E402
-from segtrain.task import SUGGESTED_LOSS, TASKS  # noqa: E402
+from datamodules.masks import TASKS, class_palette  # noqa: E402
+from datamodules.write import MASK_FORMATS, write_folder_dataset  # noqa: E402
+from segtrain.task import SUGGESTED_LOSS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = f"data=folder data.root={out} task={args.task} num_classes={args.num_classes} loss={loss}"
     if mask_format == "palette_rgb":
         n = 2 if args.task == "binary" else args.num_classes
-        colors = ",".join(f"[{r},{g},{b}]" for r, g, b in PALETTE[:n])
+        colors = ",".join(f"[{r},{g},{b}]" for r, g, b in class_palette(n).tolist())
         overrides += f" 'data.palette=[{colors}]'"
     print(f"train on it: python train.py {overrides}")
 

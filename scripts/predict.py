@@ -34,9 +34,9 @@ from segtrain.inference import (  # noqa: E402
     InferenceModel,
     list_images,
     load_inference_model,
-    logits_to_mask,
     pad_batch,
     parse_overrides,
+    predicted_mask,
     preprocess,
     read_image,
     save_mask,
@@ -103,7 +103,7 @@ class PredictModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         logits = self.net(batch["image"])
         masks = [
-            logits_to_mask(logits[i, :, :h, :w], self.task, size, self.threshold).cpu().numpy()
+            predicted_mask(logits[i, :, :h, :w], self.task, size, self.threshold).cpu().numpy()
             for i, ((h, w), size) in enumerate(zip(batch["input_size"], batch["size"]))
         ]
         return {"masks": masks, "path": batch["path"]}

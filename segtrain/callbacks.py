@@ -6,7 +6,9 @@ One row per validation image (the first ``num_images`` of the first validation b
 
 written to ``<dirpath>/epoch_XXX.png`` by rank 0 only, and sent to TensorBoard
 (``add_image("val/predictions", ...)``) when a TensorBoardLogger is attached. Masks are drawn with
-torchvision's ``draw_segmentation_masks`` (one colour per class/label; background not drawn).
+torchvision's ``draw_segmentation_masks`` in the project's one colour table
+(:func:`datamodules.masks.class_palette`: class ``k`` has the colour of its palette-PNG entry
+``k`` in predict.py's masks; background not drawn).
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ import torch
 from torch import Tensor
 from torchvision.utils import draw_segmentation_masks, make_grid, save_image
 
-# Distinct colours for classes/labels (class 0 of multiclass is the background: not drawn).
-PALETTE = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-]
+from datamodules.masks import class_palette
+
+from .task import logits_to_mask
 
 
 def _to_uint8(image: Tensor) -> Tensor:
@@ -46,11 +46,13 @@ def masks_for_drawing(mask: Tensor, task: str, num_classes: int) -> Tensor:
     return mask > 0.5
 
 
-def logits_to_masks(logits: Tensor, task: str) -> Tensor:
-    """Hard predictions with the task's layout: binary/multilabel ``[B, C, H, W]`` {0,1}, multiclass ``[B, H, W]``."""
-    if task == "multiclass":
-        return logits.argmax(dim=1)
-    return (logits > 0).float()  # sigmoid(x) > 0.5
+def drawing_colors(task: str, num_classes: int) -> list[tuple[int, int, int]]:
+    """One RGB colour per layer of :func:`masks_for_drawing`: ``class_palette`` without the black background.
+
+    Multiclass layer ``i`` is class ``i + 1``; binary/multilabel layer ``i`` is label ``i``.
+    """
+    layers = num_classes - 1 if task == "multiclass" else num_classes
+    return [tuple(c) for c in class_palette(layers + 1)[1:].tolist()]
 
 
 class PredictionGrid(L.Callback):
@@ -92,9 +94,8 @@ class PredictionGrid(L.Callback):
 
     def render(self, image: Tensor, mask: Tensor, logits: Tensor, task: str, num_classes: int) -> Tensor:
         """The grid as a uint8 ``[3, H', W']`` tensor (rows: samples; columns: image, target, prediction)."""
-        pred = logits_to_masks(logits, task)
-        k = num_classes - 1 if task == "multiclass" else num_classes
-        colors = [PALETTE[i % len(PALETTE)] for i in range(k)]
+        pred = logits_to_mask(logits, task)
+        colors = drawing_colors(task, num_classes)
         tiles = []
         for i in range(image.shape[0]):
             img = _to_uint8(image[i])

@@ -9,14 +9,16 @@ rank 0 saves ``.hydra/``. Two cases break and are handled here:
 
 1. **Inside a multirun** (``-m``) the children's command line is still the *sweep's* command line
    (``-m loss=bce,dice ...``): every child would run the whole sweep (Lightning #11300, Hydra
-   #2070). :func:`multirun_ddp_scope` gives the children the *job's* own overrides and folder
-   through :data:`RELAUNCH_ENV`, and :func:`startup_argv` (called by ``train.py`` before Hydra
-   parses anything) swaps them in: each child becomes a single run of exactly that job, in
-   that job's folder. After the job the scope puts back the environment Lightning changed
-   (``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_PORT`` ...) and destroys the process group;
-   otherwise the next job would believe its ranks were started externally and wait forever.
-   A rank that crashes fails only its job: Lightning's child watchdog, which SIGKILLs the main
-   process (here: the whole sweep), is swapped for one that only stops the job's children.
+   #2070). ``segtrain.lightning_compat.multirun_ddp_scope`` (the Lightning side of the
+   workaround, with the Lightning versions it serves) gives the children the *job's* own
+   overrides and folder (:func:`job_argv`) through :data:`RELAUNCH_ENV`, and
+   :func:`startup_argv` (called by ``train.py`` before Hydra parses anything) swaps them in:
+   each child becomes a single run of exactly that job, in that job's folder. After the job the
+   scope puts back the environment Lightning changed (``LOCAL_RANK``, ``WORLD_SIZE``,
+   ``MASTER_PORT`` ...) and destroys the process group; otherwise the next job would believe its
+   ranks were started externally and wait forever. A rank that crashes fails only its job:
+   Lightning's child watchdog, which SIGKILLs the main process (here: the whole sweep), is
+   swapped for one that only stops the job's children.
 2. **Processes started by someone else** (``torchrun``, ``srun``, a manual multi-node launch
    with ``NODE_RANK``): every process runs Hydra on its own, so each would resolve ``${now:...}``
    to its own timestamped folder, and a multirun would run the whole sweep in every process.
@@ -30,16 +32,9 @@ launchers' environment variables) and ``trainer.is_global_zero`` afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-
-import torch
-
-log = logging.getLogger(__name__)
+from collections.abc import Mapping, Sequence
 
 #: Environment variable through which a multirun job hands its own command line to its DDP children.
 RELAUNCH_ENV = "SEGTRAIN_DDP_JOB_ARGV"
@@ -184,118 +179,3 @@ def job_argv(original_argv: Sequence[str]) -> list[str]:
     # hydra.mode=RUN: a config can switch multirun on by itself (hparams_search sets hydra.mode).
     out += [f"hydra.run.dir={json.dumps(str(hc.runtime.output_dir))}", "hydra.output_subdir=null", "hydra.mode=RUN"]
     return out
-
-
-def _uses_script_relaunch(trainer) -> bool:
-    """True when ``trainer.fit`` will re-run the script for ranks > 0 (``strategy=ddp`` on its own)."""
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
-    strategy = trainer.strategy
-    launcher = getattr(strategy, "launcher", None)
-    return (
-        isinstance(launcher, _SubprocessScriptLauncher)
-        and not strategy.cluster_environment.creates_processes_externally
-        and trainer.num_devices * trainer.num_nodes > 1
-    )
-
-
-class _SiblingObserver:
-    """Replaces Lightning's child-process observer for the DDP children of a multirun job.
-
-    Lightning's observer SIGKILLs the *main* process as soon as a child exits non-zero: inside
-    a multirun the main process is the whole sweep, so one failing rank would end the sweep.
-    This one only kills the remaining children; the job's own process (rank 0) then fails in
-    its next collective (gloo at once, NCCL after the process-group timeout) or by itself, and
-    the sweep records that job as failed (segtrain/sweep.py) and goes on.
-    """
-
-    def __init__(self) -> None:
-        import threading
-
-        self.stopped = threading.Event()
-        self.failures: list[tuple[int, int]] = []  # (local rank, exit code)
-        self.children: list = []
-
-    def __call__(self, child_processes) -> None:
-        import threading
-
-        self.children = child_processes
-
-        def watch() -> None:
-            while not self.stopped.wait(1.0):
-                codes = [p.poll() for p in child_processes]
-                if all(c == 0 for c in codes):
-                    return
-                failed = [(rank, c) for rank, c in enumerate(codes, start=1) if c not in (None, 0)]
-                if failed:
-                    self.failures = failed
-                    log.error("DDP child rank(s) failed (local rank, exit code): %s; stopping the others", failed)
-                    for p in child_processes:
-                        if p.poll() is None:
-                            p.kill()
-                    return
-
-        threading.Thread(target=watch, daemon=True, name="segtrain-ddp-children").start()
-
-    def reap(self, timeout: float = 60.0) -> None:
-        """Stop watching; give the children ``timeout`` seconds to exit, then kill them."""
-        import subprocess
-
-        self.stopped.set()
-        for p in self.children:
-            try:
-                p.wait(timeout=max(timeout, 0.01))
-            except subprocess.TimeoutExpired:
-                log.warning("DDP child %s still running after the job; killing it", p.pid)
-                p.kill()
-                p.wait()
-
-
-@contextmanager
-def multirun_ddp_scope(trainer, original_argv: Sequence[str] | None = None) -> Iterator[None]:
-    """Wrap ``trainer.fit/validate/test`` of a multirun job so that DDP works inside the sweep.
-
-    Outside a multirun it does nothing. Inside one, when the trainer will re-launch the script,
-    it publishes :func:`job_argv` in :data:`RELAUNCH_ENV` for the children and swaps Lightning's
-    child observer (which would SIGKILL the sweep when a rank fails) for
-    :class:`_SiblingObserver`; on exit it restores
-    every environment variable changed inside the scope and destroys the process group, so the
-    next job of the sweep starts from a clean process.
-
-    Args:
-        trainer: the ``lightning.Trainer`` of this job. Wrap *all* its calls (fit, then test):
-            Lightning starts the children once per Trainer, on the first call.
-        original_argv: the command line of the sweep (default ``sys.argv``).
-    """
-    if not is_multirun():
-        yield
-        return
-    import sys
-
-    from unittest import mock
-
-    from lightning.pytorch.strategies.launchers import subprocess_script
-
-    before = dict(os.environ)
-    observer = _SiblingObserver()
-    patch = contextlib.nullcontext()
-    if _uses_script_relaunch(trainer):
-        os.environ[RELAUNCH_ENV] = json.dumps(job_argv(sys.argv if original_argv is None else original_argv))
-        patch = mock.patch.object(subprocess_script, "_launch_process_observer", observer)
-        log.info("DDP inside a multirun: ranks > 0 re-run this job's own overrides")
-    try:
-        with patch:
-            yield
-    except BaseException:
-        # Rank 0 failed: Lightning leaves the children waiting in a collective for it; stop them now.
-        observer.reap(timeout=0)
-        raise
-    finally:
-        observer.reap()
-        for key in set(os.environ) - set(before):
-            del os.environ[key]
-        for key, value in before.items():
-            if os.environ.get(key) != value:
-                os.environ[key] = value
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from datamodules.folder import read_image as read_training_image
+from datamodules.masks import class_palette
+from datamodules.transforms import build_transforms
+
+from .task import logits_to_mask
+from .utils import build
 
 #: Image suffixes predict.py picks up in a folder (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -97,17 +105,8 @@ def network_state(state_dict: Mapping[str, torch.Tensor], prefix: str = "net.") 
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def build_network(config: Mapping[str, Any]) -> nn.Module:
-    """Instantiate the (untrained) network described by ``config["model"]``."""
-    from hydra.utils import instantiate
-
-    return instantiate(dict(config["model"]))
-
-
 def build_val_transform(config: Mapping[str, Any]) -> Any:
     """The training run's validation pipeline (resize, normalise ..., then ToTensorV2)."""
-    from datamodules.transforms import build_transforms
-
     data = config.get("data") or {}
     return build_transforms(data.get("val_transforms"), seed=0)
 
@@ -121,7 +120,8 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device = "
     """
     checkpoint = load_checkpoint(path)
     config = dict(checkpoint["config"])
-    net = build_network(config)
+    # The same builder as training (conf/model: segtrain.network.build_network), untrained here.
+    net = build(dict(config["model"]))
     net.load_state_dict(network_state(checkpoint["state_dict"]))
     net.eval().to(device)
     return InferenceModel(
@@ -176,10 +176,6 @@ def read_image(path: str) -> np.ndarray:
     Raises:
         ValueError: the file cannot be decoded (naming it).
     """
-    from pathlib import Path
-
-    from datamodules.folder import read_image as read_training_image
-
     return read_training_image(Path(path))
 
 
@@ -211,11 +207,12 @@ def pad_batch(images: Sequence[torch.Tensor], multiple: int = SIZE_MULTIPLE) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def logits_to_mask(logits: torch.Tensor, task: str, size: tuple[int, int], threshold: float = 0.5) -> torch.Tensor:
-    """One image's logits -> its mask at the original image size.
+def predicted_mask(logits: torch.Tensor, task: str, size: tuple[int, int], threshold: float = 0.5) -> torch.Tensor:
+    """One image's logits -> its mask file values at the original image size.
 
     The logits (not the hard mask) are resized -- bilinear -- so edges stay smooth when the
-    network saw a downscaled image.
+    network saw a downscaled image; then :func:`segtrain.task.logits_to_mask` decides the pixels
+    (as for the training pictures) and the values are encoded as the files hold them.
 
     Args:
         logits: ``[C, h, w]`` for one image, cropped to the unpadded input.
@@ -229,33 +226,11 @@ def logits_to_mask(logits: torch.Tensor, task: str, size: tuple[int, int], thres
     logits = logits.float()
     if tuple(logits.shape[-2:]) != tuple(size):
         logits = F.interpolate(logits[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+    mask = logits_to_mask(logits, task, threshold)
     if task == "multiclass":
-        return logits.argmax(0).to(torch.uint8)
-    fg = torch.sigmoid(logits) > threshold
-    mask = fg.to(torch.uint8) * 255
+        return mask.to(torch.uint8)
+    mask = mask.to(torch.uint8) * 255
     return mask[0] if task == "binary" else mask
-
-
-def palette(num_colors: int) -> np.ndarray:
-    """Distinct RGB colours, ``[num_colors, 3]`` uint8; colour 0 (background) is black."""
-    base = np.array(
-        [
-            (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-            (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-        ],
-        dtype=np.uint8,
-    )
-    if num_colors <= len(base):
-        return base[:num_colors]
-    # Beyond the hand-picked set: evenly spread hues, enough for any class count.
-    import colorsys
-
-    extra = [
-        tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.8, 0.95))
-        for i in range(num_colors - len(base))
-    ]
-    return np.concatenate([base, np.array(extra, dtype=np.uint8)])
 
 
 def save_mask(mask: np.ndarray, task: str, num_classes: int, folder: str, stem: str) -> list[str]:
@@ -270,7 +245,7 @@ def save_mask(mask: np.ndarray, task: str, num_classes: int, folder: str, stem: 
     path = os.path.join(folder, f"{stem}.png")
     if task == "multiclass":
         img = Image.fromarray(mask)  # uint8 [H, W] -> mode "L"; putpalette turns it into "P", values kept
-        img.putpalette(palette(max(num_classes, 2)).reshape(-1).tolist())
+        img.putpalette(class_palette(max(num_classes, 2)).reshape(-1).tolist())
     else:
         img = Image.fromarray(mask)
     _save_png(img, path)
@@ -285,7 +260,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, al
 
     Args:
         image: uint8 RGB ``[H, W, 3]`` at the original size.
-        mask: as returned by :func:`logits_to_mask`.
+        mask: as returned by :func:`predicted_mask`.
         task: decides how ``mask`` is read.
         num_classes: classes of the task.
         alpha: opacity of the colour.
@@ -295,7 +270,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, al
     """
     from torchvision.utils import draw_segmentation_masks
 
-    from .callbacks import PALETTE, masks_for_drawing
+    from .callbacks import drawing_colors, masks_for_drawing
 
     m = torch.from_numpy(np.ascontiguousarray(mask))
     # Back to the training layout masks_for_drawing reads: binary [1, H, W] / multilabel [C, H, W] in {0, 1}.
@@ -304,7 +279,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, al
     elif task == "multilabel":
         m = (m > 0).float()
     layers = masks_for_drawing(m, task, num_classes)
-    colors = [PALETTE[i % len(PALETTE)] for i in range(layers.shape[0])]
+    colors = drawing_colors(task, num_classes)
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     return draw_segmentation_masks(img, layers, alpha=alpha, colors=colors).permute(1, 2, 0).numpy()
 
@@ -329,14 +304,14 @@ def predict_images(model: InferenceModel, images: Sequence[np.ndarray], threshol
     """Masks for a list of uint8 RGB images in one batch (the in-process API; predict.py batches via Lightning).
 
     Returns:
-        One mask per image at its original size (see :func:`logits_to_mask`).
+        One mask per image at its original size (see :func:`predicted_mask`).
     """
     device = next(model.net.parameters()).device
     tensors = [preprocess(img, model.transform) for img in images]
     batch, sizes = pad_batch(tensors)
     logits = model.net(batch.to(device))
     return [
-        logits_to_mask(logits[i, :, :h, :w], model.task, img.shape[:2], threshold).cpu().numpy()
+        predicted_mask(logits[i, :, :h, :w], model.task, img.shape[:2], threshold).cpu().numpy()
         for i, ((h, w), img) in enumerate(zip(sizes, images))
     ]
 

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import AtomicCheckpointIO
-from .distributed import multirun_ddp_scope
+from .lightning_compat import multirun_ddp_scope
 from .losses import build_loss, check_loss_config
 from .module import SegmentationModule
 from .resume import check_resume_config, load_checkpoint_config, resolve_ckpt_path
@@ -121,7 +121,7 @@ def train(cfg: DictConfig) -> float:
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     _save_config(cfg, output_dir)
     log.info("Run folder: %s", os.path.abspath(output_dir))
-    # Inside a multirun, DDP children re-run this job (not the sweep); cleaned up after (distributed.py).
+    # Inside a multirun, DDP children re-run this job (not the sweep); cleaned up after (lightning_compat.py).
     with multirun_ddp_scope(trainer):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         value = best_metric(trainer, cfg.monitor)

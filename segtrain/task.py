@@ -1,29 +1,29 @@
 """The one place that maps ``(task, num_classes)`` to everything that depends on it.
 
 ``task`` and ``num_classes`` are top-level config keys (``conf/train.yaml``), set only there.
-From them follow:
+Which pairs are valid (:func:`validate_task`) and the mask encoding of a batch
+(:data:`MASK_LAYOUT`) are the data contract, defined with the datamodules in
+``datamodules/masks.py`` (the harness depends on the datamodules, not the reverse) and
+re-exported here. From the pair follow:
 
 * the network's output channels (:func:`out_channels`): ``1`` for binary, ``num_classes``
   otherwise -- logits ``[B, out_channels, H, W]``;
+* the hard prediction from logits (:func:`logits_to_mask`): ``argmax`` or ``sigmoid > threshold``;
 * the loss mode (:func:`loss_mode`): seglosses' vocabulary is the task name itself;
 * the loss terms that can serve the task (:data:`TERMS_BY_TASK`);
-* the torchmetrics arguments (:func:`metric_kwargs`);
-* the mask encoding of a batch (:data:`MASK_LAYOUT`, produced by the datamodules).
+* the torchmetrics arguments (:func:`metric_kwargs`).
 """
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
-TASKS = ("binary", "multiclass", "multilabel")
+from datamodules.masks import MASK_LAYOUT, TASKS, validate_task
 
-# What ``batch["mask"]`` looks like for each task (docs/ARCHITECTURE.md, "Task and tensors").
-MASK_LAYOUT = {
-    "binary": "float32 [B, 1, H, W] in {0, 1}",
-    "multiclass": "int64 [B, H, W] class indices 0..num_classes-1",
-    "multilabel": "float32 [B, C, H, W] in {0, 1}",
-}
+__all__ = [
+    "MASK_LAYOUT", "SUGGESTED_LOSS", "TASKS", "TERMS_BY_TASK", "check_term_serves_task", "logits_to_mask",
+    "loss_mode", "metric_kwargs", "out_channels", "validate_task",
+]
 
 # Loss classes (by seglosses name) that only make sense for some tasks. Anything not listed
 # (Dice, Jaccard, Tversky, Focal, ...) takes ``mode`` and serves every task.
@@ -36,38 +36,29 @@ TERMS_BY_TASK = {
 SUGGESTED_LOSS = {"binary": "bce_dice", "multiclass": "ce_dice", "multilabel": "bce_dice"}
 
 
-def validate_task(task: Any, num_classes: Any) -> None:
-    """Raise ``ValueError`` unless ``(task, num_classes)`` is a valid pair.
-
-    Args:
-        task: ``binary`` | ``multiclass`` | ``multilabel``.
-        num_classes: an int; binary needs 1 (one foreground channel), multiclass >= 2 (class 0
-            is the background), multilabel >= 1 (one channel per label).
-    """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}; got task={task!r} (set e.g. task=multiclass)")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        raise ValueError(f"num_classes must be an integer, got num_classes={num_classes!r}")
-    if num_classes < 0:
-        raise ValueError(f"num_classes must not be negative, got num_classes={num_classes}")
-    if task == "binary" and num_classes != 1:
-        raise ValueError(
-            f"task=binary needs num_classes=1 (one foreground channel), got num_classes={num_classes}; "
-            "for several classes use task=multiclass (one class per pixel) or task=multilabel (overlapping labels)"
-        )
-    if task == "multiclass" and num_classes < 2:
-        raise ValueError(
-            f"task=multiclass needs num_classes >= 2 (class 0 is the background), got num_classes={num_classes}; "
-            "for a single foreground class use task=binary num_classes=1"
-        )
-    if task == "multilabel" and num_classes < 1:
-        raise ValueError(f"task=multilabel needs num_classes >= 1 (one channel per label), got num_classes={num_classes}")
-
-
 def out_channels(task: str, num_classes: int) -> int:
     """Network output channels: 1 for binary, ``num_classes`` for multiclass and multilabel."""
     validate_task(task, num_classes)
     return 1 if task == "binary" else int(num_classes)
+
+
+def logits_to_mask(logits: Any, task: str, threshold: float = 0.5) -> Any:
+    """Hard predictions from logits, in the layout of ``batch["mask"]`` (:data:`MASK_LAYOUT`).
+
+    Used for the training pictures and for predict.py, so both decide pixels the same way.
+
+    Args:
+        logits: a tensor ``[B, C, H, W]`` (a batch) or ``[C, H, W]`` (one image).
+        task: ``binary`` | ``multiclass`` | ``multilabel``.
+        threshold: probability above which a pixel is foreground (binary, multilabel).
+
+    Returns:
+        multiclass: int64 class indices ``[B, H, W]`` / ``[H, W]`` (``argmax`` over the channels);
+        binary and multilabel: float32 ``{0, 1}`` with the channels kept (``sigmoid > threshold``).
+    """
+    if task == "multiclass":
+        return logits.argmax(dim=-3)
+    return (logits.float().sigmoid() > threshold).float()
 
 
 def loss_mode(task: str) -> str:

@@ -1,4 +1,4 @@
-"""Shared by the reliability tests (resume, reproducibility, predict, export, bad inputs).
+"""Shared by the tests: the one tiny run (:data:`TINY`), composing the config, scripts in subprocesses.
 
 :func:`trained_checkpoint` trains a tiny network once per test session and task (an
 ``lru_cache`` on this module, which pytest imports once) so that the predict, export and
@@ -19,21 +19,27 @@ from pathlib import Path
 
 import numpy as np
 from lightning.pytorch import Callback
+from omegaconf import DictConfig
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Tiny and quiet runs: one CPU process, no progress bar, no prediction pictures.
+# The one tiny run every training test starts from, in-process (:func:`compose_run`) or as
+# train.py arguments; a test adds only what it is about, after these (later overrides win).
+# 32 px images, 16 samples, batches of 4, one CPU process, one epoch, no early stopping, no
+# progress bar (its refreshes cost time and clutter the captured output). The data part is left
+# out for data=folder, whose config has no num_samples.
+TINY_DATA = ("data.image_size=32", "data.num_samples=16", "data.batch_size=4", "data.num_workers=0")
 TINY_TRAINER = (
     "trainer.accelerator=cpu",
     "trainer.devices=1",
-    "callbacks.progress_bar=null",
-    "callbacks.prediction_grid=null",
+    "trainer.max_epochs=1",
+    "trainer.enable_model_summary=false",
     "++trainer.enable_progress_bar=false",
+    "callbacks.progress_bar=null",
+    "callbacks.early_stopping=null",
 )
-TINY_DATA = ("data.image_size=32", "data.num_samples=24", "data.batch_size=8", "data.num_workers=0")
-# Subprocess runs of train.py (synthetic data).
-TINY_CLI = (*TINY_DATA, *TINY_TRAINER)
+TINY = (*TINY_DATA, *TINY_TRAINER)
 
 
 def run_script(args: Sequence[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -58,26 +64,26 @@ _SCRATCH = tempfile.mkdtemp(prefix="seg_reliability_")
 atexit.register(shutil.rmtree, _SCRATCH, True)
 
 
-# The same tiny settings for in-process runs (Hydra's compose API, as tests/conftest.py does).
-TINY_COMPOSE = (*TINY_CLI, "data.num_samples=16", "trainer.max_epochs=1", "++trainer.enable_model_summary=false")
-
-
-def compose_run(overrides: Sequence[str], output_dir: Path | str, synthetic: bool = True):
-    """Compose ``conf/train.yaml`` with the tiny settings + ``overrides``; the run folder is ``output_dir``.
+def compose_run(
+    overrides: Sequence[str] = (),
+    output_dir: Path | str | None = None,
+    tiny: bool = True,
+    synthetic: bool = True,
+) -> DictConfig:
+    """Compose ``conf/train.yaml`` as ``python train.py`` does, minus the process start.
 
     Args:
-        overrides: command-line style overrides.
-        output_dir: ``paths.output_dir``.
-        synthetic: also apply the tiny synthetic-data settings (off for ``data=folder``).
+        overrides: command-line style overrides, e.g. ``["loss=dice", "loss.terms.dice.weight=2"]``.
+        output_dir: the run folder (``paths.output_dir``); required to run ``train(cfg)``.
+        tiny: put :data:`TINY` first.
+        synthetic: with ``tiny``, include its data part (off for ``data=folder``).
     """
     from hydra import compose, initialize_config_dir
 
-    tiny = TINY_COMPOSE if synthetic else (*TINY_TRAINER, "trainer.max_epochs=1", "++trainer.enable_model_summary=false")
+    first = (TINY if synthetic else TINY_TRAINER) if tiny else ()
+    last = () if output_dir is None else (f"paths.output_dir={Path(output_dir).as_posix()}",)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[*tiny, *overrides, f"paths.output_dir={Path(output_dir).as_posix()}"],
-        )
+        return compose(config_name="train", overrides=[*first, *overrides, *last])
 
 
 @functools.lru_cache(maxsize=None)

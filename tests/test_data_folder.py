@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 import shlex
 import shutil
@@ -19,18 +20,20 @@ from PIL import Image
 from datamodules import FolderDataModule
 from datamodules.folder import read_image
 from datamodules.synthetic import make_sample
-from datamodules.write import PALETTE, write_folder_dataset
+from datamodules.masks import class_palette
+from datamodules.write import write_folder_dataset
 from segtrain.losses import build_loss
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 VAL = {"normalize": A.Normalize()}  # no resize: masks come back pixel for pixel
+PALETTE = [tuple(c) for c in class_palette(8).tolist()]  # the colours write_folder_dataset uses
 
 
 def folder(root, task="binary", num_classes=1, **kw) -> FolderDataModule:
     args = dict(image_size=SIZE, batch_size=4, num_workers=0, train_transforms=VAL, val_transforms=VAL)
     args.update(kw)
-    return FolderDataModule(root, task, num_classes, **args)
+    return FolderDataModule(root, task=task, num_classes=num_classes, **args)
 
 
 def write(tmp_path, name="data", task="binary", num_classes=1, num_samples=10, **kw) -> Path:
@@ -152,7 +155,9 @@ def test_script_writes_a_dataset_the_datamodule_reads(tmp_path, monkeypatch, cap
                                       "--mask-format", "palette_rgb", "--layout", "split"])
     runpy.run_path(str(REPO / "scripts" / "make_folder_dataset.py"), run_name="__main__")
     printed = capsys.readouterr().out
-    assert "data.palette=[[0,0,0],[255,0,0],[0,255,0]]" in printed
+    # The colours the files were written in, background (class 0) black.
+    printed_palette = ",".join(f"[{r},{g},{b}]" for r, g, b in PALETTE[:3])
+    assert f"data.palette=[{printed_palette}]" in printed and printed_palette.startswith("[0,0,0],")
     dm = folder(out, "multiclass", 3, palette=PALETTE[:3], validate=True)
     dm.setup("fit")
     assert len(dm.train_set) == 4 and len(dm.val_set) == 1
@@ -182,7 +187,7 @@ def test_root_not_set_in_config():
     with pytest.raises(Exception, match="data.root"):
         instantiate(cfg.data)
     with pytest.raises(ValueError, match="data.root is not set"):
-        FolderDataModule(None, "binary", 1)
+        FolderDataModule(None, task="binary", num_classes=1)
 
 
 def test_root_without_known_layout(tmp_path):
@@ -294,7 +299,8 @@ def test_colour_mask_without_palette_and_unknown_colour(tmp_path):
     root = write(tmp_path, task="multiclass", num_classes=4, mask_format="palette_rgb")
     with pytest.raises(ValueError, match=r"Mask .*sample_000\d.png is a colour \(RGB\) image: give data.palette"):
         folder(root, "multiclass", 4, validate=True).setup("fit")
-    with pytest.raises(ValueError, match=r"sample_000\d.png has colours \[\(0, 0, 255\)\] that are not in data.palette"):
+    unknown = re.escape(str([PALETTE[3]]))  # class 3's colour, left out of the palette below
+    with pytest.raises(ValueError, match=rf"sample_000\d.png has colours {unknown} that are not in data.palette"):
         folder(root, "multiclass", 4, palette=[PALETTE[k] for k in (0, 1, 2, 4)], validate=True).setup("fit")
 
 
@@ -330,7 +336,7 @@ def test_images_of_different_sizes_batch_with_the_default_pipelines(tmp_path):
         image, mask = make_sample(0, i, 64, "binary", 1)
         Image.fromarray(image[:h, :w]).save(root / "images" / f"s{i}.png")
         Image.fromarray(mask[:h, :w] * 255).save(root / "masks" / f"s{i}.png")
-    dm = FolderDataModule(root, "binary", 1, image_size=24, batch_size=4, num_workers=0, val_fraction=0.25)
+    dm = FolderDataModule(root, task="binary", num_classes=1, image_size=24, batch_size=4, num_workers=0, val_fraction=0.25)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (3, 3, 24, 24) and batch["mask"].shape == (3, 1, 24, 24)

@@ -31,7 +31,7 @@ def small(task="binary", num_classes=1, **kw) -> SyntheticDataModule:
     args = dict(num_samples=12, image_size=32, batch_size=4, val_fraction=0.25)
     args.update(kw)
     val = {"normalize": A.Normalize()}
-    return SyntheticDataModule(task, num_classes, train_transforms=val, val_transforms=val, **args)
+    return SyntheticDataModule(task=task, num_classes=num_classes, train_transforms=val, val_transforms=val, **args)
 
 
 # --- generation ------------------------------------------------------------------------------
@@ -115,6 +115,8 @@ def test_shapes_contrast_with_background():
         (dict(task="binary", num_classes=1, val_fraction=1.0), "val_fraction"),
         (dict(task="binary", num_classes=1, num_samples=1, val_fraction=0.5), "leaves no training sample"),
         (dict(task="binary", num_classes=1, batch_size=0), "batch_size"),
+        # A misspelt option names itself and lists the accepted ones (the base class's included).
+        (dict(task="binary", batchsize=4), r"SyntheticDataModule has no option\(s\) batchsize .*batch_size.*num_samples"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -204,7 +206,7 @@ def test_bad_transform_specs(spec, match):
 
 def test_geometric_augmentation_moves_image_and_mask_together():
     flip = {"flip": A.HorizontalFlip(p=1.0)}
-    dm = SyntheticDataModule("multiclass", 4, num_samples=4, image_size=32, val_fraction=0.25,
+    dm = SyntheticDataModule(task="multiclass", num_classes=4, num_samples=4, image_size=32, val_fraction=0.25,
                              train_transforms=flip, val_transforms=flip)
     dm.setup("fit")
     sample = dm.train_set[0]
@@ -216,7 +218,7 @@ def test_geometric_augmentation_moves_image_and_mask_together():
 def test_resized_masks_keep_their_labels(task, num_classes):
     # Masks are resized with nearest interpolation: no new (in-between) label values, no blending.
     resize = {"resize": A.Resize(23, 23), "normalize": A.Normalize()}
-    dm = SyntheticDataModule(task, num_classes, num_samples=8, image_size=64, val_fraction=0.5,
+    dm = SyntheticDataModule(task=task, num_classes=num_classes, num_samples=8, image_size=64, val_fraction=0.5,
                              train_transforms=resize, val_transforms=resize)
     dm.setup("fit")
     for i in range(4):
@@ -239,7 +241,7 @@ def test_val_pipeline_is_deterministic_train_pipeline_is_seeded():
 def test_workers_draw_different_augmentations():
     # albumentations keeps its random state in the Compose: without reseeding, forked workers
     # would repeat each other's flips. Sample 0 repeated, flipped or not: compare per worker.
-    dm = SyntheticDataModule("binary", 1, num_samples=2, image_size=16, val_fraction=0.5, batch_size=1,
+    dm = SyntheticDataModule(task="binary", num_classes=1, num_samples=2, image_size=16, val_fraction=0.5, batch_size=1,
                              num_workers=2, train_transforms={"flip": A.HorizontalFlip(p=0.5)})
     dm.setup("fit")
     # 64 copies of sample 0, so each output is either the raw mask or its mirror image.

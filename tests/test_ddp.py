@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from reliability_helpers import TINY
 
 from segtrain import distributed as D
 
@@ -111,13 +112,10 @@ import math  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-# 20 samples: 12 train (6 per rank), 8 validation (4 per rank: one batch each, no padding by
-# DistributedSampler, so both ranks see disjoint halves and together exactly the whole set).
-TINY = [
-    "data.num_samples=20", "data.val_fraction=0.4", "data.image_size=32", "data.batch_size=4",
-    "data.num_workers=0", "trainer.max_epochs=1", "trainer.enable_model_summary=false",
-    "callbacks.progress_bar=null", "callbacks.early_stopping=null",
-]
+# The tiny run on two CPU ranks. 20 samples: 12 train (6 per rank), 8 validation (4 per rank: one
+# batch each, no padding by DistributedSampler, so both ranks see disjoint halves and together
+# exactly the whole set).
+TWO_RANKS = [*TINY, "data.num_samples=20", "data.val_fraction=0.4", "trainer.devices=2"]
 # Variables a launcher may have left in the test's environment: the runs below start clean.
 _LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE",
                 "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS",
@@ -147,8 +145,8 @@ def ddp_run(tmp_path_factory):
     """One tiny 2-process CPU DDP run from the Hydra entry point, with the default run folder
     (timestamped, under paths.log_dir) so that a second folder from rank 1 would show."""
     log_dir = tmp_path_factory.mktemp("ddp_logs")
-    proc = run_train(["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-                      "loss=bce_dice", "loss.terms.dice.sync_dist=true", f"paths.log_dir={log_dir}", *TINY])
+    proc = run_train([*TWO_RANKS, "trainer.strategy=ddp", "loss=bce_dice", "loss.terms.dice.sync_dist=true",
+                      f"paths.log_dir={log_dir}"])
     return log_dir, proc
 
 
@@ -177,8 +175,8 @@ def test_torchrun_ranks_share_the_given_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith("SLURM_")}
     env["PYTHONWARNINGS"] = "ignore"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={run}",
-           f"paths.log_dir={tmp_path}", "callbacks.prediction_grid=null", *TINY]
+           *TWO_RANKS, "trainer.strategy=ddp", f"hydra.run.dir={run}", f"paths.log_dir={tmp_path}",
+           "callbacks.prediction_grid=null"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
@@ -231,10 +229,10 @@ def test_ddp_inside_multirun_each_job_in_its_folder(tmp_path):
     """-m with script-relaunching DDP: job 0 diverges (NaN weights) and is recorded as failed,
     job 1 then trains with DDP in its own folder; nothing else is created."""
     sweep_dir = tmp_path / "multi"
-    run_train(["-m", "trainer=ddp_cpu", f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
+    run_train(["-m", "trainer=ddp_cpu", *TWO_RANKS, f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
                "++callbacks.divergence_guard._target_=segtrain.guards.DivergenceGuard",
                "+callbacks.inject_nan._target_=segtrain.sweep.InjectNaN",
-               "+callbacks.inject_nan.at_step=0,null", *TINY])
+               "+callbacks.inject_nan.at_step=0,null"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multi"]  # no runs/ from the children
     jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
     assert jobs == ["0", "1"], jobs

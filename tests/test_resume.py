@@ -25,16 +25,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from reliability_helpers import TINY_CLI, popen_script, run_script
+from reliability_helpers import TINY, popen_script, run_script
 
+from datamodules.transforms import pipeline_random_state
 from segtrain.atomic import AtomicCheckpointIO, atomic_torch_save
-from segtrain.resume import (
-    capture_random_state,
-    check_resume_config,
-    find_latest_checkpoint,
-    resolve_ckpt_path,
-    restore_random_state,
-)
+from segtrain.lightning_compat import RandomStateCheckpoint
+from segtrain.resume import check_resume_config, find_latest_checkpoint, resolve_ckpt_path
 
 # ------------------------------------------------------------------ ckpt_path resolution ----
 
@@ -133,33 +129,31 @@ def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
 # ---------------------------------------------------------------------- random state ------
 
 
-class _FakeDataModule:
-    """Stands in for a datamodule: an albumentations pipeline and a private generator."""
+def _datamodule(**train_transforms):
+    """A datamodule whose train pipeline holds the generators (one per transform) a resume restores."""
+    from datamodules import SyntheticDataModule
 
-    def __init__(self) -> None:
-        from datamodules.transforms import build_transforms
-
-        self.train_transform = build_transforms({"flip": A.HorizontalFlip(p=0.5), "jitter": A.ColorJitter(p=0.5)}, seed=3)
-        self.generator = torch.Generator().manual_seed(1)
+    pipeline = train_transforms or {"flip": A.HorizontalFlip(p=0.5), "jitter": A.ColorJitter(p=0.5)}
+    return SyntheticDataModule(num_samples=4, image_size=16, seed=3, train_transforms=pipeline)
 
 
-def _draw(dm: _FakeDataModule, image: np.ndarray) -> list:
-    """One number from every random source the resume has to restore."""
+def _draw(dm, image: np.ndarray) -> list:
+    """Numbers from every random source the resume has to restore: global generators, augmentations."""
     return [
         torch.rand(3).tolist(),
         np.random.rand(3).tolist(),
         random.random(),
-        torch.randperm(10, generator=dm.generator).tolist(),
         [float(dm.train_transform(image=image)["image"].float().sum()) for _ in range(4)],
     ]
 
 
 def test_random_state_round_trip_through_a_weights_only_checkpoint():
     image = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
-    dm = _FakeDataModule()
+    dm = _datamodule()
     for _ in range(3):  # advance the pipeline, as an epoch of augmentation does
         dm.train_transform(image=image)
-    state = capture_random_state(dm)
+    # What Lightning writes: the callback's state and the datamodule's state_dict.
+    state = {"callback": RandomStateCheckpoint().state_dict(), "datamodule": dm.state_dict()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
@@ -167,25 +161,31 @@ def test_random_state_round_trip_through_a_weights_only_checkpoint():
     loaded = torch.load(buffer, weights_only=True)
     expected = _draw(dm, image)
 
-    fresh = _FakeDataModule()  # what a new process builds from the config
     torch.manual_seed(123), np.random.seed(123), random.seed(123)
-    assert _draw(fresh, image) != expected  # without the restore the numbers differ ...
-    fresh = _FakeDataModule()
-    assert restore_random_state(loaded, fresh) == []
+    assert _draw(_datamodule(), image) != expected  # without the restore the numbers differ ...
+    fresh = _datamodule()  # what a new process builds from the config
+    RandomStateCheckpoint().load_state_dict(loaded["callback"])
+    fresh.load_state_dict(loaded["datamodule"])
     assert _draw(fresh, image) == expected  # ... with it they are the same
 
 
-def test_restore_reports_sources_the_datamodule_no_longer_has():
-    dm = _FakeDataModule()
-    state = capture_random_state(dm)
-    del dm.generator
-    assert restore_random_state(state, dm) == ["datamodule.generator"]
+def test_restore_warns_about_transforms_the_config_no_longer_has():
+    src = _datamodule()
+    src.train_transform(image=np.zeros((16, 16, 3), np.uint8))  # advanced: differs from the seeded state
+    saved = src.state_dict()
+    fewer = _datamodule(flip=A.HorizontalFlip(p=0.5))  # ColorJitter dropped: ToTensorV2 moves up to 1
+    assert pipeline_random_state(fewer.train_transform)["0.HorizontalFlip"] != saved["train_transform"]["0.HorizontalFlip"]
+    with pytest.warns(UserWarning) as caught:
+        fewer.load_state_dict(saved)
+    assert "random state for ['train_transform[1.ColorJitter]', 'train_transform[2.ToTensorV2]']" in str(caught[0].message)
+    # What still matches was restored: the flip continues where the checkpoint left it.
+    assert pipeline_random_state(fewer.train_transform)["0.HorizontalFlip"] == saved["train_transform"]["0.HorizontalFlip"]
 
 
 # ------------------------------------------------------------ kill, resume, same result -----
 
 # Three epochs of a tiny run; val every epoch so last.ckpt is written at each epoch's end.
-RESUME_ARGS = (*TINY_CLI, "trainer.max_epochs=3", "seed=7", "data.num_samples=32", "data.batch_size=4")
+RESUME_ARGS = (*TINY, "trainer.max_epochs=3", "seed=7", "data.num_samples=32")
 
 
 def _run_folders(log_dir: Path) -> dict[str, Path]:

@@ -9,7 +9,6 @@ config, TensorBoard images) and that training learns. One subprocess checks the 
 from __future__ import annotations
 
 import csv
-import math
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import TINY
 
 from segtrain.run import train
 
@@ -117,8 +117,7 @@ def test_short_fit_lowers_the_loss_and_reaches_dice(compose_cfg, tmp_path):
 @pytest.mark.slow
 def test_train_py_entry_point_writes_a_timestamped_run_folder(tmp_path):
     """The real Hydra entry point in a subprocess: config, .hydra/, log file in logs/runs/<time>/."""
-    cmd = [sys.executable, "train.py", "debug=fast_dev_run", "data.image_size=32", "data.num_samples=8",
-           "data.batch_size=4", "trainer.accelerator=cpu", "callbacks.progress_bar=null", f"paths.log_dir={tmp_path}"]
+    cmd = [sys.executable, "train.py", "debug=fast_dev_run", *TINY, f"paths.log_dir={tmp_path}"]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,4 +1,6 @@
-"""The catalogue: every bad input a user can hit, and the message they get.
+"""The troubleshooting catalogue of the harness: every bad input a user can hit, and the message they get.
+
+(The loss package's own argument checks are in tests/losses/test_bad_input.py.)
 
 Each case feeds one mistake through the real entry points (the composed ``conf/train.yaml``,
 ``segtrain.run``, the datamodule the config builds, scripts/predict.py and scripts/export.py)
