@@ -1,6 +1,6 @@
 """scripts/bench_train.py --quick: both sides run on the same composed config and report numbers.
 
-The 5 % overhead target is measured on a quiet machine (README); here only that the benchmark
+The 5 % overhead target is measured on a quiet machine (docs/benchmarks.md); here only that the benchmark
 runs end to end, interleaved, and reports consistent numbers.
 """
 

@@ -19,7 +19,7 @@ def _pytorch_logits(net, batch: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.slow
 def test_export_cli_onnx_and_torchscript_match_pytorch(tmp_path):
-    """The README command with the default (dynamo) exporter; checked at batch sizes it was not traced with."""
+    """The docs/predict-export.md command with the default (dynamo) exporter; checked at batch sizes it was not traced with."""
     ckpt = trained_checkpoint("binary", 1)
     out = tmp_path / "model.onnx"
     proc = run_script(["scripts/export.py", f"ckpt_path={ckpt}", f"output={out}"])

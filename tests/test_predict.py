@@ -37,7 +37,7 @@ def _reference_mask(model, path) -> np.ndarray:
 
 @pytest.mark.slow
 def test_predict_cli_folder_binary(tmp_path):
-    """The command from the README, on a folder of images of different sizes, modes and formats."""
+    """The command from docs/predict-export.md, on a folder of images of different sizes, modes and formats."""
     ckpt = trained_checkpoint("binary", 1)
     images = write_images(tmp_path / "in", SIZES)
     out = tmp_path / "out"

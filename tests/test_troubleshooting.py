@@ -4,8 +4,8 @@
 
 Each case feeds one mistake through the real entry points (the composed ``conf/train.yaml``,
 ``segtrain.run``, the datamodule the config builds, scripts/predict.py and scripts/export.py)
-and checks that the error names the problem *and* the fix. README's troubleshooting table
-(README.md, "Troubleshooting") lists the same cases in the same order.
+and checks that the error names the problem *and* the fix. the troubleshooting table
+(docs/reliability.md, "Troubleshooting") lists the same cases in the same order.
 
 Sections: configuration -> data on disk -> runtime (divergence) -> resume -> predict/export.
 """
