@@ -318,6 +318,6 @@ def test_bench_script_runs_quick(capsys):
     spec.loader.exec_module(bench)
     assert bench.main(["--quick", "--repeats", "1", "--cases", "binary", "multiclass"]) == 0
     out = capsys.readouterr().out
-    for row in ("binary BCE+Dice", "multiclass CE+Dice", "ours", "ours-composed", "floor", "peak MB"):
+    for row in ("binary BCE+Dice", "multiclass CE+Dice", "ours", "ours-compiled", "ours-composed", "floor", "peak MB"):
         assert row in out
     assert out.count("PASS") + out.count("FAIL") >= 2
