@@ -9,8 +9,9 @@ element (every torch op is one), and on CPU each pass costs about as much as the
 Inductor turns the same maths into one C++ loop for forward (reading x and t once) and one for
 backward (reading x and t, writing the gradient). The price is a one-time compilation per
 process with the system's C++ compiler, which stalls the first large call (inductor caches the
-kernels on disk, so later processes wait less). The loss benchmark documentation ("Loss benchmarks")
-gives measured speed-ups and compile times; ``scripts/bench_losses.py`` measures both paths.
+kernels on disk, so later processes wait less). The loss benchmark documentation ("Loss
+benchmarks") gives measured speed-ups and compile times; ``scripts/bench_losses.py`` measures
+both paths.
 
 When it runs, once switched on (everything else takes the eager path, which computes the same
 values):

@@ -14,6 +14,8 @@ Conventions shared by all functions:
   does for its own losses), so sums accumulate in float32 and the result is a float32 tensor;
   float32 and float64 stay as they are.
 - Value checks (see :func:`seglosses.set_checks`) run unless switched off or while compiling.
+- Dice, Jaccard and Tversky take their options as keyword arguments, validated once into a
+  :class:`seglosses.RegionOptions`; :func:`region_loss` takes such an object directly.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks
-from ._region import overlap_loss_from_sums, region_loss, region_sums
+from ._region import EPS, overlap_loss_from_sums, region_loss, region_sums  # noqa: F401 (EPS: re-export)
 from ._targets import as_vector, binary_target, channel_view, dense_target, index_target, upcast
-from .options import EMPTY_CLASS_POLICIES, RegionOptions
+from .options import EMPTY_CLASS_POLICIES, RegionOptions  # noqa: F401 (EMPTY_CLASS_POLICIES: re-export)
 
 Mode = Literal["binary", "multiclass", "multilabel"]
 

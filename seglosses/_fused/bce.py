@@ -164,5 +164,7 @@ class BCERegionFn(torch.autograd.Function):
                 p = ctx.p if ctx.p is not None else torch.sigmoid(x)
                 scratch = ctx.scratch if ctx.p is not None else chunk_scratch(p, chunks(p))
                 ctx.p = None
-                grad = bce_backward(p, t, v, pos_weight, ctx.smoothing, ctx.squared, c, g_inter, g_pred, scratch)
+                grad = bce_backward(
+                    p, t, v, pos_weight, ctx.smoothing, ctx.squared, c, g_inter, g_pred, scratch
+                )
         return grad, None, None, None, None, None, None

@@ -11,7 +11,13 @@ from __future__ import annotations
 import torch
 
 from .common import no_autocast
-from .softmax import log_softmax_at_target, probabilities_for_backward, region_backward, region_sums, valid_or_ones
+from .softmax import (
+    log_softmax_at_target,
+    probabilities_for_backward,
+    region_backward,
+    region_sums,
+    valid_or_ones,
+)
 
 
 class CERegionFn(torch.autograd.Function):

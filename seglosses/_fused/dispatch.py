@@ -142,7 +142,8 @@ def _sigmoid_terms(fp: FusedPlan, x: Tensor, target: Tensor, check_range: bool):
             x, t, v, pos_weight, pix.label_smoothing, options.squared_pred, check_range
         )
         if t_range is not None:
-            _checks.check_dense_range(*t_range.unbind(), options.mode, options.ignore_index, options.loss_name)
+            lo, hi = t_range.unbind()
+            _checks.check_dense_range(lo, hi, options.mode, options.ignore_index, options.loss_name)
     else:
         pixel, inter, psum, tsum = SigmoidFocalRegionFn.apply(
             x, t, v, pix.alpha, pix.gamma, options.squared_pred

@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from .common import no_autocast, power, rowdot, sigmoid_region_grad, sigmoid_region_sums
-from .softmax import log_softmax_at_target, probabilities_for_backward, region_backward, region_sums, valid_or_ones
+from .softmax import (
+    log_softmax_at_target,
+    probabilities_for_backward,
+    region_backward,
+    region_sums,
+    valid_or_ones,
+)
 
 
 def _alpha_t(t, alpha: float):
