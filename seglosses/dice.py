@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ._region import region_loss
-from .options import FIELDS, RegionOptions
+from .options import FIELDS, TVERSKY_ONLY, RegionOptions
 
 _OPTIONS_DOC = """
     Args:
@@ -76,11 +76,6 @@ def _option_property(name: str) -> property:
         self.options = self.options.replace(**{name: value})
 
     return property(get, set, doc=f"The ``{name}`` option (see :class:`RegionOptions`).")
-
-
-for _name in FIELDS:
-    if _name not in ("kind", "class_weights"):
-        setattr(_RegionLoss, _name, _option_property(_name))
 
 
 class _OverlapLoss(_RegionLoss):
@@ -188,6 +183,15 @@ class TverskyLoss(_RegionLoss):
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, " + super().extra_repr()
 
+
+# Each class gets a property per constructor argument (class_weights is the buffer).
+for _cls, _names in (
+    (_RegionLoss, [f for f in FIELDS if f not in ("kind", "class_weights", "squared_pred", *TVERSKY_ONLY)]),
+    (_OverlapLoss, ["squared_pred"]),
+    (TverskyLoss, list(TVERSKY_ONLY)),
+):
+    for _name in _names:
+        setattr(_cls, _name, _option_property(_name))
 
 for _cls in (DiceLoss, JaccardLoss, TverskyLoss):
     _cls.__doc__ = (_cls.__doc__ or "") + _OPTIONS_DOC

@@ -1,6 +1,8 @@
 """RegionOptions: one validated options object shared by the region modules, functional and the
 fused path; module attributes read it, assigning one validates again."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -13,18 +15,12 @@ from _loss_cases import make_case
 
 def test_options_are_keyword_only_and_normalised():
     with pytest.raises(TypeError):
-        RegionOptions("dice", "binary")  # noqa: the point is that positional options are refused
+        RegionOptions("dice", "binary")  # keyword-only
     o = RegionOptions(kind="tversky", mode="multiclass", alpha=1, beta=0, smooth=1, class_weights=[1, 2, 3])
     assert isinstance(o.alpha, float) and isinstance(o.smooth, float)
     assert o.class_weights.dtype == torch.float32 and o.class_weights.tolist() == [1.0, 2.0, 3.0]
-    with pytest.raises(dataclasses_frozen_error()):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         o.smooth = 2.0
-
-
-def dataclasses_frozen_error():
-    import dataclasses
-
-    return dataclasses.FrozenInstanceError
 
 
 @pytest.mark.parametrize(
@@ -111,3 +107,9 @@ def test_fused_path_reads_the_options_object():
     reference = CombinedLoss({"bce": BCELoss(), "dice": DiceLoss("binary", smooth=5.0)}, fused=False)(x, t)
     torch.testing.assert_close(after, reference)
     assert not torch.allclose(before, after)
+
+
+def test_each_module_has_attributes_for_its_own_options_only():
+    assert not hasattr(DiceLoss("binary"), "alpha") and not hasattr(JaccardLoss("binary"), "gamma")
+    assert not hasattr(TverskyLoss("binary"), "squared_pred")
+    assert DiceLoss("binary", squared_pred=True).squared_pred is True
