@@ -44,7 +44,7 @@ class CERegionFn(torch.autograd.Function):
             if smoothing != 0.0:
                 total = total - (smoothing / num_classes) * (swl * vv).sum()
             denom_safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-            inter, pred, tsum = region_sums(p, t, v, pt, squared)
+            inter, pred, tsum = region_sums(p, t, v, vv, pt, squared)
             # p is kept as an attribute, not a saved tensor: backward turns it into the gradient
             # in place (no new [B, C, N] buffer); x is saved to recompute p for a second backward.
             ctx.p = p

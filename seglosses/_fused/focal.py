@@ -120,7 +120,7 @@ class SoftmaxFocalRegionFn(torch.autograd.Function):
             mod = torch.exp(gamma * logq) if gamma != 0.0 else torch.ones_like(logpt)
             at = vv if alpha is None else alpha[t] * vv
             pixel = -(at * mod * logpt).sum() / count
-            inter, pred, tsum = region_sums(p, t, v, pt, squared)
+            inter, pred, tsum = region_sums(p, t, v, vv, pt, squared)
             # p is kept as an attribute (see CERegionFn): backward turns it into the gradient.
             ctx.p = p
             ctx.save_for_backward(x, t, v, pt, logpt, logq, mod, at, count)

@@ -43,9 +43,9 @@ def valid_or_ones(v: Tensor | None, like: Tensor) -> Tensor:
     return torch.ones_like(like) if v is None else v
 
 
-def region_sums(p: Tensor, t: Tensor, v: Tensor | None, pt: Tensor, squared: bool):
-    """(I, P, T), each [B, C], of the probabilities ``p`` over valid pixels."""
-    vv = valid_or_ones(v, pt)
+def region_sums(p: Tensor, t: Tensor, v: Tensor | None, vv: Tensor, pt: Tensor, squared: bool):
+    """(I, P, T), each [B, C], of the probabilities ``p`` over valid pixels (``vv``: the valid
+    mask, ones without ignore_index; ``v``: the mask or None, for the cheaper sum of p)."""
     inter = pt.new_zeros(p.shape[0], p.shape[1]).scatter_add(1, t, pt * vv)
     tsum = torch.zeros_like(inter).scatter_add(1, t, vv)
     if squared:
