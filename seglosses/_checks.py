@@ -13,6 +13,7 @@ Two kinds of checks:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -69,24 +70,32 @@ def check_fraction(value: float, name: str, loss: str, high_open: bool = True) -
 
 
 def as_weight_tensor(values, name: str, loss: str) -> Tensor | None:
-    """A 1-D float tensor of non-negative per-class weights (or None)."""
+    """A 1-D float tensor of non-negative per-class weights (or None).
+
+    A list is checked in Python, before it becomes a tensor, so building weights inside a
+    ``torch.compile`` trace reads no tensor back; a tensor's values are checked unless tracing.
+    """
     if values is None:
         return None
     if isinstance(values, Tensor):
-        t = values.detach().to(torch.float32) if not values.is_floating_point() else values.detach()
+        t = values.detach().to(torch.float32) if not values.is_floating_point() else values
+        t = t.detach() if t.requires_grad else t  # the same tensor when it can be: buffers share it
+        bad = _value_checks_active() and (bool((t < 0).any()) or not bool(torch.isfinite(t).all()))
     else:
         if isinstance(values, (int, float)) or not isinstance(values, Sequence):
             raise ValueError(f"{loss}: {name} must be a list of per-class floats, got {values!r}")
         try:
-            t = torch.tensor([float(v) for v in values], dtype=torch.float32)
+            floats = [float(v) for v in values]
         except (TypeError, ValueError):
             raise ValueError(f"{loss}: {name} must be a list of numbers, got {values!r}") from None
+        bad = any(not math.isfinite(v) or v < 0 for v in floats)
+        t = torch.tensor(floats, dtype=torch.float32)
     if t.ndim != 1 or t.numel() == 0:
         raise ValueError(
             f"{loss}: {name} must be a non-empty 1-D list (one value per class), "
             f"got shape {tuple(t.shape)}"
         )
-    if bool((t < 0).any()) or not bool(torch.isfinite(t).all()):
+    if bad:
         raise ValueError(f"{loss}: {name} must be finite and >= 0, got {t.tolist()}")
     return t
 

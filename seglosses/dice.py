@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import _checks
-from . import functional as F
+from ._region import region_loss
+from .options import FIELDS, TVERSKY_ONLY, RegionOptions
 
 _OPTIONS_DOC = """
     Args:
@@ -38,50 +38,28 @@ _OPTIONS_DOC = """
 
 
 class _RegionLoss(nn.Module):
+    """Holds one validated :class:`RegionOptions`; every option is also an attribute.
+
+    The attributes (``mode``, ``smooth``, ...) read the options; assigning one builds new,
+    validated options. ``class_weights`` is a non-persistent buffer (so ``.to(device)`` moves
+    it) that the options share.
+    """
+
     kind = "dice"
 
-    def __init__(
-        self,
-        mode: str,
-        from_logits: bool,
-        smooth: float,
-        log_loss: bool,
-        per_image: bool,
-        ignore_index,
-        class_weights,
-        include_background: bool,
-        sync_dist: bool,
-        empty_class: str,
-    ):
-        super().__init__()
-        name = type(self).__name__
-        self.mode = _checks.check_mode(mode, name)
-        if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or smooth < 0:
-            raise ValueError(f"{name}: smooth must be a float >= 0, got {smooth!r}")
-        if empty_class not in F.EMPTY_CLASS_POLICIES:
-            raise ValueError(
-                f"{name}: empty_class must be one of {F.EMPTY_CLASS_POLICIES}, got {empty_class!r}"
-            )
-        if mode == "binary" and not include_background:
-            raise ValueError(
-                f"{name}: include_background=False drops channel 0, but binary mode has only the "
-                f"foreground channel; use it with multiclass (or multilabel) mode"
-            )
-        weights = _checks.as_weight_tensor(class_weights, "class_weights", name)
-        if mode == "binary" and weights is not None and weights.numel() != 1:
-            raise ValueError(
-                f"{name}: binary mode has one class, so class_weights needs 1 value, "
-                f"got {weights.numel()}"
-            )
-        self.from_logits = bool(from_logits)
-        self.smooth = float(smooth)
-        self.log_loss = bool(log_loss)
-        self.per_image = bool(per_image)
-        self.ignore_index = ignore_index
-        self.include_background = bool(include_background)
-        self.sync_dist = bool(sync_dist)
-        self.empty_class = empty_class
-        self.register_buffer("class_weights", weights, persistent=False)
+    def _set_options(self, **options) -> None:
+        self.options = RegionOptions(kind=self.kind, **options)
+        self.register_buffer("class_weights", self.options.class_weights, persistent=False)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .double() moved the class_weights buffer: the options follow it.
+        module = super()._apply(fn, *args, **kwargs)
+        if self.class_weights is not self.options.class_weights:
+            self.options = self.options.replace(class_weights=self.class_weights)
+        return module
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return region_loss(logits, target, self.options)
 
     def extra_repr(self) -> str:
         return (
@@ -90,7 +68,50 @@ class _RegionLoss(nn.Module):
         )
 
 
-class DiceLoss(_RegionLoss):
+def _option_property(name: str) -> property:
+    def get(self):
+        return getattr(self.options, name)
+
+    def set(self, value):
+        self.options = self.options.replace(**{name: value})
+
+    return property(get, set, doc=f"The ``{name}`` option (see :class:`RegionOptions`).")
+
+
+class _OverlapLoss(_RegionLoss):
+    """Dice and Jaccard: the same options, a different score."""
+
+    def __init__(
+        self,
+        mode: str,
+        from_logits: bool = True,
+        smooth: float = 0.0,
+        squared_pred: bool = False,
+        log_loss: bool = False,
+        per_image: bool = False,
+        ignore_index: int | float | None = None,
+        class_weights: Tensor | list[float] | None = None,
+        include_background: bool = True,
+        sync_dist: bool = False,
+        empty_class: str = "penalize_fp",
+    ):
+        super().__init__()
+        self._set_options(
+            mode=mode,
+            from_logits=from_logits,
+            smooth=smooth,
+            squared_pred=squared_pred,
+            log_loss=log_loss,
+            per_image=per_image,
+            ignore_index=ignore_index,
+            class_weights=class_weights,
+            include_background=include_background,
+            sync_dist=sync_dist,
+            empty_class=empty_class,
+        )
+
+
+class DiceLoss(_OverlapLoss):
     r"""Soft Dice loss, per class ``L_c = 1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth)``.
 
     With ``squared_pred`` the denominator uses ``sum(p^2)`` (the V-Net form). With ``smooth=0``,
@@ -100,35 +121,8 @@ class DiceLoss(_RegionLoss):
 
     kind = "dice"
 
-    def __init__(
-        self,
-        mode: str,
-        from_logits: bool = True,
-        smooth: float = 0.0,
-        squared_pred: bool = False,
-        log_loss: bool = False,
-        per_image: bool = False,
-        ignore_index: int | float | None = None,
-        class_weights: Tensor | list[float] | None = None,
-        include_background: bool = True,
-        sync_dist: bool = False,
-        empty_class: str = "penalize_fp",
-    ):
-        super().__init__(
-            mode, from_logits, smooth, log_loss, per_image, ignore_index, class_weights,
-            include_background, sync_dist, empty_class,
-        )  # fmt: skip
-        self.squared_pred = bool(squared_pred)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.dice_loss(
-            logits, target, self.mode, self.from_logits, self.smooth, self.squared_pred,
-            self.log_loss, self.per_image, self.ignore_index, self.class_weights,
-            self.include_background, self.sync_dist, self.empty_class,
-        )  # fmt: skip
-
-
-class JaccardLoss(_RegionLoss):
+class JaccardLoss(_OverlapLoss):
     r"""Soft Jaccard (IoU) loss, per class ``L_c = 1 - (I + smooth) / (P + T - I + smooth)``.
 
     ``I = sum(p t)``, ``P = sum(p)`` (``sum(p^2)`` with ``squared_pred``), ``T = sum(t)``.
@@ -137,33 +131,6 @@ class JaccardLoss(_RegionLoss):
     """
 
     kind = "jaccard"
-
-    def __init__(
-        self,
-        mode: str,
-        from_logits: bool = True,
-        smooth: float = 0.0,
-        squared_pred: bool = False,
-        log_loss: bool = False,
-        per_image: bool = False,
-        ignore_index: int | float | None = None,
-        class_weights: Tensor | list[float] | None = None,
-        include_background: bool = True,
-        sync_dist: bool = False,
-        empty_class: str = "penalize_fp",
-    ):
-        super().__init__(
-            mode, from_logits, smooth, log_loss, per_image, ignore_index, class_weights,
-            include_background, sync_dist, empty_class,
-        )  # fmt: skip
-        self.squared_pred = bool(squared_pred)
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.jaccard_loss(
-            logits, target, self.mode, self.from_logits, self.smooth, self.squared_pred,
-            self.log_loss, self.per_image, self.ignore_index, self.class_weights,
-            self.include_background, self.sync_dist, self.empty_class,
-        )  # fmt: skip
 
 
 class TverskyLoss(_RegionLoss):
@@ -196,32 +163,35 @@ class TverskyLoss(_RegionLoss):
         sync_dist: bool = False,
         empty_class: str = "penalize_fp",
     ):
-        super().__init__(
-            mode, from_logits, smooth, log_loss, per_image, ignore_index, class_weights,
-            include_background, sync_dist, empty_class,
-        )  # fmt: skip
-        name = type(self).__name__
-        for key, value in (("alpha", alpha), ("beta", beta)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name}: {key} must be a float >= 0, got {value!r}")
-        if alpha == 0 and beta == 0:
-            raise ValueError(f"{name}: alpha and beta cannot both be 0 (the score would be 1 always)")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma <= 0:
-            raise ValueError(f"{name}: gamma must be a float > 0, got {gamma!r}")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.gamma = float(gamma)
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.tversky_loss(
-            logits, target, self.mode, self.alpha, self.beta, self.gamma, self.from_logits,
-            self.smooth, self.log_loss, self.per_image, self.ignore_index, self.class_weights,
-            self.include_background, self.sync_dist, self.empty_class,
-        )  # fmt: skip
+        super().__init__()
+        self._set_options(
+            mode=mode,
+            alpha=alpha,
+            beta=beta,
+            gamma=gamma,
+            from_logits=from_logits,
+            smooth=smooth,
+            log_loss=log_loss,
+            per_image=per_image,
+            ignore_index=ignore_index,
+            class_weights=class_weights,
+            include_background=include_background,
+            sync_dist=sync_dist,
+            empty_class=empty_class,
+        )
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, " + super().extra_repr()
 
+
+# Each class gets a property per constructor argument (class_weights is the buffer).
+for _cls, _names in (
+    (_RegionLoss, [f for f in FIELDS if f not in ("kind", "class_weights", "squared_pred", *TVERSKY_ONLY)]),
+    (_OverlapLoss, ["squared_pred"]),
+    (TverskyLoss, list(TVERSKY_ONLY)),
+):
+    for _name in _names:
+        setattr(_cls, _name, _option_property(_name))
 
 for _cls in (DiceLoss, JaccardLoss, TverskyLoss):
     _cls.__doc__ = (_cls.__doc__ or "") + _OPTIONS_DOC

@@ -14,11 +14,12 @@ Conventions shared by all functions:
   does for its own losses), so sums accumulate in float32 and the result is a float32 tensor;
   float32 and float64 stay as they are.
 - Value checks (see :func:`seglosses.set_checks`) run unless switched off or while compiling.
+- Dice, Jaccard and Tversky take their options as keyword arguments, validated once into a
+  :class:`seglosses.RegionOptions`; :func:`region_loss` takes such an object directly.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -26,12 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks
-from .distributed import all_reduce_sum
+from ._region import EPS, overlap_loss_from_sums, region_loss, region_sums  # noqa: F401 (EPS: re-export)
+from ._targets import as_vector, binary_target, channel_view, dense_target, index_target, upcast
+from .options import EMPTY_CLASS_POLICIES, RegionOptions  # noqa: F401 (EMPTY_CLASS_POLICIES: re-export)
 
 Mode = Literal["binary", "multiclass", "multilabel"]
-EMPTY_CLASS_POLICIES = ("penalize_fp", "zero", "exclude")
-# Lower bound of a Dice/IoU/Tversky denominator and of the score under log_loss (smp's eps).
-EPS = 1e-7
 
 __all__ = [
     "binary_cross_entropy",
@@ -40,8 +40,10 @@ __all__ = [
     "dice_loss",
     "jaccard_loss",
     "tversky_loss",
+    "region_loss",
     "region_sums",
     "overlap_loss_from_sums",
+    "RegionOptions",
 ]
 
 
@@ -49,20 +51,10 @@ __all__ = [
 # helpers
 
 
-def _upcast(x: Tensor) -> Tensor:
-    """float16/bfloat16 -> float32 (sums and logs of half precision overflow or lose digits)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _channel_view(v: Tensor, ndim: int) -> Tensor:
-    """A per-class vector ``[C]`` shaped ``[C, 1, ..., 1]`` to broadcast over ``[B, C, *spatial]``."""
-    return v.reshape(-1, *([1] * (ndim - 2)))
-
-
 def _reduce(loss: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
     """Mean over valid elements / sum / none; ignored elements hold exactly 0 and get no gradient.
 
-    ``mask`` is a 0/1 float tensor of valid elements (or None): multiplying by it is ~30x faster
+    ``mask`` is a 0/1 float tensor of valid elements (or None): multiplying by it is much faster
     on CPU than a bool ``torch.where``, and exact for the finite losses computed here.
     """
     if mask is not None:
@@ -75,40 +67,6 @@ def _reduce(loss: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
     if mask is None:
         return total / max(loss.numel(), 1)
     return total / mask.sum().clamp_min(1)
-
-
-def _binary_target(logits: Tensor, target: Tensor) -> Tensor:
-    """Binary ``[B, *]`` targets get the channel dim back so they line up with ``[B, 1, *]``."""
-    return target.unsqueeze(1) if target.ndim == logits.ndim - 1 else target
-
-
-def _dense_target(target: Tensor, ignore_index, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-    """Float target with ignored entries set to 0 (so e.g. 255 never enters a formula) and the
-    0/1 float mask of valid entries (None without ignore_index)."""
-    t = target.to(dtype)
-    if ignore_index is None:
-        return t, None
-    mask = (target != ignore_index).to(dtype)
-    return t * mask, mask
-
-
-def _index_target(target: Tensor, ignore_index) -> tuple[Tensor, Tensor | None]:
-    """Long class indices with ignored pixels mapped to class 0 (safe for gather) + mask."""
-    t = target.long()
-    if ignore_index is None:
-        return t, None
-    valid = t != ignore_index
-    return torch.where(valid, t, torch.zeros((), dtype=t.dtype, device=t.device)), valid
-
-
-def _as_vector(w, like: Tensor) -> Tensor | None:
-    if w is None:
-        return None
-    if not isinstance(w, Tensor):
-        if torch.compiler.is_compiling():  # the value checks below would break the graph
-            return torch.as_tensor(w, dtype=like.dtype, device=like.device)
-        w = _checks.as_weight_tensor(w, "weight", "seglosses")
-    return w.to(device=like.device, dtype=like.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,15 +99,15 @@ def binary_cross_entropy(
     name = "BCELoss"
     _checks.check_logits(logits, name)
     _checks.check_reduction(reduction, name)
-    target = _binary_target(logits, target) if logits.shape[1] == 1 else target
+    target = binary_target(logits, target) if logits.shape[1] == 1 else target
     mode = "binary" if logits.shape[1] == 1 else "multilabel"
     _checks.check_dense_target(logits, target, mode, ignore_index, name)
-    x = _upcast(logits)
-    pw = _as_vector(pos_weight, x)
+    x = upcast(logits)
+    pw = as_vector(pos_weight, x)
     if pw is not None:
         _checks.check_weight_length(pw, x.shape[1], "pos_weight", name)
-        pw = _channel_view(pw, x.ndim)
-    t, mask = _dense_target(target, ignore_index, x.dtype)
+        pw = channel_view(pw, x.ndim)
+    t, mask = dense_target(target, ignore_index, x.dtype)
     if label_smoothing:
         t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
     if mask is None and reduction != "none":
@@ -186,8 +144,8 @@ def cross_entropy(
     _checks.check_logits(logits, name)
     _checks.check_reduction(reduction, name)
     _checks.check_multiclass_target(logits, target, ignore_index, name)
-    x = _upcast(logits)
-    w = _as_vector(weight, x)
+    x = upcast(logits)
+    w = as_vector(weight, x)
     _checks.check_weight_length(w, x.shape[1], "weight", name)
     t = target.long()
     if ignore_index is None and reduction != "none":
@@ -259,24 +217,24 @@ def focal_loss(
         raise ValueError(
             f"{name}: the focal loss has no gradient with respect to the target; pass target.detach()"
         )
-    x = _upcast(logits)
+    x = upcast(logits)
     if mode == "multiclass":
         _checks.check_multiclass_target(logits, target, ignore_index, name)
-        t, valid = _index_target(target, ignore_index)
+        t, valid = index_target(target, ignore_index)
         a_t = None
         if alpha is not None:
             if isinstance(alpha, (int, float)):
                 a_t = torch.full(t.shape, float(alpha), dtype=x.dtype, device=x.device)
             else:
-                a = _as_vector(alpha, x)
+                a = as_vector(alpha, x)
                 _checks.check_weight_length(a, x.shape[1], "alpha", name)
                 a_t = a[t]
         loss = _SoftmaxFocal.apply(x, t, a_t, float(gamma))
         return _reduce(loss, None if valid is None else valid.to(x.dtype), reduction)
 
-    target = _binary_target(logits, target) if mode == "binary" else target
+    target = binary_target(logits, target) if mode == "binary" else target
     _checks.check_dense_target(logits, target, mode, ignore_index, name)
-    t, mask = _dense_target(target, ignore_index, x.dtype)
+    t, mask = dense_target(target, ignore_index, x.dtype)
     a_t = None if alpha is None else (1.0 - alpha) + (2.0 * alpha - 1.0) * t  # alpha t + (1-alpha)(1-t)
     loss = _SigmoidFocal.apply(x, t, a_t, float(gamma))
     return _reduce(loss, mask, reduction)
@@ -377,309 +335,37 @@ class _SoftmaxFocal(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------
-# Dice / Jaccard / Tversky
+# Dice / Jaccard / Tversky: keyword options, validated once as a RegionOptions (see
+# seglosses.options for every option), then seglosses._region.region_loss.
 
 
-def region_sums(
-    logits: Tensor,
-    target: Tensor,
-    mode: Mode,
-    from_logits: bool = True,
-    squared_pred: bool = False,
-    per_image: bool = False,
-    ignore_index: int | float | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""Per-class soft counts behind Dice, Jaccard and Tversky.
-
-    Returns ``(I, P, T, N)``, each ``[C]`` (sums over batch and space, the default "batch" form)
-    or ``[B, C]`` (``per_image=True``): ``I = sum p t`` (soft true positives), ``P = sum p``
-    (``sum p^2`` with ``squared_pred``), ``T = sum t``, ``N`` the number of valid pixels, all over
-    valid pixels only. ``p`` is ``sigmoid`` (binary, multilabel) or ``softmax`` over dim 1
-    (multiclass) of the logits, or the input itself with ``from_logits=False``. Multiclass targets
-    are never one-hot encoded: ``I`` and ``T`` are scatter-adds of ``p_target`` by class.
-    """
-    B, C = logits.shape[:2]
-    x = _upcast(logits)
-    dims = (2,) if per_image else (0, 2)
-    if mode == "multiclass":
-        p = (F.softmax(x, dim=1) if from_logits else x).reshape(B, C, -1)
-        t, valid = _index_target(target.reshape(B, -1), ignore_index)
-        p_t = p.gather(1, t.unsqueeze(1)).squeeze(1)  # [B, n]: probability of the true class
-        # Ignored pixels are sent to an extra bin C that is dropped afterwards.
-        bins = t if valid is None else torch.where(valid, t, torch.full_like(t, C))
-        if per_image:
-            bins = bins + torch.arange(B, device=t.device).unsqueeze(1) * (C + 1)
-        size = B * (C + 1) if per_image else C + 1
-        flat = bins.reshape(-1)
-        zeros = p_t.new_zeros(size)
-        inter = zeros.scatter_add(0, flat, p_t.reshape(-1))
-        tsum = zeros.scatter_add(0, flat, torch.ones_like(p_t).reshape(-1))
-        shape = (B, C + 1) if per_image else (C + 1,)
-        inter, tsum = inter.reshape(shape)[..., :C], tsum.reshape(shape)[..., :C]
-        if valid is not None:
-            p = p * valid.unsqueeze(1).to(p.dtype)
-        psum = (p * p if squared_pred else p).sum(dims)
-        if valid is None:
-            count = torch.full_like(psum, p.shape[2] * (1 if per_image else B))
-        else:
-            v = valid.to(p.dtype).sum(-1 if per_image else (0, 1))
-            count = (v.unsqueeze(-1) if per_image else v).expand_as(psum)
-        return inter, psum, tsum, count
-
-    target = _binary_target(logits, target) if mode == "binary" else target
-    p = (torch.sigmoid(x) if from_logits else x).reshape(B, C, -1)
-    t, mask = _dense_target(target.reshape(B, C, -1), ignore_index, p.dtype)
-    if mask is not None:
-        p = p * mask
-    inter = (p * t).sum(dims)
-    psum = (p * p if squared_pred else p).sum(dims)
-    tsum = t.sum(dims)
-    if mask is None:
-        count = torch.full_like(psum, p.shape[2] * (1 if per_image else B))
-    else:
-        count = mask.sum(dims)
-    return inter, psum, tsum, count
-
-
-def overlap_loss_from_sums(
-    inter: Tensor,
-    psum: Tensor,
-    tsum: Tensor,
-    count: Tensor | float,
-    kind: Literal["dice", "jaccard", "tversky"],
-    smooth: float = 0.0,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 1.0,
-    log_loss: bool = False,
-    class_weights: Tensor | list[float] | None = None,
-    include_background: bool = True,
-    empty_class: str = "penalize_fp",
-    sync_dist: bool = False,
-) -> Tensor:
-    r"""Dice / Jaccard / Tversky loss from the per-class sums of :func:`region_sums`.
-
-    Scores of a class ``c`` present in the target (``T_c > 0``), with ``FP = P - I``, ``FN = T - I``:
-
-    - dice:    ``(2 I + smooth) / (P + T + smooth)``
-    - jaccard: ``(I + smooth) / (P + T - I + smooth)``
-    - tversky: ``(I + smooth) / (I + alpha FP + beta FN + smooth)``
-
-    (denominators clamped at 1e-7). Per-class loss ``L_c = 1 - score`` (``-log(score)`` with
-    ``log_loss``), raised to ``gamma`` per class (focal Tversky). A class absent from the target
-    (``T_c = 0``, where the formula is 0/0 or a constant) follows ``empty_class``:
-
-    - ``"penalize_fp"`` (default): ``L_c`` is the soft false-positive rate ``P_c / N_c`` (mean
-      predicted probability of the class over valid pixels; as the score ``1 - P_c/N_c`` under
-      ``log_loss``): 0 for an empty prediction, growing with every false-positive pixel, with a
-      useful gradient;
-    - ``"zero"``: ``L_c = 0`` but the class still counts in the average
-      (segmentation-models-pytorch's behaviour);
-    - ``"exclude"``: the class is left out of the average (weight 0); if no class is present
-      the loss is 0.
-
-    Classes (and, per image, images) with no valid pixel carry weight 0. The loss is the weighted
-    mean ``sum_{u,c} w_c L_{u,c} / sum_{u,c} w_c`` over units ``u`` (the batch, or each image) and
-    classes; 0 if every weight is 0.
-
-    With ``sync_dist`` the sums (batch form) or the weighted numerator and denominator (per-image
-    form) are all-reduced across processes first, see :mod:`seglosses.distributed`.
-
-    ``count`` (valid pixels per unit and class) may be a plain number when it is the same for all
-    (no ignore_index): the weighting then needs no tensor ops (cheaper for small inputs).
-    """
-    name = {"dice": "DiceLoss", "jaccard": "JaccardLoss", "tversky": "TverskyLoss"}[kind]
-    if empty_class not in EMPTY_CLASS_POLICIES:
-        raise ValueError(
-            f"{name}: empty_class must be one of {EMPTY_CLASS_POLICIES}, got {empty_class!r}"
-        )
-    per_image = inter.ndim == 2
-    if sync_dist and not per_image:
-        if not isinstance(count, Tensor):
-            count = torch.full_like(inter, count)
-        inter, psum, tsum, count = all_reduce_sum(torch.stack([inter, psum, tsum, count])).unbind(0)
-    C = inter.shape[-1]
-    w = _as_vector(class_weights, inter)
-    _checks.check_weight_length(w, C, "class_weights", name)
-    if not include_background:
-        inter, psum, tsum = (v[..., 1:] for v in (inter, psum, tsum))
-        count = count[..., 1:] if isinstance(count, Tensor) else count
-        w = None if w is None else w[1:]
-
-    present = tsum > 0
-    if kind == "dice":
-        num, den = 2.0 * inter + smooth, psum + tsum + smooth
-    elif kind == "jaccard":
-        num, den = inter + smooth, psum + tsum - inter + smooth
-    else:
-        num = inter + smooth
-        den = inter + alpha * (psum - inter) + beta * (tsum - inter) + smooth
-    # Safe denominators in both branches of every where: a 0/0 in the unused branch would still
-    # poison the gradient with NaN.
-    score = num / torch.where(present, den.clamp_min(EPS), 1.0)
-    counted = count > 0  # units/classes with a valid pixel (a bool for a number count)
-    if empty_class == "penalize_fp":
-        safe_count = torch.where(counted, count, 1.0) if isinstance(count, Tensor) else max(count, 1)
-        score = torch.where(present, score, 1.0 - psum / safe_count)
-    else:
-        score = torch.where(present, score, 1.0)
-    loss = -torch.log(score.clamp_min(EPS)) if log_loss else 1.0 - score
-    if gamma != 1.0:
-        # 1 - score can round to a hair below 0; pow of 0 has an infinite slope for gamma < 1.
-        pos = loss > 0
-        loss = torch.where(pos, torch.where(pos, loss, 1.0) ** gamma, 0.0 * loss)
-
-    if not isinstance(count, Tensor) and w is None and empty_class != "exclude" and not sync_dist:
-        # every unit and class counts with weight 1 (or none does: no pixels at all)
-        return loss.mean() if counted and loss.numel() else loss.sum() * 0.0
-    if isinstance(count, Tensor):
-        weights = counted.to(loss.dtype)
-    else:
-        weights = torch.full_like(loss, float(counted))
-    if w is not None:
-        weights = weights * w
-    if empty_class == "exclude":
-        weights = weights * present.to(loss.dtype)
-    weights = weights.expand_as(loss)
-    numer, denom = (weights * loss).sum(), weights.sum()
-    if sync_dist and per_image:
-        numer, denom = all_reduce_sum(torch.stack([numer, denom])).unbind(0)
-    return numer / torch.where(denom > 0, denom, 1.0)
-
-
-def _overlap_loss(
-    kind: str,
-    logits: Tensor,
-    target: Tensor,
-    mode: Mode,
-    from_logits: bool,
-    smooth: float,
-    squared_pred: bool,
-    log_loss: bool,
-    per_image: bool,
-    ignore_index,
-    class_weights,
-    include_background: bool,
-    sync_dist: bool,
-    empty_class: str,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 1.0,
-) -> Tensor:
-    name = {"dice": "DiceLoss", "jaccard": "JaccardLoss", "tversky": "TverskyLoss"}[kind]
-    _checks.check_mode(mode, name)
-    _checks.check_logits(logits, name)
-    if mode == "multiclass":
-        _checks.check_multiclass_target(logits, target, ignore_index, name)
-    else:
-        target = _binary_target(logits, target) if mode == "binary" else target
-        _checks.check_dense_target(logits, target, mode, ignore_index, name)
-    if not include_background and mode == "binary":
-        raise ValueError(
-            f"{name}: include_background=False drops channel 0, but binary mode has only the "
-            f"foreground channel; use it with multiclass (or multilabel) mode"
-        )
-    inter, psum, tsum, count = region_sums(
-        logits, target, mode, from_logits, squared_pred, per_image, ignore_index
-    )
-    if ignore_index is None:
-        # every pixel valid: the count as a plain number keeps the weighting tensor-free
-        count = math.prod(logits.shape[2:]) * (1 if per_image else logits.shape[0])
-    return overlap_loss_from_sums(
-        inter,
-        psum,
-        tsum,
-        count,
-        kind=kind,
-        smooth=smooth,
-        alpha=alpha,
-        beta=beta,
-        gamma=gamma,
-        log_loss=log_loss,
-        class_weights=class_weights,
-        include_background=include_background,
-        empty_class=empty_class,
-        sync_dist=sync_dist,
-    )
-
-
-def dice_loss(
-    logits: Tensor,
-    target: Tensor,
-    mode: Mode,
-    from_logits: bool = True,
-    smooth: float = 0.0,
-    squared_pred: bool = False,
-    log_loss: bool = False,
-    per_image: bool = False,
-    ignore_index: int | float | None = None,
-    class_weights: Tensor | list[float] | None = None,
-    include_background: bool = True,
-    sync_dist: bool = False,
-    empty_class: str = "penalize_fp",
-) -> Tensor:
+def dice_loss(logits: Tensor, target: Tensor, mode: Mode, **options) -> Tensor:
     r"""Soft Dice loss ``1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth)`` per class.
 
-    ``squared_pred`` uses ``sum(p^2)`` in the denominator (V-Net). See :func:`region_sums` for the
-    sums and :func:`overlap_loss_from_sums` for empty classes, weights and aggregation; the
-    :class:`seglosses.DiceLoss` docstring describes every argument.
+    Keyword options (:class:`seglosses.RegionOptions`): ``from_logits=True``, ``smooth=0.0``,
+    ``squared_pred=False`` (``sum(p^2)`` in the denominator, V-Net), ``log_loss=False``,
+    ``per_image=False``, ``ignore_index=None``, ``class_weights=None``,
+    ``include_background=True``, ``sync_dist=False``, ``empty_class="penalize_fp"``. See
+    :func:`region_sums` for the sums and :func:`overlap_loss_from_sums` for empty classes,
+    weights and aggregation; the :class:`seglosses.DiceLoss` docstring describes every option.
     """
-    return _overlap_loss(
-        "dice", logits, target, mode, from_logits, smooth, squared_pred, log_loss, per_image,
-        ignore_index, class_weights, include_background, sync_dist, empty_class,
-    )  # fmt: skip
+    return region_loss(logits, target, RegionOptions.build("dice", mode, options))
 
 
-def jaccard_loss(
-    logits: Tensor,
-    target: Tensor,
-    mode: Mode,
-    from_logits: bool = True,
-    smooth: float = 0.0,
-    squared_pred: bool = False,
-    log_loss: bool = False,
-    per_image: bool = False,
-    ignore_index: int | float | None = None,
-    class_weights: Tensor | list[float] | None = None,
-    include_background: bool = True,
-    sync_dist: bool = False,
-    empty_class: str = "penalize_fp",
-) -> Tensor:
+def jaccard_loss(logits: Tensor, target: Tensor, mode: Mode, **options) -> Tensor:
     r"""Soft Jaccard (IoU) loss ``1 - (sum(p t) + smooth) / (sum(p) + sum(t) - sum(p t) + smooth)``.
 
-    Same options as :func:`dice_loss`.
+    Same keyword options as :func:`dice_loss`.
     """
-    return _overlap_loss(
-        "jaccard", logits, target, mode, from_logits, smooth, squared_pred, log_loss, per_image,
-        ignore_index, class_weights, include_background, sync_dist, empty_class,
-    )  # fmt: skip
+    return region_loss(logits, target, RegionOptions.build("jaccard", mode, options))
 
 
-def tversky_loss(
-    logits: Tensor,
-    target: Tensor,
-    mode: Mode,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 1.0,
-    from_logits: bool = True,
-    smooth: float = 0.0,
-    log_loss: bool = False,
-    per_image: bool = False,
-    ignore_index: int | float | None = None,
-    class_weights: Tensor | list[float] | None = None,
-    include_background: bool = True,
-    sync_dist: bool = False,
-    empty_class: str = "penalize_fp",
-) -> Tensor:
+def tversky_loss(logits: Tensor, target: Tensor, mode: Mode, **options) -> Tensor:
     r"""Tversky loss ``(1 - TI_c)^gamma`` per class, ``TI = (TP + s) / (TP + alpha FP + beta FN + s)``.
 
-    ``alpha`` weighs false positives, ``beta`` false negatives; ``alpha = beta = 0.5`` is Dice
-    (at ``smooth=0``), ``alpha = beta = 1`` Jaccard; ``gamma > 1`` is the focal Tversky loss
-    (applied per class, before averaging). Other options as :func:`dice_loss`.
+    Keyword options: ``alpha=0.5`` weighs false positives, ``beta=0.5`` false negatives;
+    ``alpha = beta = 0.5`` is Dice (at ``smooth=0``), ``alpha = beta = 1`` Jaccard; ``gamma=1.0``,
+    ``> 1`` is the focal Tversky loss (applied per class, before averaging). The other options
+    are those of :func:`dice_loss` except ``squared_pred``.
     """
-    return _overlap_loss(
-        "tversky", logits, target, mode, from_logits, smooth, False, log_loss, per_image,
-        ignore_index, class_weights, include_background, sync_dist, empty_class,
-        alpha=alpha, beta=beta, gamma=gamma,
-    )  # fmt: skip
+    return region_loss(logits, target, RegionOptions.build("tversky", mode, options))

@@ -17,6 +17,12 @@ term's constructor. Because ``weight`` is taken, a loss whose own constructor ha
 argument (``CrossEntropyLoss``'s per-class weights) receives it from the key ``class_weights``.
 Even a single term becomes a ``CombinedLoss`` so that per-term logging (``last_values``) is the
 same for every loss.
+
+``loss.cpu_compile`` (``conf/train.yaml``) is seglosses' switch for its compiled CPU kernels
+(``seglosses.set_cpu_compile``): ``true`` lets large binary BCE+Dice losses on CPU run kernels
+that ``torch.compile`` builds on the first such call (a stall of a C++ compilation); ``false``
+keeps the eager kernels; ``null`` leaves seglosses' default (off unless the environment
+variable ``SEGLOSSES_CPU_COMPILE=1``).
 """
 
 from __future__ import annotations
@@ -61,14 +67,25 @@ def _terms(loss_cfg: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _cpu_compile(loss_cfg: Any) -> bool | None:
+    """``loss.cpu_compile``: True, False or None (unset: leave seglosses' own default)."""
+    loss_cfg = _plain(loss_cfg)
+    value = loss_cfg.get("cpu_compile") if isinstance(loss_cfg, Mapping) else None
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"loss.cpu_compile must be true, false or null, got {value!r}")
+    return value
+
+
 def check_loss_config(loss_cfg: Any, task: str, num_classes: int) -> None:
     """Validate the loss config against the task without building anything.
 
     Raises ``ValueError`` naming the term when: a term has no ``_target_``; its class cannot be
     imported; its class cannot serve ``task`` (BCE with multiclass, CE with binary/multilabel);
     its ``mode`` is not the task; its ``weight`` is not a non-negative number; all weights are 0.
+    Also when ``loss.cpu_compile`` is not true, false or null.
     """
     validate_task(task, num_classes)
+    _cpu_compile(loss_cfg)
     terms = _terms(loss_cfg)
     total = 0.0
     for name, term in terms.items():
@@ -104,10 +121,16 @@ def build_loss(loss_cfg: Any, task: str, num_classes: int):
 
     Returns:
         a ``CombinedLoss``; ``loss.last_values[name]`` holds each term's latest unweighted value.
+        ``loss.cpu_compile``, when set, is applied with ``seglosses.set_cpu_compile`` (a
+        process-wide switch).
     """
+    import seglosses
     from seglosses import CombinedLoss
 
     check_loss_config(loss_cfg, task, num_classes)
+    cpu_compile = _cpu_compile(loss_cfg)
+    if cpu_compile is not None:
+        seglosses.set_cpu_compile(cpu_compile)
     modules, weights = {}, {}
     for name, term in _terms(loss_cfg).items():
         weights[name] = float(term.pop("weight", 1.0))

@@ -85,6 +85,21 @@ def test_loss_terms_compose_on_the_command_line(compose):
     assert loss.terms["dice"].mode == "multiclass"
 
 
+@pytest.mark.parametrize("override, before, after", [([], True, True), (["loss.cpu_compile=true"], False, True),
+                                                      (["loss.cpu_compile=false"], True, False)])
+def test_loss_cpu_compile_switch(override, before, after, compose):
+    # null (the default) leaves seglosses' setting alone; true/false set it
+    previous = seglosses.set_cpu_compile(before)
+    try:
+        cfg = compose(["loss=bce_dice", *override])
+        build_loss(cfg.loss, cfg.task, cfg.num_classes)
+        assert seglosses.cpu_compile_enabled() is after
+        with pytest.raises(ValueError, match="loss.cpu_compile must be true, false or null"):
+            build_loss(compose(["loss.cpu_compile=sometimes"]).loss, cfg.task, cfg.num_classes)
+    finally:
+        seglosses.set_cpu_compile(previous)
+
+
 def test_ce_class_weights_become_cross_entropy_weight(compose):
     cfg = compose(["task=multiclass", "num_classes=3", "loss=ce", "loss.terms.ce.class_weights=[0.2,1,1]"])
     loss = build_loss(cfg.loss, cfg.task, cfg.num_classes)

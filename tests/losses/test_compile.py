@@ -1,8 +1,7 @@
 """Every loss traces under torch.compile(fullgraph=True): no .item(), no data-dependent branches.
 
-The eager backend checks the full-graph trace without minutes of C++ compilation (an inductor
-compile of one loss takes about a minute on a 2-core CPU); aot_eager additionally traces the
-backward through AOTAutograd for a few losses.
+The eager backend checks the full-graph trace without inductor's C++ compilation (minutes for
+the whole list); aot_eager additionally traces the backward through AOTAutograd for a few losses.
 """
 
 import pytest

@@ -1,9 +1,11 @@
 """The torch.compile-generated CPU kernels of seglosses._compiled against the eager fused path.
 
-The kernels normally start at MIN_ELEMS (2^20) logits; the tests lower that threshold so that
-small inputs take the compiled path (the kernels are compiled for dynamic sizes, so the size
-does not change what is compiled). The first test in a process pays the compilation (~20-40 s
-on a 2-core machine with an empty inductor cache).
+The kernels are opt-in: the tests that run them switch them on explicitly (``small_threshold``),
+and one test checks that by default nothing is compiled. The kernels normally start at
+MIN_ELEMS (2^20) logits; the tests lower that threshold so that small inputs take the compiled
+path (the kernels are compiled for dynamic sizes, so the size does not change what is
+compiled). The first test in a process pays the compilation (a C++ build: tens of seconds
+with an empty inductor cache).
 """
 
 from __future__ import annotations
@@ -164,15 +166,51 @@ def test_eager_where_the_compiled_kernels_do_not_apply(small_threshold, monkeypa
     assert small_threshold == []
 
 
-@pytest.mark.parametrize("value, expected", [(None, True), ("1", True), ("0", False), ("off", False),
-                                             (" False ", False), ("no", False), ("yes", True)])
+@pytest.mark.parametrize("value, expected", [(None, False), ("", False), ("1", True), ("0", False),
+                                             ("off", False), (" False ", False), ("no", False),
+                                             ("yes", True), (" ON ", True), ("true", True)])
 def test_environment_variable_values(value, expected):
     assert _compiled._env_allows(value) is expected
 
 
-def test_environment_variable_is_read_at_import():
+def test_unrecognised_environment_value_warns_and_stays_off():
+    with pytest.warns(RuntimeWarning, match="SEGLOSSES_CPU_COMPILE='sometimes' is not one of"):
+        assert _compiled._env_allows("sometimes") is False
+
+
+@pytest.mark.parametrize("value, expected", [(None, "False"), ("1", "True"), ("0", "False")])
+def test_environment_variable_is_read_at_import(value, expected):
     code = "import seglosses; print(seglosses.cpu_compile_enabled())"
-    env = {**os.environ, "SEGLOSSES_CPU_COMPILE": "0"}
+    env = {k: v for k, v in os.environ.items() if k != "SEGLOSSES_CPU_COMPILE"}
+    if value is not None:
+        env["SEGLOSSES_CPU_COMPILE"] = value
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
                          text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == expected
+
+
+# A large binary BCE+Dice call (MIN_ELEMS logits) with torch.compile replaced by a spy, in a
+# fresh process without SEGLOSSES_CPU_COMPILE: prints how often torch.compile was called.
+_NO_COMPILE_BY_DEFAULT = """
+import sys
+import torch
+calls = []
+torch.compile = lambda fn, **kwargs: calls.append(fn.__name__) or fn
+import seglosses
+from seglosses import BCELoss, CombinedLoss, DiceLoss, _compiled
+if sys.argv[1] == "on":
+    seglosses.set_cpu_compile(True)
+x = torch.randn(4, 1, 512, 512, requires_grad=True)
+assert x.numel() >= _compiled.MIN_ELEMS
+t = (torch.rand(4, 1, 512, 512) > 0.5).float()
+CombinedLoss({"bce": BCELoss(), "dice": DiceLoss("binary")})(x, t).backward()
+print(len(calls))
+"""
+
+
+@pytest.mark.parametrize("switch, compiles", [("default", 0), ("on", 2)])
+def test_no_loss_call_compiles_unless_asked(switch, compiles):
+    env = {k: v for k, v in os.environ.items() if k != "SEGLOSSES_CPU_COMPILE"}
+    out = subprocess.run([sys.executable, "-c", _NO_COMPILE_BY_DEFAULT, switch], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) == compiles  # "on": the forward and the backward kernel

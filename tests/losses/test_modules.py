@@ -60,7 +60,9 @@ def test_functional_equals_modules():
     x, t = make_case("multiclass", (4, 4))
     torch.testing.assert_close(F.dice_loss(x, t, "multiclass", smooth=1.0), DiceLoss("multiclass", smooth=1.0)(x, t))
     torch.testing.assert_close(F.jaccard_loss(x, t, "multiclass"), JaccardLoss("multiclass")(x, t))
-    torch.testing.assert_close(F.tversky_loss(x, t, "multiclass", 0.2, 0.8), TverskyLoss("multiclass", 0.2, 0.8)(x, t))
+    torch.testing.assert_close(
+        F.tversky_loss(x, t, "multiclass", alpha=0.2, beta=0.8), TverskyLoss("multiclass", 0.2, 0.8)(x, t)
+    )
     torch.testing.assert_close(F.focal_loss(x, t, "multiclass", gamma=1.0), FocalLoss("multiclass", gamma=1.0)(x, t))
     torch.testing.assert_close(F.cross_entropy(x, t, weight=[1.0, 2.0, 3.0]), CrossEntropyLoss(weight=[1.0, 2.0, 3.0])(x, t))
 
