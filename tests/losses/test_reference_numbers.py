@@ -1,4 +1,4 @@
-"""The worked numbers of ../shared/reference/LOSSES.md (seed 000), reproduced exactly."""
+"""The worked numbers of docs/losses.md#reference-values (seed 000), reproduced exactly."""
 
 import pytest
 import torch
