@@ -28,7 +28,6 @@ import io
 import sys
 import typing
 from pathlib import Path
-from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -99,6 +98,17 @@ def _load(script: Path):
     return module
 
 
+@contextlib.contextmanager
+def _swapped(owner, name: str, value):
+    """Replace ``owner.name`` with ``value`` for the block (a dry run stops each script after its parser)."""
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
+
+
 def parse_only(script: Path, argv: list[str]):
     """``(module, parsed arguments)``: the script's main(argv) stopped right after its parser."""
     module = _load(script)
@@ -109,16 +119,16 @@ def parse_only(script: Path, argv: list[str]):
 
     stderr = io.StringIO()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(argparse.ArgumentParser, "parse_args", stop_after_argparse))
+        stack.enter_context(_swapped(argparse.ArgumentParser, "parse_args", stop_after_argparse))
         if hasattr(module, "parse_overrides"):
             real_parse_overrides = module.parse_overrides
 
             def stop_after_overrides(*args, **kwargs):
                 raise _Parsed(real_parse_overrides(*args, **kwargs))
 
-            stack.enter_context(mock.patch.object(module, "parse_overrides", stop_after_overrides))
+            stack.enter_context(_swapped(module, "parse_overrides", stop_after_overrides))
         stack.enter_context(contextlib.redirect_stderr(stderr))
-        stack.enter_context(mock.patch.object(sys, "argv", [str(script), *argv]))  # argparse's prog name
+        stack.enter_context(_swapped(sys, "argv", [str(script), *argv]))  # argparse's prog name
         try:
             module.main(argv)
         except _Parsed as done:
