@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from segtrain.optuna_trial import build_pruner, normalize_storage
 
 from ._search_space import SearchSpace, grid, parse_search_space
+
+log = logging.getLogger(__name__)
 
 _DIRECTIONS = {"maximize": "max", "minimize": "min"}
 _KNOWN = {"direction", "study_name", "storage", "n_trials", "n_jobs", "sampler", "pruner", "params",
@@ -116,7 +120,9 @@ def _sampler_factory(conf: Any, space: SearchSpace) -> Callable[[], optuna.sampl
             raise ValueError(f"hydra.sweeper.sampler: cannot build {target}: {cause}") from None
 
     make()  # fail now, not at the first trial
-    if seed is None:
+    if seed is None or extra:
+        # GridSampler: its seed shuffles the grid once, and trial k takes grid point k, so every
+        # worker needs the same seed (distinct points come from the trial numbers).
         return make
     from ._seeding import SeedPerTrial
 
@@ -147,6 +153,11 @@ def read_settings(settings: Mapping[str, Any], config: DictConfig, arguments: li
         raise ValueError("hydra.sweeper.params: nothing to search (give interval/choice/range values)")
     check_keys(space, config)
     make_sampler = _sampler_factory(settings.get("sampler"), space)
+    if isinstance(make_sampler(), optuna.samplers.GridSampler):
+        size = math.prod(len(v) for v in grid(space).values())
+        if size < n_trials:
+            log.info("Grid sampler: n_trials %d -> %d (the grid's size)", n_trials, size)
+            n_trials = size
     pruner_conf = _plain(settings.get("pruner"))
     build_pruner(pruner_conf)  # fail now
     if pruner_conf is not None:
