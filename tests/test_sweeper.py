@@ -86,7 +86,7 @@ def test_settings_of_the_shipped_search():
     ([], {"direction": "minimize"}, r"direction=minimize contradicts monitor_mode=max"),
     (["hydra.sweeper.sampler._target_=optuna.samplers.NoSuchSampler"], {}, r"hydra.sweeper.sampler: unknown sampler 'optuna.samplers.NoSuchSampler'"),
     (["hydra.sweeper.sampler._target_=optuna.pruners.MedianPruner"], {}, r"hydra.sweeper.sampler: 'optuna.pruners.MedianPruner' is not an Optuna sampler"),
-    (["+hydra.sweeper.pruner._target_=optuna.pruners.NoSuchPruner"], {}, r"hydra.sweeper.pruner: cannot build 'optuna.pruners.NoSuchPruner'"),
+    (["hydra.sweeper.pruner={_target_: optuna.pruners.NoSuchPruner}"], {}, r"hydra.sweeper.pruner: cannot build 'optuna.pruners.NoSuchPruner'"),
     (["hydra/sweeper/pruner=median", "+hydra.sweeper.pruner.n_startup=3"], {}, r"hydra.sweeper.pruner: cannot build 'optuna.pruners.MedianPruner'"),
     (["+hydra.sweeper.params.optimizer.lrr='interval(0.1, 1.0)'"], {}, r"hydra.sweeper.params.optimizer.lrr: 'optimizer.lrr' is not a key .* Did you mean optimizer.lr\b"),
     ([], {"n_trials": 0}, r"hydra.sweeper.n_trials must be an integer >= 1"),
