@@ -3,6 +3,7 @@ two workers on one study, pruning, failing trials, a bad setting on the command 
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -134,3 +135,17 @@ def test_bad_setting_fails_before_any_trial(tmp_path):
     assert proc.returncode != 0
     assert "hydra.sweeper.direction=minimize contradicts monitor_mode=max" in proc.stderr
     assert not (tmp_path / "optuna").exists()
+
+
+def test_ddp_trial_is_pruned_on_every_rank(tmp_path):
+    """Two CPU DDP ranks: rank 0 reports and decides, both stop after the first validation."""
+    run_train(["hparams_search=optuna", "hydra.sweeper.n_trials=1", *TINY, "trainer=ddp_cpu", "trainer.devices=2",
+               "trainer.max_epochs=3", "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 2.0}",
+               f"hydra.sweep.dir={tmp_path / 'ddp'}", f"paths.log_dir={tmp_path}"])
+    (trial,) = _trials(f"sqlite:///{tmp_path / 'optuna' / 'loss_search.db'}")
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
+    job_dir = Path(trial.user_attrs["job_dir"])
+    with open(job_dir / "metrics.csv", newline="") as f:
+        assert {r["epoch"] for r in csv.DictReader(f)} <= {"0", ""}
+    assert "pruned at validation 0" in (job_dir / "train.log").read_text()
+    assert "pruned" not in (job_dir / "train_ddp_process_1.log").read_text()  # rank 1 only followed

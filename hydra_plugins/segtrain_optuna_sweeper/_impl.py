@@ -251,7 +251,11 @@ class SweepRun:
         except RuntimeError as err:
             if "Study.stop" not in str(err):  # GridSampler stops the study once the grid is done
                 raise
-        shown = f"{value:.4f}" if value is not None else (error or "")
+        if state == TrialState.PRUNED:
+            steps = frozen.intermediate_values
+            shown = f"at validation {max(steps)} ({steps[max(steps)]:.4f})" if steps else ""
+        else:
+            shown = f"{value:.4f}" if value is not None else (error or "")
         log.info("Trial %d %s %s", trial.number, state.name, shown)
 
     @staticmethod
