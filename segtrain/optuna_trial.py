@@ -100,8 +100,10 @@ def _rdb_storage(url: str, attempts: int = 5) -> Any:
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
         except Exception as err:  # noqa: BLE001
-            # Workers started together race to create the tables: the loser sees them "already exist".
-            if attempt + 1 == attempts or not any(s in str(err) for s in ("already exists", "locked")):
+            # Workers started together race to create the tables and the schema version row: the
+            # loser sees them "already exist" or a unique constraint fail; the next try finds them.
+            races = ("already exists", "locked", "UNIQUE constraint", "duplicate key")
+            if attempt + 1 == attempts or not any(s in str(err) for s in races):
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")

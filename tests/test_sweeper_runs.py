@@ -16,6 +16,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 from test_sweep import ROOT, TINY, run_train
+from test_summarize_sweep import summarize_sweep
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -54,7 +55,10 @@ def test_sigkill_then_the_same_command_resumes_to_n_trials(tmp_path):
     try:
         deadline = time.time() + 300
         while time.time() < deadline and first.poll() is None:
-            trials = _trials(f"sqlite:///{db}") if db.exists() else []
+            try:
+                trials = _trials(f"sqlite:///{db}") if db.exists() else []
+            except KeyError:  # the file is there, the study not yet
+                trials = []
             states = [t.state for t in trials]
             if states.count(TrialState.COMPLETE) == 2 and TrialState.RUNNING in states:
                 break
@@ -106,9 +110,10 @@ def test_two_workers_share_a_journal_study_and_prune(tmp_path):
     assert len({tuple(t.params.values()) for t in pruned}) == 3  # same seed, distinct draws
     for t in pruned:
         assert list(t.intermediate_values) == [0] and t.user_attrs["pruned_at_step"] == 0
-        rows = (Path(t.user_attrs["job_dir"]) / "metrics.csv").read_text().splitlines()
-        val_epochs = {r.split(",")[0] for r in rows[1:] if "val" in rows[0]}
-        assert val_epochs == {"0"}  # stopped after epoch 0 of 3, folder kept
+        with open(Path(t.user_attrs["job_dir"]) / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert {r["epoch"] for r in rows if r["val/dice"]} == {"0"}  # stopped after epoch 0 of 3
+        assert {r["epoch"] for r in rows} <= {"0", ""}  # "": the learning-rate monitor's row
 
 
 def test_failing_trial_is_fail_and_the_grid_goes_on(tmp_path):
@@ -127,6 +132,12 @@ def test_failing_trial_is_fail_and_the_grid_goes_on(tmp_path):
         job_dir = Path(t.user_attrs["job_dir"])
         assert _overrides(job_dir)["loss"] == t.params["loss"]
     assert (Path(failed.user_attrs["job_dir"]) / "failure.yaml").exists()
+    # scripts/summarize_sweep.py finds the study from the sweep folder: best first, the failure last.
+    assert summarize_sweep.main([str(tmp_path / "grid")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "grid" / "summary.csv")))
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE", "FAIL"] and rows[2]["loss"] == "ce"
+    assert float(rows[0]["value"]) >= float(rows[1]["value"]) and float(rows[0]["duration_s"]) > 0
+    assert rows[2]["error"].startswith("ValueError:") and Path(rows[0]["run_folder"]).is_dir()
 
 
 def test_bad_setting_fails_before_any_trial(tmp_path):
@@ -148,4 +159,4 @@ def test_ddp_trial_is_pruned_on_every_rank(tmp_path):
     with open(job_dir / "metrics.csv", newline="") as f:
         assert {r["epoch"] for r in csv.DictReader(f)} <= {"0", ""}
     assert "pruned at validation 0" in (job_dir / "train.log").read_text()
-    assert "pruned" not in (job_dir / "train_ddp_process_1.log").read_text()  # rank 1 only followed
+    assert "pruned at" not in (job_dir / "train_ddp_process_1.log").read_text()  # rank 1 only followed

@@ -6,11 +6,19 @@ DDP ranks), so this one imports nothing heavy: Optuna and the sweep loop load in
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+# A left-over hydra-optuna-sweeper (an older install of this project) registers schemas under the
+# same config names (hydra/sweeper/optuna, hydra/sweeper/sampler/*), which breaks composing ours.
+if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
+    warnings.warn("hydra-optuna-sweeper is installed; this project no longer uses it and its configs clash "
+                  "with hparams_search=optuna: pip uninstall hydra-optuna-sweeper", stacklevel=1)
 
 
 class OptunaSweeper(Sweeper):
