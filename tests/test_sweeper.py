@@ -207,3 +207,99 @@ def test_failed_trial_job_raises_after_recording(tmp_path):
         sweep.run_sweep_job(lambda cfg: math.nan, None, mode="max", output_dir=tmp_path, multirun=True,
                             optuna_trial=True)
     assert os.environ.get(optuna_trial.ENV_TRIAL) is None
+
+
+# ------------------------------------------------------- the loop, with a fake launcher -----
+
+class _FakeLauncher:
+    """Runs no training: each job returns its trial's x (or what ``outcome`` says)."""
+
+    def __init__(self, outcome=None):
+        self.outcome = outcome or (lambda link, x: x)
+        self.launched: list[int] = []
+
+    def launch(self, batch, initial_job_idx):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        returns = []
+        for overrides in batch:
+            env = next(o for o in overrides if optuna_trial.ENV_TRIAL in o).split("=", 1)[1]
+            link = optuna_trial.TrialLink.from_env({optuna_trial.ENV_TRIAL: OverridesParser.create().parse_override(
+                f"k={env}").value()})
+            x = float(next(o for o in overrides if o.startswith("x=")).split("=", 1)[1])
+            self.launched.append(link.number)
+            ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+            try:
+                ret.return_value = self.outcome(link, x)
+            except Exception as err:  # noqa: BLE001 -- as Hydra's run_job does
+                ret.return_value, ret.status = err, JobStatus.FAILED
+            returns.append(ret)
+        return returns
+
+
+def _run(tmp_path, n_trials, launcher, storage=None):
+    from types import SimpleNamespace
+
+    space = _search_space.parse_search_space({"x": "interval(0.0, 1.0)"})
+    s = _settings.Settings("maximize", "study", storage or f"sqlite:///{tmp_path / 's.db'}", n_trials, 1, space,
+                           lambda: optuna.samplers.RandomSampler(seed=0), None, 0.2, 1.0)
+    sweeper = SimpleNamespace(launcher=launcher, config=SimpleNamespace(hydra=SimpleNamespace(
+        sweep=SimpleNamespace(dir=str(tmp_path / "sweep")))))
+    return _impl.SweepRun(sweeper, s), s
+
+
+@pytest.mark.timeout(60)
+def test_stale_trial_is_redone_and_the_study_ends_at_n_trials(tmp_path):
+    run, s = _run(tmp_path, 4, _FakeLauncher())
+    for _ in range(3):  # three finished trials of a killed sweep ...
+        t = run.study.ask({"x": FloatDistribution(0, 1)})
+        run.study.tell(t, 0.5)
+    dead = run.study.ask({"x": FloatDistribution(0, 1)})  # ... and the one it was running
+    run.storage.set_trial_system_attr(dead._trial_id, _impl.HEARTBEAT_ATTR, 0.0)
+    run.run()  # the redo, queued, is taken although 3 finished + 1 queued already make 4
+    trials = run.study.get_trials()
+    assert [t.state.name for t in trials].count("COMPLETE") == 4 and trials[dead.number].state == TrialState.FAIL
+    assert len(trials) == 5
+    redo = next(t for t in trials if t.user_attrs.get("retry_of") == dead.number)
+    assert redo.params == trials[dead.number].params and redo.value == pytest.approx(redo.params["x"])
+    assert yaml_load(tmp_path / "sweep" / "optimization_results.yaml")["n_finished"] == 4
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
+
+
+def test_a_trial_over_budget_is_surplus_and_not_run(tmp_path):
+    launcher = _FakeLauncher()
+    run, s = _run(tmp_path, 2, launcher)
+    run.study.tell(run.study.ask({"x": FloatDistribution(0, 1)}), 0.1)
+    other = run.study.ask({"x": FloatDistribution(0, 1)})  # another worker runs the last slot
+    run.storage.set_trial_system_attr(other._trial_id, _impl.HEARTBEAT_ATTR, 1e12)
+    assert run._ask(1) == []  # a race: this worker asked although the slots were taken
+    surplus = run.study.get_trials()[-1]
+    assert surplus.state == TrialState.FAIL and "surplus" in surplus.user_attrs and launcher.launched == []
+    assert not _impl.is_finished(surplus)
+    run.heartbeat.stop()
+
+
+def test_job_outcomes_become_trial_states(tmp_path):
+    def outcome(link, x):
+        if link.number == 0:
+            raise optuna_trial.SweepJobFailed("RuntimeError: CUDA out of memory")
+        if link.number == 1:
+            link.trial().set_user_attr(optuna_trial.ATTR_PRUNED, 0)
+            return x
+        if link.number == 2:
+            return math.nan
+        if link.number == 3:
+            raise KeyError("boom")
+        return x
+
+    run, s = _run(tmp_path, 5, _FakeLauncher(outcome))
+    run.run()
+    t = run.study.get_trials()
+    assert [x.state.name for x in t] == ["FAIL", "PRUNED", "FAIL", "FAIL", "COMPLETE"]
+    assert t[0].user_attrs["error"] == "RuntimeError: CUDA out of memory"
+    assert t[2].user_attrs["error"] == "the job returned nan" and t[3].user_attrs["error"] == "KeyError: 'boom'"

@@ -7,7 +7,8 @@ worker died or was stopped) or surplus, and does not count. Every worker:
 1. fails the stale trials of dead workers (RUNNING, no heartbeat for ``grace_period`` s) and
    queues their parameters again (``retry_of``); Optuna's own heartbeat exists for RDB storages
    only, so the heartbeat is a system attribute that every storage (journal files too) holds;
-2. stops once ``n_trials`` trials are finished; waits while the rest run in other workers;
+2. stops once ``n_trials`` trials are finished; waits while the rest run in other workers
+   (queued trials are taken first by the next ask);
 3. asks up to ``n_jobs`` trials and checks each against the budget by trial number (numbers are
    given out atomically by the storage): a trial with ``n_trials`` counted trials below it lost a
    race with another worker and is told FAIL (``surplus``) without running;
@@ -167,11 +168,12 @@ class SweepRun:
         self.study.enqueue_trial(frozen.params, user_attrs={ATTR_RETRY_OF: number})
         log.warning("Trial %d interrupted (%s): marked FAIL, its parameters queued again", number, why)
 
-    def census(self) -> tuple[int, int, list[FrozenTrial]]:
+    def census(self) -> tuple[int, int]:
+        """(finished, running) trials, after failing the stale ones. Queued (WAITING) trials are
+        not "running": the next ``ask`` takes them first."""
+        self.fail_stale(self.study.get_trials(deepcopy=False))
         trials = self.study.get_trials(deepcopy=False)
-        self.fail_stale(trials)
-        trials = self.study.get_trials(deepcopy=False)
-        return sum(map(is_finished, trials)), sum(map(is_active, trials)), trials
+        return sum(map(is_finished, trials)), sum(t.state == TrialState.RUNNING for t in trials)
 
     def in_budget(self, trial: optuna.Trial) -> bool:
         below = [t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number]
@@ -180,19 +182,19 @@ class SweepRun:
     # ------------------------------------------------------------------- loop -----
     def run(self) -> list[JobReturn]:
         s = self.s
-        finished, active, _ = self.census()
-        log.info("Study %r in %s: %d of %d trials finished, %d running or queued elsewhere",
-                 s.study_name, describe_storage(s.storage), finished, s.n_trials, active)
+        finished, running = self.census()
+        log.info("Study %r in %s: %d of %d trials finished, %d running elsewhere",
+                 s.study_name, describe_storage(s.storage), finished, s.n_trials, running)
         waiting_logged = False
         try:
             while True:
-                finished, active, _ = self.census()
+                finished, running = self.census()
                 if finished >= s.n_trials:
                     break
-                room = s.n_trials - finished - active
+                room = s.n_trials - finished - running
                 if room <= 0:
                     if not waiting_logged:
-                        log.info("Waiting for %d trial(s) running in other workers", active)
+                        log.info("Waiting for %d trial(s) running in other workers", running)
                         waiting_logged = True
                     time.sleep(min(s.heartbeat_interval, 5.0))
                     continue
