@@ -173,6 +173,12 @@ class TrialLink:
         d = {"storage": self.storage, "study": self.study, "number": self.number, "pruner": self.pruner}
         return {ENV_TRIAL: json.dumps(d)}
 
+    def set_user_attr(self, key: str, value: Any) -> None:
+        """Write a user attribute on the trial (straight to the storage: no Study is built)."""
+        storage = open_storage(self.storage, ENV_TRIAL)
+        study_id = storage.get_study_id_from_name(self.study)
+        storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, self.number), key, value)
+
     def trial(self) -> Any:
         """The trial as an ``optuna.Trial`` (report, should_prune, set_user_attr)."""
         import optuna
@@ -211,7 +217,7 @@ def record_job_dir(output_dir: str | os.PathLike) -> None:
     link = TrialLink.from_env()
     if link is None:
         return
-    link.trial().set_user_attr(ATTR_JOB_DIR, str(Path(output_dir).resolve()))
+    link.set_user_attr(ATTR_JOB_DIR, str(Path(output_dir).resolve()))
 
 
 class OptunaPruning(L.Callback):

@@ -99,6 +99,17 @@ def test_bad_settings_name_the_key(overrides, changes, message):
         _settings.read_settings(_settings_of(cfg, **changes), cfg, [])
 
 
+def test_cmaes_needs_its_package():
+    import importlib.util
+
+    cfg = _compose("hydra/sweeper/sampler=cmaes", "hydra.sweeper.sampler.seed=3")
+    if importlib.util.find_spec("cmaes") is None:
+        with pytest.raises(ValueError, match="needs the cmaes package: pip install cmaes"):
+            _settings.read_settings(_settings_of(cfg), cfg, [])
+    else:
+        assert _settings.read_settings(_settings_of(cfg), cfg, []).make_sampler() is not None
+
+
 def test_direction_follows_monitor_mode():
     assert _settings.check_direction(None, "min") == "minimize"
     assert _settings.check_direction("maximize", None) == "maximize"

@@ -6,6 +6,7 @@ Every mistake is a ValueError naming the config key, raised before a trial is cr
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import logging
 import math
@@ -108,6 +109,9 @@ def _sampler_factory(conf: Any, space: SearchSpace) -> Callable[[], optuna.sampl
                          "hydra/sweeper/sampler=tpe|random|cmaes|grid or a class of optuna.samplers.") from None
     if not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler)):
         raise ValueError(f"hydra.sweeper.sampler: {target!r} is not an Optuna sampler (optuna.samplers.BaseSampler)")
+    if issubclass(cls, optuna.samplers.CmaEsSampler) and importlib.util.find_spec("cmaes") is None:
+        # Optuna imports it only at the first relative sample, i.e. after trials have run.
+        raise ValueError("hydra.sweeper.sampler: the CMA-ES sampler needs the cmaes package: pip install cmaes")
     extra = {"search_space": grid(space)} if issubclass(cls, optuna.samplers.GridSampler) else {}
     seed = conf.get("seed")
 
