@@ -134,7 +134,6 @@ class SweepRun:
         self.sweeper, self.s = sweeper, s
         self.storage = open_storage(s.storage)
         self.study = self._study()
-        self.study_id = self.storage.get_study_id_from_name(s.study_name)
         self.heartbeat = Heartbeat(self.storage, s.heartbeat_interval)
         self.returns: list[JobReturn] = []
 
