@@ -1,9 +1,23 @@
-"""Summarise a Hydra multirun: one row per job, its overrides and best validation metrics, sorted.
+"""Summarise a sweep: an Optuna study (trials from its storage) or a plain Hydra multirun.
 
-    python scripts/summarize_sweep.py logs/multiruns/2026-11-23_20-15-00
+    python scripts/summarize_sweep.py logs/optuna/loss_search.db          # a study (SQLite file)
+    python scripts/summarize_sweep.py journal:/shared/optuna/loss.log --out reports/
+    python scripts/summarize_sweep.py postgresql://user@host/optuna --study loss_search
+    python scripts/summarize_sweep.py logs/multiruns/2026-11-23_20-15-00   # a multirun folder
     python scripts/summarize_sweep.py MULTIRUN_DIR --metric val/iou --mode max --out reports/
 
-For every job folder (a folder holding ``.hydra/overrides.yaml``) it reads the overrides and the
+**A study** (a storage URL, an SQLite/journal file, or the folder of a sweep run by
+``hparams_search=optuna``, whose ``optimization_results.yaml`` names the study): one row per
+trial with its state, value, parameters, duration, validations reported and run folder, best
+first (complete, then pruned, then failed and unfinished trials), written into ``--out``
+(default: the sweep folder, or ``<study>_summary/`` next to a study file) as ``summary.md``,
+``summary.csv`` and three plots: ``history.png`` (value per trial and best so far),
+``importances.png`` (which parameters mattered) and ``parallel.png`` (parameters of every
+trial, coloured by value). Trials that lost a race for the last slot of a parallel sweep (never
+run) are left out.
+
+**A plain multirun** (``python train.py -m ...`` without Optuna): for every job folder (a folder
+holding ``.hydra/overrides.yaml``) it reads the overrides and the
 job's ``metrics.csv`` (Lightning's CSVLogger, anywhere below the job folder), takes the epoch at
 which the monitored metric was best and reports every ``val/*`` metric of that epoch. Jobs that
 left a ``failure.yaml`` (see ``segtrain/sweep.py``) are listed as failed with their error; jobs
@@ -254,21 +268,185 @@ def summarize(multirun_dir: Path, out_dir: Path | None = None, metric: str | Non
     return paths
 
 
+# --------------------------------------------------------------------- Optuna studies -----
+
+_STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
+
+
+def _open_study(storage: str, study: str | None) -> Any:
+    """The study ``study`` in ``storage`` (read only use); the only one when ``study`` is None."""
+    import optuna
+
+    from segtrain.optuna_trial import describe_storage, open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = open_storage(storage, key="storage")
+    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+    if study is None:
+        if len(names) != 1:
+            raise ValueError(f"{describe_storage(storage)} holds {len(names)} studies "
+                             f"({', '.join(names) or 'none'}): choose one with --study")
+        study = names[0]
+    if study not in names:
+        raise ValueError(f"no study {study!r} in {describe_storage(storage)}; it holds: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=study, storage=store)
+
+
+def study_rows(study: Any) -> tuple[list[str], list[list[Any]], dict[str, int]]:
+    """Header and rows (best first) of a study's trials, and the count of each state."""
+    from segtrain.optuna_trial import ATTR_ERROR, ATTR_JOB_DIR, ATTR_RETRY_OF, ATTR_SURPLUS
+
+    trials = [t for t in study.get_trials(deepcopy=False) if ATTR_SURPLUS not in t.user_attrs]
+    retried = {t.user_attrs[ATTR_RETRY_OF]: t.number for t in trials if ATTR_RETRY_OF in t.user_attrs}
+    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+    trials.sort(key=lambda t: (_STATE_ORDER.get(t.state.name, 9),
+                               sign * t.value if t.value is not None else 0.0, t.number))
+    params = list(dict.fromkeys(k for t in trials for k in t.params))
+    header = ["trial", "state", "value", *params, "duration_s", "validations", "run_folder", "error"]
+    rows = []
+    for t in trials:
+        error = t.user_attrs.get(ATTR_ERROR, "")
+        if t.state.name == "FAIL" and not error:
+            error = f"interrupted (redone as trial {retried[t.number]})" if t.number in retried else "interrupted"
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        rows.append([t.number, t.state.name, t.value, *(t.params.get(p) for p in params), duration,
+                     len(t.intermediate_values), t.user_attrs.get(ATTR_JOB_DIR, ""), error])
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return header, rows, counts
+
+
+def study_plots(study: Any, out_dir: Path) -> dict[str, Path | str]:
+    """history.png, importances.png, parallel.png; a plot that cannot be drawn maps to the reason."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    def importances(s):
+        return ovm.plot_param_importances(s, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+
+    done: dict[str, Path | str] = {}
+    for name, draw in (("history", ovm.plot_optimization_history), ("importances", importances),
+                       ("parallel", ovm.plot_parallel_coordinate)):
+        path = out_dir / f"{name}.png"
+        try:
+            with warnings.catch_warnings(), plt.rc_context({"figure.figsize": (10, 5.5), "font.size": 10}):
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+                ax = draw(study)
+                fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+                fig.tight_layout()
+                fig.savefig(path, dpi=110)
+                plt.close(fig)
+            done[name] = path
+        except Exception as err:  # noqa: BLE001 -- e.g. too few complete trials for importances
+            plt.close("all")
+            done[name] = f"{type(err).__name__}: {err}"
+    return done
+
+
+def summarize_study(storage: str, study_name: str | None = None, out_dir: Path | None = None,
+                    sweep_dir: Path | None = None) -> dict[str, Path]:
+    """Write summary.md, summary.csv and the plots of a study; return their paths.
+
+    Args:
+        storage: an Optuna storage (``sqlite:///...``, ``postgresql://...``, ``journal:PATH``).
+        study_name: the study (default: the only one in the storage).
+        out_dir: where to write (default: ``sweep_dir``, else ``<study>_summary`` next to a
+            study file, else in the current folder).
+        sweep_dir: the sweep folder the study was named from, if any.
+    """
+    from segtrain.optuna_trial import describe_storage, storage_path
+
+    study = _open_study(storage, study_name)
+    if out_dir is None:
+        file = storage_path(storage)
+        out_dir = sweep_dir or (file.parent if file else Path.cwd()) / f"{study.study_name}_summary"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header, rows, counts = study_rows(study)
+    plots = study_plots(study, out_dir)
+    direction = study.direction.name.lower()
+    lines = [f"Study `{study.study_name}` ({describe_storage(storage)}), {direction}: {len(rows)} trials ("
+             + ", ".join(f"{n} {state.lower()}" for state, n in counts.items()) + "), best first.", ""]
+    complete = [r for r in rows if r[1] == "COMPLETE"]
+    if complete:
+        lines += [f"Best: trial {complete[0][0]}, value {complete[0][2]:.4f}.", ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        cells = [_fmt(f"{c:.4g}" if isinstance(c, float) and header[i] not in ("value",) else c)
+                 for i, c in enumerate(row)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    lines.append("")
+    for name, result in plots.items():
+        lines.append(f"![{name}]({result.name})" if isinstance(result, Path) else f"{name}: not drawn ({result})")
+    paths = {"md": out_dir / "summary.md", "csv": out_dir / "summary.csv"}
+    paths["md"].write_text("\n".join(lines) + "\n")
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([[("" if c is None else c) for c in row] for row in rows])
+    paths.update({k: v for k, v in plots.items() if isinstance(v, Path)})
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("multirun_dir", type=Path, help="the multirun folder (hydra.sweep.dir)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the multirun folder)")
-    parser.add_argument("--metric", default=None, help="monitored metric (default: from the jobs' config)")
-    parser.add_argument("--mode", choices=("max", "min"), default=None, help="its direction")
+    parser.add_argument("source", help="a study (storage URL, .db or journal file) or a sweep/multirun folder")
+    parser.add_argument("--study", default=None, help="study name (default: the only study in the storage)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: see above)")
+    parser.add_argument("--metric", default=None, help="multirun: monitored metric (default: from the jobs' config)")
+    parser.add_argument("--mode", choices=("max", "min"), default=None, help="multirun: its direction")
     args = parser.parse_args(argv)
     try:
-        paths = summarize(args.multirun_dir, args.out, args.metric, args.mode)
+        storage = study_storage(args.source)
+        if storage is not None:
+            folder = Path(args.source) if Path(args.source).is_dir() else None
+            paths = summarize_study(storage, args.study or study_name_in(args.source), args.out, folder)
+        else:
+            paths = summarize(Path(args.source), args.out, args.metric, args.mode)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(paths["md"].read_text())
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+RESULTS_FILE = "optimization_results.yaml"  # written by the Optuna sweeper into the sweep folder
+
+
+def study_storage(source: str) -> str | None:
+    """The storage to read for ``source``; None when it is a plain multirun folder."""
+    path = Path(source)
+    if path.is_dir():
+        results = path / RESULTS_FILE
+        if results.exists():
+            info = yaml.safe_load(results.read_text()) or {}
+            if info.get("storage") and "***" not in str(info["storage"]):
+                return str(info["storage"])
+            if info.get("storage"):
+                raise ValueError(f"{results} names a storage with a hidden password: pass its URL instead")
+        return None
+    if "://" in source or source.startswith("journal:"):
+        return source
+    if path.is_file():
+        return f"sqlite:///{path.resolve()}" if path.suffix in (".db", ".sqlite", ".sqlite3") else f"journal:{path.resolve()}"
+    raise FileNotFoundError(f"{source} does not exist: pass a multirun folder, a study file (.db, journal) "
+                            "or a storage URL (sqlite:///..., postgresql://..., journal:PATH)")
+
+
+def study_name_in(source: str) -> str | None:
+    results = Path(source) / RESULTS_FILE
+    if Path(source).is_dir() and results.exists():
+        return (yaml.safe_load(results.read_text()) or {}).get("study_name")
+    return None
 
 
 if __name__ == "__main__":

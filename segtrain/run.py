@@ -21,6 +21,7 @@ from .atomic import AtomicCheckpointIO
 from .lightning_compat import multirun_ddp_scope
 from .losses import build_loss, check_loss_config
 from .module import SegmentationModule
+from .optuna_trial import trial_callbacks
 from .resume import check_resume_config, load_checkpoint_config, resolve_ckpt_path
 from .task import validate_task
 from .utils import build
@@ -114,7 +115,8 @@ def train(cfg: DictConfig) -> float:
         log.info("Resuming from %s", ckpt_path)
     module = build_module(cfg)
     datamodule = build(cfg.data)
-    callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks")
+    # + a trial's pruning callback inside an Optuna sweep with a pruner (segtrain/optuna_trial.py).
+    callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks") + trial_callbacks(cfg)
     loggers = _instantiate_dict(cfg.get("logger"), "logger")
     # Checkpoints via temp file + fsync + os.replace: a crash never leaves half a last.ckpt (segtrain/atomic.py).
     plugins = [*(build(p) for p in cfg.trainer.get("plugins") or []), AtomicCheckpointIO()]

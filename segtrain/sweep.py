@@ -15,7 +15,11 @@ batch size that runs out of memory), so inside a multirun :func:`run_sweep_job`:
 - frees cached GPU memory (after an out-of-memory error the next job would otherwise start with
   the failed job's cache);
 - returns the worst value for the optimisation direction (``-inf`` when maximising, ``+inf`` when
-  minimising) as a float, so the sweeper records the job as complete-but-worst and goes on.
+  minimising) as a float, so Hydra's basic sweeper goes on;
+- except in a trial of our Optuna sweeper (``hparams_search=optuna``), where it raises
+  :class:`~segtrain.optuna_trial.SweepJobFailed` instead: the sweeper sees the failed job and
+  tells the trial FAIL, with the error as its ``error`` attribute, rather than a fake worst
+  value that would mislead the sampler.
 
 A single run (no ``-m``) is not wrapped: its exception propagates, with the original message.
 
@@ -39,6 +43,8 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+
+from .optuna_trial import SweepJobFailed, TrialLink, record_job_dir
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +136,7 @@ def run_sweep_job(
     output_dir: str | Path,
     multirun: bool,
     overrides: Sequence[str] = (),
+    optuna_trial: bool = False,
 ) -> float:
     """Run ``train_fn(cfg)``; inside a multirun turn a failure into a recorded worst value.
 
@@ -140,6 +147,8 @@ def run_sweep_job(
         output_dir: the job's folder (where ``failure.yaml`` goes).
         multirun: True inside a Hydra multirun; False runs ``train_fn`` unwrapped.
         overrides: the job's overrides, recorded in ``failure.yaml``.
+        optuna_trial: the job is a trial of our Optuna sweeper: a failure raises
+            :class:`SweepJobFailed` (after ``failure.yaml`` is written) instead of returning.
 
     Returns:
         The metric, or :func:`worst_value` of ``mode`` for a failed job of a multirun.
@@ -147,15 +156,20 @@ def run_sweep_job(
     worst = worst_value(mode)  # validate mode up front, also for single runs
     if not multirun:
         return train_fn(cfg)
+    returned = None if optuna_trial else worst
+    reported = "failing the trial" if optuna_trial else f"reporting {worst} to the sweeper"
     try:
         value = train_fn(cfg)
     except Exception as err:  # noqa: BLE001 -- a sweep must survive any failure of one job
-        log.error("Sweep job failed (%s: %s); reporting %s to the sweeper. Overrides: %s",
-                  type(err).__name__, err, worst, " ".join(overrides), exc_info=err)
-        path = record_failure(output_dir, err, overrides, worst)
+        log.error("Sweep job failed (%s: %s); %s. Overrides: %s",
+                  type(err).__name__, err, reported, " ".join(overrides), exc_info=err)
+        path = record_failure(output_dir, err, overrides, returned)
         log.error("Failure recorded in %s", path)
+        message = f"{type(err).__name__}: {err}"
         del err  # drop the traceback's frames (and their tensors) before freeing memory
         _free_memory()
+        if optuna_trial:
+            raise SweepJobFailed(message)
         return worst
     message, kind = None, "NonFiniteMetric"
     if value is None or not math.isfinite(float(value)):
@@ -163,8 +177,10 @@ def run_sweep_job(
     elif (diverged := nonfinite_losses(output_dir)) is not None:
         message, kind = diverged, "NonFiniteLoss"
     if message is not None:
-        log.error("Sweep job failed: %s; reporting %s. Overrides: %s", message, worst, " ".join(overrides))
-        record_failure(output_dir, message, overrides, worst, error_type=kind)
+        log.error("Sweep job failed: %s; %s. Overrides: %s", message, reported, " ".join(overrides))
+        record_failure(output_dir, message, overrides, returned, error_type=kind)
+        if optuna_trial:
+            raise SweepJobFailed(f"{kind}: {message}")
         return worst
     return float(value)
 
@@ -173,7 +189,9 @@ def sweep_safe(train_fn: Callable[[Any], float], cfg: Any) -> float:
     """:func:`run_sweep_job` with everything read from the Hydra job: what ``train.py`` calls.
 
     ``mode`` is ``cfg.monitor_mode``, the folder ``cfg.paths.output_dir``, the overrides
-    ``hydra.overrides.task``; multirun or not from Hydra's run mode.
+    ``hydra.overrides.task``; multirun or not from Hydra's run mode; an Optuna trial when the
+    sweeper set the trial's environment (``segtrain/optuna_trial.py``), whose folder is then
+    recorded on the trial first.
 
     Args:
         train_fn: ``segtrain.run.train``.
@@ -183,9 +201,16 @@ def sweep_safe(train_fn: Callable[[Any], float], cfg: Any) -> float:
 
     from .distributed import is_multirun
 
+    from .distributed import is_global_zero
+
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    multirun = is_multirun()
+    optuna_trial = multirun and TrialLink.from_env() is not None
+    if optuna_trial and is_global_zero():
+        # First thing: even a job killed later leads from its trial to its folder.
+        record_job_dir(cfg.paths.output_dir)
     return run_sweep_job(train_fn, cfg, mode=str(cfg.monitor_mode), output_dir=str(cfg.paths.output_dir),
-                         multirun=is_multirun(), overrides=overrides)
+                         multirun=multirun, overrides=overrides, optuna_trial=optuna_trial)
 
 
 class InjectNaN(L.Callback):

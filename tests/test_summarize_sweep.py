@@ -131,3 +131,73 @@ def test_summary_of_a_real_multirun(real_multirun, tmp_path):
     assert "sorted by val/dice (max)" in md and "| failed |" in md
     assert "`data.image_size=32`" in md  # the overrides shared by all jobs, listed once
     assert (tmp_path / "summary.png").stat().st_size > 5000
+
+
+# ----------------------------------------------------------------------- Optuna studies -----
+
+def _hand_made_study(tmp_path):
+    """A study as the sweeper leaves it: complete, pruned, failed, interrupted+redone, surplus."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = tmp_path / "optuna" / "loss_search.db"
+    db.parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="loss_search", storage=f"sqlite:///{db}", direction="maximize")
+    dists = {"optimizer.lr": FloatDistribution(1e-4, 1e-2, log=True), "loss": CategoricalDistribution(["bce", "dice"])}
+
+    def add(state, value=None, lr=1e-3, loss="bce", steps=(), **attrs):
+        job = tmp_path / "runs" / str(len(study.trials))
+        job.mkdir(parents=True)
+        study.add_trial(create_trial(state=state, value=value, params={"optimizer.lr": lr, "loss": loss},
+                                     distributions=dists, user_attrs={"job_dir": str(job), **attrs},
+                                     intermediate_values={i: v for i, v in enumerate(steps)}))
+
+    add(TrialState.COMPLETE, 0.61, steps=(0.5, 0.61))                   # 0
+    add(TrialState.PRUNED, 0.2, lr=5e-3, steps=(0.2,), pruned_at_step=0)  # 1
+    add(TrialState.COMPLETE, 0.74, loss="dice", steps=(0.7, 0.74))      # 2: best
+    add(TrialState.FAIL, error="ValueError: loss ce cannot serve task binary")  # 3
+    add(TrialState.FAIL, lr=2e-3)                                        # 4: interrupted
+    add(TrialState.COMPLETE, 0.55, lr=2e-3, retry_of=4, steps=(0.55,))  # 5: its redo
+    add(TrialState.FAIL, surplus="not run")                              # 6: never ran
+    return db
+
+
+def test_summary_of_a_study(tmp_path):
+    db = _hand_made_study(tmp_path)
+    out = tmp_path / "report"
+    assert summarize_sweep.main([str(db), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    # Best first among complete trials, then pruned, then failed; the surplus trial is left out.
+    assert [(r["trial"], r["state"]) for r in rows] == [
+        ("2", "COMPLETE"), ("0", "COMPLETE"), ("5", "COMPLETE"), ("1", "PRUNED"), ("3", "FAIL"), ("4", "FAIL")]
+    assert set(rows[0]) >= {"value", "optimizer.lr", "loss", "duration_s", "validations", "run_folder", "error"}
+    assert float(rows[0]["value"]) == pytest.approx(0.74) and rows[0]["loss"] == "dice"
+    assert rows[3]["validations"] == "1" and rows[0]["run_folder"].endswith("runs/2")
+    assert rows[4]["error"].startswith("ValueError: loss ce") and rows[5]["error"] == "interrupted (redone as trial 5)"
+    md = (out / "summary.md").read_text()
+    assert "Study `loss_search`" in md and "maximize" in md and "Best: trial 2, value 0.7400." in md
+    assert "| 2 | COMPLETE | 0.7400 |" in md
+    for name in ("history", "importances", "parallel"):
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000, name
+        assert f"![{name}]({name}.png)" in md
+
+
+def test_study_sources_and_errors(tmp_path, capsys):
+    db = _hand_made_study(tmp_path)
+    sweep_dir = tmp_path / "multirun"
+    sweep_dir.mkdir()
+    (sweep_dir / "optimization_results.yaml").write_text(
+        yaml.safe_dump({"study_name": "loss_search", "storage": f"sqlite:///{db}"}))
+    # The sweep folder leads to its study; the summary goes into that folder.
+    assert summarize_sweep.main([str(sweep_dir)]) == 0
+    assert (sweep_dir / "summary.csv").exists() and (sweep_dir / "history.png").exists()
+    # A storage URL; default out: <study>_summary next to the file.
+    assert summarize_sweep.main([f"sqlite:///{db}", "--study", "loss_search"]) == 0
+    assert (db.parent / "loss_search_summary" / "summary.md").exists()
+    capsys.readouterr()
+    assert summarize_sweep.main([str(db), "--study", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no study 'nope'" in err and "it holds: loss_search" in err

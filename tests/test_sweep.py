@@ -1,4 +1,5 @@
-"""Sweeps: failure handling (segtrain/sweep.py), the Optuna search and the SLURM launcher config.
+"""Sweeps: failure handling (segtrain/sweep.py), the Optuna search config and the SLURM launcher
+config (the Optuna sweeper itself: test_sweeper.py, and end to end test_sweeper_runs.py).
 
 Unit tests run in-process. The multirun tests start ``train.py -m`` in a subprocess on tiny
 settings; the multirun with a failing job is built once per session (``tiny_multirun``) and
@@ -177,24 +178,3 @@ def test_multirun_failed_job_is_recorded_and_others_finish(multirun_dir):
     assert failure["error_type"] == "ValueError" and "ce" in failure["message"]
     assert "loss=ce" in failure["overrides"] and failure["returned"] == -math.inf
     assert "Sweep job failed" in (jobs["2"] / "train.log").read_text()  # logged, in the job's log
-
-
-@pytest.mark.slow
-def test_optuna_search_runs_tiny_trials(tmp_path):
-    sweep_dir = tmp_path / "optuna"
-    run_train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep_dir}",
-               f"paths.log_dir={tmp_path}", *TINY])
-    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert set(result["best_params"]) == {"loss.terms.dice.weight", "loss.terms.focal.weight",
-                                          "loss.terms.focal.gamma", "loss.terms.dice.smooth", "optimizer.lr"}
-    assert 0.0 <= result["best_value"] <= 1.0
-    values = []
-    for job in ("0", "1"):
-        overrides = dict(o.split("=", 1) for o in yaml.safe_load((sweep_dir / job / ".hydra" / "overrides.yaml").read_text()))
-        config = yaml.safe_load((sweep_dir / job / "config.yaml").read_text())
-        # The trial's sampled values are what the job trained with.
-        assert float(overrides["loss.terms.focal.gamma"]) == pytest.approx(config["loss"]["terms"]["focal"]["gamma"])
-        assert float(overrides["optimizer.lr"]) == pytest.approx(config["optimizer"]["lr"])
-        assert 1e-4 <= config["optimizer"]["lr"] <= 1e-2 and 0.5 <= config["loss"]["terms"]["focal"]["gamma"] <= 4.0
-        values.append(overrides)
-    assert values[0] != values[1]  # two different trials
