@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # Values the shell would put in for the variables that documented commands use.
-SHELL_VARS = {"NODE_RANK": "0", "SLURM_JOB_ID": "123456"}
+SHELL_VARS = {"NODE_RANK": "0", "SLURM_JOB_ID": "123456", "SLURM_ARRAY_TASK_ID": "3"}
 # Flags of a Hydra app that documented commands use -> how many values each takes.
 PRINT_FLAGS = {"--help": 0, "--cfg": 1}
 MULTIRUN_FLAGS = {"-m", "--multirun"}
