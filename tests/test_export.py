@@ -50,7 +50,7 @@ def test_dynamic_image_size(tmp_path, exporter):
     args = export.parse_overrides(
         export.ExportArgs,
         [f"ckpt_path={ckpt}", f"output={tmp_path / 'm.onnx'}", f"exporter={exporter}", "dynamic_size=true",
-         "torchscript=null", "check=false"],
+         "torchscript=null", "weights_dir=null", "check=false"],
     )
     written = export.export(args)
     assert set(written) == {"onnx"}
