@@ -178,9 +178,9 @@ def recorded_versions() -> dict[str, str]:
     import segmentation_models_pytorch as smp
 
     return {
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "segmentation_models_pytorch": smp.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion (str subclass) would not load with weights_only
+        "lightning": str(lightning.__version__),
+        "segmentation_models_pytorch": str(smp.__version__),
         "seglosses": _distribution_version("seglosses"),  # this project (harness and losses)
     }
 
