@@ -73,7 +73,7 @@ def save_pretrained(net: nn.Module, config: Mapping[str, Any], folder: str | os.
     }
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(smp_config, f, indent=2, sort_keys=True)
+        json.dump(smp_config, f, indent=2)  # unsorted: the transforms apply in their order
     os.replace(tmp, path)
     return folder
 
