@@ -31,6 +31,27 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from fsspec.implementations.local import LocalFileSystem
+from omegaconf import OmegaConf
+
+#: ``${segtrain.pid:}`` in conf/hydra/default.yaml: the run folder's name ends with the process id.
+PID_RESOLVER = "segtrain.pid"
+
+
+def register_run_dir_resolver() -> None:
+    """Register ``${segtrain.pid:}``, this process's id, so two trainings never share a run folder.
+
+    ``${now:...%f}`` alone is not enough: two trainings started in the same microsecond (a job
+    array, a script starting several runs) get the same name, and Hydra opens an existing run
+    folder without complaint. Two live processes on one machine never share a process id.
+    Cached, so a config pickled to another process (a launcher's job) keeps the value. Called
+    when this module is imported -- ``segtrain.run`` imports it, and ``train.py`` imports
+    ``segtrain.run`` before Hydra composes the config.
+    """
+    if not OmegaConf.has_resolver(PID_RESOLVER):
+        OmegaConf.register_new_resolver(PID_RESOLVER, lambda: str(os.getpid()), use_cache=True)
+
+
+register_run_dir_resolver()
 
 
 class StorageError(OSError):
