@@ -231,11 +231,11 @@ def test_unresolved_interpolation_is_refused():
         check_config_targets({"data": {"root": "${oc.env:HOME}"}}, "x.ckpt")
 
 
-def test_resume_under_another_major_version_warns(compose):
+def test_resume_under_another_major_version_warns(compose, tmp_path):
     """SegmentationModule.on_load_checkpoint (called by Lightning on fit(ckpt_path=...)) warns with both versions."""
     from segtrain.run import build_module
 
-    module = build_module(compose())
+    module = build_module(compose([], tmp_path))
     checkpoint = safe_torch_load(trained_checkpoint("binary", 1))
     with pytest.warns(UserWarning, match=r"lightning 1\.9\.5; this is lightning \d"):
         module.on_load_checkpoint({**checkpoint, "versions": {**checkpoint["versions"], "lightning": "1.9.5"}})
