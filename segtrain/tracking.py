@@ -9,7 +9,8 @@ What a run records (``mlflow ui --backend-store-uri sqlite:///logs/mlflow.db`` s
   combined loss and each term as ``train/loss_step``, ``train/loss_<term>_step``;
 * tags: ``run_dir`` (the run folder) and, inside a multirun, ``study_name`` (the Optuna sweeper's
   ``hydra.sweeper.study_name``) and ``trial_number`` (the multirun's job number, which is the
-  Optuna trial number of a new study);
+  Optuna trial number of a new study); the run is named ``<study_name>-trial<n>`` there, else
+  after its run folder;
 * artifacts: ``predictions/`` (the prediction pictures) and the best and last checkpoints
   (Lightning's ``log_model=True``: ``<checkpoint name>/<file>`` with its score in ``metadata.yaml``).
 
@@ -99,7 +100,10 @@ class MLflowLogger(MLFlowLogger):
         if not tracking_uri:
             tracking_uri = default_tracking_uri(log_dir)
             artifact_location = artifact_location or os.path.join(os.path.abspath(log_dir), "mlartifacts")
-        tags = {**(dict(tags) if tags else {}), **sweep_tags()}
+        sweep = sweep_tags()
+        tags = {**(dict(tags) if tags else {}), **sweep}
+        if sweep:  # a job folder is named by its number alone: say which study it belongs to
+            run_name = run_name or f"{sweep.get('study_name', 'multirun')}-trial{sweep['trial_number']}"
         if run_dir:
             tags.setdefault("run_dir", os.path.abspath(run_dir))
             run_name = run_name or os.path.basename(os.path.normpath(run_dir))
