@@ -16,6 +16,8 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 #: ``ckpt_path`` values that mean "the newest run's last.ckpt".
 LATEST = ("latest", "last")
 
