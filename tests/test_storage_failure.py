@@ -134,3 +134,11 @@ def test_two_trainings_started_at_the_same_instant_get_different_run_folders():
     assert all(p.returncode == 0 for p in procs)
     assert all(d.startswith("logs/runs/2026-01-02_03-04-05_678901_") for d in dirs), dirs
     assert dirs[0] != dirs[1]
+
+
+def test_unwritable_checkpoint_folder_names_it(tmp_path):
+    from segtrain.atomic import atomic_torch_save
+
+    (tmp_path / "run").write_text("a file where the run folder should be")
+    with pytest.raises(StorageError, match=f"the checkpoint folder {tmp_path / 'run' / 'checkpoints'}: (File exists|Not a directory)"):
+        atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "run" / "checkpoints" / "last.ckpt")
