@@ -2,7 +2,7 @@
 # install the loss package (editable) with every extra the harness and the tests use; the harness
 # itself (train.py, conf/, segtrain/, datamodules/, scripts/) runs from this checkout.
 PYTHON ?= python3
-EXTRAS := train,export,sweep,bench,dev
+EXTRAS := train,export,sweep,bench,mlflow,dev
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -1,8 +1,12 @@
-"""Export a trained checkpoint's network to ONNX and TorchScript.
+"""Export a trained checkpoint's network to ONNX, TorchScript and shareable safetensors weights.
 
     python scripts/export.py ckpt_path=logs/runs/<run>/checkpoints/last.ckpt output=model.onnx
 
-Writes ``model.onnx`` and ``model.torchscript.pt`` (``torchscript=null`` to skip it). Both take
+Writes ``model.onnx``, ``model.torchscript.pt`` (``torchscript=null`` to skip it) and the folder
+``model-weights/`` (``weights_dir=null`` to skip it): ``model.safetensors`` + ``config.json`` in
+segmentation-models-pytorch's ``save_pretrained`` layout, with task and preprocessing added
+(segtrain/pretrained.py). ``scripts/predict.py ckpt_path=model-weights`` predicts from it, and
+``segmentation_models_pytorch.from_pretrained("model-weights")`` loads the network. ONNX and TorchScript take
 the *preprocessed* image -- float32 ``[B, 3, H, W]``, resized and normalised like the
 validation transforms (``checkpoint["config"]["data"]["val_transforms"]``) -- and return logits
 ``[B, out_channels, H, W]``: apply ``sigmoid > 0.5`` (binary, multilabel) or ``argmax`` over
@@ -16,8 +20,11 @@ exporter (deprecated by torch; ~4x faster to export, kept for environments witho
 After export the ONNX model is run with onnxruntime (if installed) on a random batch and
 compared with PyTorch (``check=true``); the max difference is printed.
 
-Keys (``key=value``): ckpt_path, output, torchscript, exporter, opset, image_size,
-dynamic_size, check, atol.
+The checkpoint is read as data only (segtrain/trust.py); ``trust_checkpoint=true`` skips the
+``_target_`` allow-list for a file whose source you trust.
+
+Keys (``key=value``): ckpt_path, output, torchscript, weights_dir, exporter, opset, image_size,
+dynamic_size, check, atol, trust_checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from segtrain.inference import SIZE_MULTIPLE, load_inference_model, parse_overrides  # noqa: E402
+from segtrain.pretrained import save_pretrained  # noqa: E402
 
 EXPORTERS = ("dynamo", "legacy")
 
@@ -44,12 +52,14 @@ class ExportArgs:
     ckpt_path: Any = None  # a .ckpt written by train.py (required)
     output: str = "model.onnx"
     torchscript: Any = "auto"  # a path, "auto" (= <output without .onnx>.torchscript.pt) or null
+    weights_dir: Any = "auto"  # safetensors + config.json folder, "auto" (= <output without .onnx>-weights) or null
     exporter: str = "dynamo"  # dynamo | legacy
     opset: int = 18
     image_size: Any = None  # null: the training data.image_size
     dynamic_size: bool = False  # also let H and W vary (multiples of 32)
     check: bool = True  # compare onnxruntime with PyTorch after export
     atol: float = 1e-4
+    trust_checkpoint: bool = False  # skip the _target_ allow-list: only for a file whose source you trust
 
 
 def input_size(config: dict[str, Any], image_size: Any) -> tuple[int, int]:
@@ -131,13 +141,17 @@ def onnx_max_error(path: str, net: nn.Module, batch: torch.Tensor) -> float:
 
 def export(args: Any) -> dict[str, str]:
     """Run the export described by ``args`` (an :class:`ExportArgs` config). Returns the written files."""
-    model = load_inference_model(args.ckpt_path)
+    model = load_inference_model(args.ckpt_path, trust=bool(args.trust_checkpoint))
     net = model.net.cpu().eval()
+    written: dict[str, str] = {}
+    if args.weights_dir not in (None, "", "null"):
+        folder = os.path.splitext(args.output)[0] + "-weights" if args.weights_dir == "auto" else args.weights_dir
+        written["weights"] = save_pretrained(net, model.config, folder)
     h, w = input_size(model.config, args.image_size)
     if args.dynamic_size:
         h, w = max(h, 2 * SIZE_MULTIPLE), max(w, 2 * SIZE_MULTIPLE)
     example = torch.randn(2, 3, h, w)
-    written = {"onnx": export_onnx(net, example, args.output, args.exporter, args.opset, args.dynamic_size)}
+    written["onnx"] = export_onnx(net, example, args.output, args.exporter, args.opset, args.dynamic_size)
     if args.torchscript not in (None, "", "null"):
         ts = args.torchscript
         if ts == "auto":

@@ -12,8 +12,17 @@ as in training. Each rank writes the masks of its own share of the images (a
 ``BasePredictionWriter``), nothing is gathered in one process; Lightning's predict sampler
 gives every image to exactly one rank.
 
+``ckpt_path`` is a ``.ckpt`` written by train.py or a folder written by scripts/export.py
+(``model.safetensors`` + ``config.json``). Either is read as data only: a file whose config names
+a ``_target_`` off the allow-list is refused unless ``trust_checkpoint=true`` (segtrain/trust.py).
+
+An image that cannot be read is skipped: every readable image gets its mask, the unreadable ones
+are listed at the end with their errors, and the exit status is non-zero only when no image could
+be predicted (``strict=true``: any unreadable image fails the job). A mask that cannot be written
+(full disk, unwritable folder) stops the job with the file's name.
+
 Keys (``key=value``): ckpt_path, input, output, batch_size, num_workers, threshold, overlay,
-trainer.{accelerator,devices,strategy,precision}.
+strict, trust_checkpoint, trainer.{accelerator,devices,strategy,precision}.
 """
 
 from __future__ import annotations
@@ -61,11 +70,21 @@ class PredictArgs:
     num_workers: int = 0
     threshold: float = 0.5  # probability cut for binary / multilabel
     overlay: bool = True
+    strict: bool = False  # any unreadable image fails the job (default: only when none could be predicted)
+    trust_checkpoint: bool = False  # skip the _target_ allow-list: only for a file whose source you trust
     trainer: TrainerArgs = field(default_factory=TrainerArgs)
 
 
+class PredictionFailed(ValueError):
+    """No image could be predicted (or, with ``strict=true``, some could not); lists each with its error."""
+
+
 class ImageFolderDataset(Dataset):
-    """Image files -> network inputs; keeps what is needed to write each mask back."""
+    """Image files -> network inputs; keeps what is needed to write each mask back.
+
+    An image that cannot be decoded or transformed becomes ``{"path", "error"}`` instead of
+    failing the loader, so one corrupt file does not cost the others their masks.
+    """
 
     def __init__(self, files: list[str], transform: Any) -> None:
         self.files = files
@@ -76,19 +95,20 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
-        image = read_image(path)
-        return {"image": preprocess(image, self.transform), "path": path, "size": image.shape[:2]}
+        try:
+            image = read_image(path)
+            return {"image": preprocess(image, self.transform), "path": path, "size": image.shape[:2]}
+        except Exception as err:  # noqa: BLE001 -- any decoding/transform failure is this image's own
+            return {"path": path, "error": f"{type(err).__name__}: {err}"}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pad the images to a common, network-compatible size; remember each one's own sizes."""
-    images, sizes = pad_batch([it["image"] for it in items])
-    return {
-        "image": images,
-        "input_size": sizes,
-        "size": [tuple(it["size"]) for it in items],
-        "path": [it["path"] for it in items],
-    }
+    """Pad the readable images to a common, network-compatible size; set the unreadable ones aside."""
+    ok = [it for it in items if "error" not in it]
+    batch: dict[str, Any] = {"failed": [(it["path"], it["error"]) for it in items if "error" in it]}
+    images, sizes = pad_batch([it["image"] for it in ok]) if ok else (None, [])
+    batch.update(image=images, input_size=sizes, size=[tuple(it["size"]) for it in ok], path=[it["path"] for it in ok])
+    return batch
 
 
 class PredictModule(L.LightningModule):
@@ -101,12 +121,14 @@ class PredictModule(L.LightningModule):
         self.threshold = threshold
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        if batch["image"] is None:  # every image of this batch was unreadable
+            return {"masks": [], "path": [], "failed": batch["failed"]}
         logits = self.net(batch["image"])
         masks = [
             predicted_mask(logits[i, :, :h, :w], self.task, size, self.threshold).cpu().numpy()
             for i, ((h, w), size) in enumerate(zip(batch["input_size"], batch["size"]))
         ]
-        return {"masks": masks, "path": batch["path"]}
+        return {"masks": masks, "path": batch["path"], "failed": batch["failed"]}
 
 
 class MaskWriter(BasePredictionWriter):
@@ -126,8 +148,12 @@ class MaskWriter(BasePredictionWriter):
         self.num_classes = num_classes
         self.overlay = overlay
         self.written: list[str] = []
+        self.predicted = 0
+        self.failed: list[tuple[str, str]] = []
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        self.failed += prediction["failed"]
+        self.predicted += len(prediction["masks"])
         for mask, path in zip(prediction["masks"], prediction["path"]):
             stem = os.path.splitext(os.path.basename(path))[0]
             self.written += save_mask(mask, self.task, self.num_classes, os.path.join(self.output, "masks"), stem)
@@ -135,6 +161,14 @@ class MaskWriter(BasePredictionWriter):
                 self.written.append(
                     save_overlay(read_image(path), mask, self.task, self.num_classes, os.path.join(self.output, "overlays"), stem)
                 )
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        # Under DDP each rank saw its own share: gather the counts and failures so every rank decides alike.
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            shares: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, (self.predicted, self.failed))
+            self.predicted = sum(n for n, _ in shares)
+            self.failed = sorted(f for _, failed in shares for f in failed)
 
 
 def check_unique_stems(files: list[str]) -> None:
@@ -154,7 +188,7 @@ def predict(args: Any) -> list[str]:
     """Run the prediction described by ``args`` (a :class:`PredictArgs` config). Returns written files (rank 0's)."""
     files = list_images(args.input)
     check_unique_stems(files)
-    model = load_inference_model(args.ckpt_path)
+    model = load_inference_model(args.ckpt_path, trust=bool(args.trust_checkpoint))
     loader = DataLoader(
         ImageFolderDataset(files, model.transform),
         batch_size=int(args.batch_size),
@@ -172,12 +206,34 @@ def predict(args: Any) -> list[str]:
     )
     trainer.predict(PredictModule(model, float(args.threshold)), dataloaders=loader, return_predictions=False)
     if trainer.is_global_zero:
-        print(f"Wrote masks of {len(files)} image(s) to {os.path.join(os.path.abspath(args.output), 'masks')}")
+        print(f"Wrote masks of {writer.predicted} image(s) to {os.path.join(os.path.abspath(args.output), 'masks')}")
+    report_failures(writer.predicted, writer.failed, bool(args.strict), print if trainer.is_global_zero else None)
     return writer.written
 
 
+def report_failures(predicted: int, failed: list[tuple[str, str]], strict: bool, show: Any = print) -> None:
+    """List the unreadable images with their errors; raise :class:`PredictionFailed` if that fails the job.
+
+    The job fails when nothing could be predicted, or with ``strict`` when anything could not.
+    """
+    if not failed:
+        return
+    lines = "\n".join(f"  {path}: {error}" for path, error in failed)
+    text = f"{len(failed)} image(s) could not be read and got no mask:\n{lines}"
+    if predicted == 0 or strict:
+        why = "no image could be predicted" if predicted == 0 else "strict=true"
+        raise PredictionFailed(f"{text}\nFailing the job ({why}). Fix or remove these files and run again.")
+    if show is not None:
+        show(text)
+
+
 def main(argv: list[str] | None = None) -> None:
-    predict(parse_overrides(PredictArgs, sys.argv[1:] if argv is None else argv, required=("ckpt_path", "input")))
+    args = parse_overrides(PredictArgs, sys.argv[1:] if argv is None else argv, required=("ckpt_path", "input"))
+    try:
+        predict(args)
+    except PredictionFailed as err:
+        print(err, file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,73 @@ atomic -- then ``fsync``s the directory so the rename itself survives a power lo
 
 from __future__ import annotations
 
+import csv
+import errno
 import io
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from fsspec.implementations.local import LocalFileSystem
+from omegaconf import OmegaConf
+
+#: ``${segtrain.pid:}`` in conf/hydra/default.yaml: the run folder's name ends with the process id.
+PID_RESOLVER = "segtrain.pid"
+
+
+def register_run_dir_resolver() -> None:
+    """Register ``${segtrain.pid:}``, this process's id, so two trainings never share a run folder.
+
+    ``${now:...%f}`` alone is not enough: two trainings started in the same microsecond (a job
+    array, a script starting several runs) get the same name, and Hydra opens an existing run
+    folder without complaint. Two live processes on one machine never share a process id.
+    Cached, so a config pickled to another process (a launcher's job) keeps the value. Called
+    when this module is imported -- ``segtrain.run`` imports it, and ``train.py`` imports
+    ``segtrain.run`` before Hydra composes the config.
+    """
+    if not OmegaConf.has_resolver(PID_RESOLVER):
+        OmegaConf.register_new_resolver(PID_RESOLVER, lambda: str(os.getpid()), use_cache=True)
+
+
+register_run_dir_resolver()
+
+
+class StorageError(OSError):
+    """A write that failed (full disk, unwritable or missing folder), naming the file and the cause.
+
+    An ``OSError`` with the original ``errno``, so callers testing ``err.errno == errno.ENOSPC`` still can.
+    """
+
+
+@contextmanager
+def storage_errors(path: str | os.PathLike, what: str, kept: str = "") -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into a :class:`StorageError` that names it.
+
+    A write to a full disk fails inside ``write``/``close`` with ``[Errno 28] No space left on
+    device`` and no file name; this adds the file, what it is and what was kept.
+
+    Args:
+        path: the file being written.
+        what: what it is, e.g. ``"checkpoint"``.
+        kept: what the user still has, appended to the message.
+    """
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as err:
+        cause = err.strerror or str(err) or errno.errorcode.get(err.errno or 0, "unknown error")
+        raise StorageError(
+            err.errno, f"Could not write {what} {os.fspath(path)}: {cause}. {kept}Free space or fix the folder's "
+            "permissions, then run again."
+        ) from err
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -35,23 +94,31 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    with storage_errors(folder, "the checkpoint folder"):
+        os.makedirs(folder, exist_ok=True)
     # Serialise first: a failure while pickling must not even create the temporary file.
     buffer = io.BytesIO()
     torch.save(obj, buffer)
+    kept = f"The previous {os.path.basename(path)} (if any) is intact; resume from it with ckpt_path={path}. "
+    with storage_errors(path, "the checkpoint", kept):
+        atomic_write_bytes(buffer.getbuffer(), path)
+
+
+def atomic_write_bytes(data: bytes | memoryview, path: str) -> None:
+    """Write ``data`` to ``path`` via ``<path>.tmp-<pid>`` + ``fsync`` + ``os.replace``: all or nothing."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        # Interrupted or failed: drop our temporary file, leave the previous checkpoint untouched.
-        if os.path.exists(tmp):
+        # Interrupted or failed: drop our temporary file, leave the previous file untouched.
+        if os.path.lexists(tmp):
             os.remove(tmp)
         raise
-    _fsync_dir(folder)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _fsync_dir(folder: str) -> None:
@@ -86,3 +153,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
+
+
+class _AtomicExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, but every save rewrites ``metrics.csv`` atomically.
+
+    Lightning appends rows, and rewrites the whole file in place when a new metric key appears
+    (``_rewrite_with_new_header``): a full disk during that rewrite truncates every metric logged
+    so far. Here the old rows are read, the new ones added and the file replaced in one rename, so
+    a failed save leaves the previous ``metrics.csv`` as it was, and the error names the file.
+    """
+
+    def save(self) -> None:
+        if not self.metrics or not isinstance(self._fs, LocalFileSystem):
+            return super().save()
+        self._record_new_keys()
+        rows: list[dict[str, Any]] = []
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(rows + self.metrics)
+        with storage_errors(self.metrics_file_path, "the metrics file", "The metrics saved before are intact. "):
+            atomic_write_bytes(buffer.getvalue().encode(), self.metrics_file_path)
+        self.metrics = []
+
+
+class AtomicCSVLogger(CSVLogger):
+    """``lightning.pytorch.loggers.CSVLogger`` (same files, same arguments) writing ``metrics.csv`` atomically."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AtomicExperimentWriter(log_dir=self.log_dir)
+        return self._experiment

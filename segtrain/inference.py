@@ -1,6 +1,8 @@
 """Use a trained checkpoint: rebuild network + task + validation transforms from it, predict masks.
 
-Everything comes from the checkpoint itself: ``checkpoint["config"]`` is the training run's
+Everything comes from the checkpoint itself, read as data only (``torch.load(weights_only=True)``
+and the ``_target_`` allow-list of segtrain/trust.py), or from a folder of ``model.safetensors`` +
+``config.json`` written by scripts/export.py (segtrain/pretrained.py): ``checkpoint["config"]`` is the training run's
 resolved config (docs/ARCHITECTURE.md, "Checkpoints"), so the network (``config["model"]``), the
 task (``config["task"]``, ``config["num_classes"]``) and the validation pipeline
 (``config["data"]["val_transforms"]``, e.g. resize + normalise) are rebuilt without retyping
@@ -22,6 +24,7 @@ and trained on.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +41,10 @@ from datamodules.folder import read_image as read_training_image
 from datamodules.masks import class_palette
 from datamodules.transforms import build_transforms
 
+from .atomic import atomic_write_bytes, storage_errors
+from .pretrained import is_pretrained_folder, read_pretrained
 from .task import logits_to_mask
+from .trust import load_checkpoint as trusted_load
 from .utils import build
 
 #: Image suffixes predict.py picks up in a folder (case-insensitive).
@@ -67,16 +73,23 @@ class InferenceModel:
     config: dict[str, Any]
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by the harness, with errors that say what is wrong.
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", trust: bool = False
+) -> dict[str, Any]:
+    """Read a checkpoint written by the harness as data, with errors that say what is wrong.
+
+    The load is ``torch.load(weights_only=True)`` and every ``_target_`` of its config is checked
+    against the allow-list before anything is built (segtrain/trust.py).
 
     Args:
         path: a ``.ckpt`` file.
         map_location: where tensors are loaded.
+        trust: skip the ``_target_`` allow-list (``trust_checkpoint=true``: a file whose source you trust).
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a checkpoint of this harness (unreadable, or without ``config``/``state_dict``).
+        UntrustedCheckpointError: pickled objects, or a ``_target_`` off the allow-list (a ``ValueError``).
     """
     from .resume import check_checkpoint_file
 
@@ -84,12 +97,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"ckpt_path={path} does not exist. Give a checkpoint of a training run, e.g. "
-            "<run folder>/checkpoints/last.ckpt (or a best-*.ckpt next to it)."
+            "<run folder>/checkpoints/last.ckpt (or a best-*.ckpt next to it), or a folder written by scripts/export.py."
         )
     check_checkpoint_file(path)
-    # weights_only=False: the checkpoint holds the run config and loop state besides tensors;
-    # only load checkpoints you trust (they are pickles).
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    checkpoint = trusted_load(path, trust=trust, map_location=map_location)
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict). Give a .ckpt written by train.py.")
     if not isinstance(checkpoint.get("config"), Mapping):
@@ -111,18 +122,31 @@ def build_val_transform(config: Mapping[str, Any]) -> Any:
     return build_transforms(data.get("val_transforms"), seed=0)
 
 
-def load_inference_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> InferenceModel:
+def load_inference_model(path: str | os.PathLike, device: str | torch.device = "cpu", trust: bool = False) -> InferenceModel:
     """Rebuild network (with its trained weights), task and validation transforms from a checkpoint.
 
     Args:
-        path: checkpoint written by ``train.py``.
+        path: checkpoint written by ``train.py``, or a folder written by ``scripts/export.py``
+            (``model.safetensors`` + ``config.json``, segtrain/pretrained.py).
         device: where the network is put.
+        trust: skip the ``_target_`` allow-list (segtrain/trust.py) for a file whose source you trust.
     """
-    checkpoint = load_checkpoint(path)
-    config = dict(checkpoint["config"])
-    # The same builder as training (conf/model: segtrain.network.build_network), untrained here.
-    net = build(dict(config["model"]))
-    net.load_state_dict(network_state(checkpoint["state_dict"]))
+    if os.path.isdir(path):
+        if not is_pretrained_folder(path):
+            raise FileNotFoundError(
+                f"ckpt_path={path} is a folder without config.json + model.safetensors. Give a folder written by "
+                "scripts/export.py, or a .ckpt file (e.g. <run folder>/checkpoints/last.ckpt)."
+            )
+        net, config = read_pretrained(path, trust=trust)
+    else:
+        checkpoint = load_checkpoint(path, trust=trust)
+        config = dict(checkpoint["config"])
+        model_config = dict(config["model"])
+        if "encoder_weights" in model_config:
+            model_config["encoder_weights"] = None  # the checkpoint's weights replace them: download nothing
+        # The same builder as training (conf/model: segtrain.network.build_network), untrained here.
+        net = build(model_config)
+        net.load_state_dict(network_state(checkpoint["state_dict"]))
     net.eval().to(device)
     return InferenceModel(
         net=net,
@@ -235,7 +259,6 @@ def predicted_mask(logits: torch.Tensor, task: str, size: tuple[int, int], thres
 
 def save_mask(mask: np.ndarray, task: str, num_classes: int, folder: str, stem: str) -> list[str]:
     """Write one image's mask as PNG(s) (formats in the module docstring). Returns the paths."""
-    os.makedirs(folder, exist_ok=True)
     if task == "multilabel":
         paths = []
         for k in range(mask.shape[0]):
@@ -286,17 +309,19 @@ def overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, al
 
 def save_overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, folder: str, stem: str) -> str:
     """Write :func:`overlay` as ``<folder>/<stem>.png``; returns the path."""
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{stem}.png")
     _save_png(Image.fromarray(overlay(image, mask, task, num_classes)), path)
     return path
 
 
 def _save_png(img: Image.Image, path: str) -> None:
-    # Write-then-rename: under DDP or a re-run, a reader never sees half a PNG.
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    # Write-then-rename: under DDP or a re-run, a reader never sees half a PNG; a full disk or an
+    # unwritable folder stops with the file's name (StorageError), not a bare "[Errno 28]".
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    with storage_errors(path, "the prediction"):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        atomic_write_bytes(buffer.getbuffer(), path)
 
 
 @torch.no_grad()

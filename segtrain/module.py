@@ -23,6 +23,7 @@ import torchmetrics
 from torch import Tensor, nn
 
 from .task import metric_kwargs, validate_task
+from .trust import recorded_versions, warn_version_mismatch
 
 
 class SegmentationModule(L.LightningModule):
@@ -143,3 +144,8 @@ class SegmentationModule(L.LightningModule):
         # Plain dict: loadable with torch.load(weights_only=True) and without Hydra/OmegaConf.
         if self.config is not None:
             checkpoint["config"] = self.config
+        checkpoint["versions"] = recorded_versions()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming under another major version of torch/Lightning/smp/this project: say so, with both versions.
+        warn_version_mismatch(checkpoint.get("versions"), "The checkpoint")

@@ -116,9 +116,16 @@ def check_checkpoint_file(path: str) -> str:
     return path
 
 
-def load_checkpoint_config(path: str) -> dict[str, Any] | None:
-    """``checkpoint["config"]`` (the run's resolved config as a plain dict), or ``None`` if absent."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+def load_checkpoint_config(path: str, trust: bool = False) -> dict[str, Any] | None:
+    """``checkpoint["config"]`` (the run's resolved config as a plain dict), or ``None`` if absent.
+
+    Read as data only: ``weights_only=True`` and, unless ``trust`` (``trust_checkpoint=true``),
+    every ``_target_`` checked against the allow-list (segtrain/trust.py). Versions are checked
+    by ``SegmentationModule.on_load_checkpoint`` when Lightning restores the file.
+    """
+    from .trust import load_checkpoint
+
+    checkpoint = load_checkpoint(path, trust=trust, mmap=True, check_versions=False)
     config = checkpoint.get("config")
     return dict(config) if isinstance(config, Mapping) else None
 

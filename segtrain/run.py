@@ -111,7 +111,9 @@ def train(cfg: DictConfig) -> float:
     # ckpt_path: a file, a run folder or "latest" (segtrain/resume.py); checked before any data is read.
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), runs_root=cfg.paths.get("log_dir"), current_run_dir=output_dir)
     if ckpt_path is not None:
-        check_resume_config(load_checkpoint_config(ckpt_path), OmegaConf.to_container(cfg, resolve=True), ckpt_path)
+        # Read as data only; trust_checkpoint=true skips the _target_ allow-list (segtrain/trust.py).
+        stored = load_checkpoint_config(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
+        check_resume_config(stored, OmegaConf.to_container(cfg, resolve=True), ckpt_path)
         log.info("Resuming from %s", ckpt_path)
     module = build_module(cfg)
     datamodule = build(cfg.data)
@@ -125,10 +127,10 @@ def train(cfg: DictConfig) -> float:
     log.info("Run folder: %s", os.path.abspath(output_dir))
     # Inside a multirun, DDP children re-run this job (not the sweep); cleaned up after (lightning_compat.py).
     with multirun_ddp_scope(trainer):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         value = best_metric(trainer, cfg.monitor)
         if cfg.get("test_after_fit"):
             ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None
-            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     log.info("Best %s: %.4f (run folder %s)", cfg.monitor, value, os.path.abspath(output_dir))
     return value

@@ -216,7 +216,7 @@ def test_experiments_set_task_and_a_fitting_loss(experiment, task, compose):
 
 def test_run_folders_are_timestamped_to_the_microsecond():
     hydra_cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "hydra" / "default.yaml"), resolve=False)
-    assert hydra_cfg["run"]["dir"] == "${paths.log_dir}/runs/${now:%Y-%m-%d_%H-%M-%S_%f}"
+    assert hydra_cfg["run"]["dir"] == "${paths.log_dir}/runs/${now:%Y-%m-%d_%H-%M-%S_%f}_${segtrain.pid:}"
     assert hydra_cfg["sweep"]["subdir"] == "${hydra.job.num}"
 
 

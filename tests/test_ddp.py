@@ -196,7 +196,7 @@ def _validate_in_one_process(ckpt: Path, batch_size: int) -> dict[str, float]:
 
     from segtrain.run import build_module
 
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     cfg = OmegaConf.create(checkpoint["config"])
     cfg.data.batch_size = batch_size
     module = build_module(cfg)

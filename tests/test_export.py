@@ -50,7 +50,7 @@ def test_dynamic_image_size(tmp_path, exporter):
     args = export.parse_overrides(
         export.ExportArgs,
         [f"ckpt_path={ckpt}", f"output={tmp_path / 'm.onnx'}", f"exporter={exporter}", "dynamic_size=true",
-         "torchscript=null", "check=false"],
+         "torchscript=null", "weights_dir=null", "check=false"],
     )
     written = export.export(args)
     assert set(written) == {"onnx"}
@@ -61,3 +61,52 @@ def test_dynamic_image_size(tmp_path, exporter):
         (onnx_logits,) = session.run(["logits"], {"image": batch.numpy()})
         assert onnx_logits.shape == (shape[0], 3, *shape[2:])
         np.testing.assert_allclose(onnx_logits, _pytorch_logits(net, batch), atol=1e-4, rtol=0)
+
+
+def test_safetensors_folder_round_trip(tmp_path):
+    """export.py's weights folder: identical logits from predict's loader and from smp.from_pretrained; masks too."""
+    import json
+
+    import segmentation_models_pytorch as smp
+    from safetensors.torch import load_file
+
+    ckpt = trained_checkpoint("multiclass", 3)
+    export = load_script("export")
+    written = export.export(export.parse_overrides(
+        export.ExportArgs, [f"ckpt_path={ckpt}", f"output={tmp_path / 'm.onnx'}", "exporter=legacy", "torchscript=null",
+                            "check=false"],
+    ))
+    folder = tmp_path / "m-weights"
+    assert written["weights"] == str(folder)
+    meta = json.loads((folder / "config.json").read_text())["_segtrain"]
+    assert (meta["task"], meta["num_classes"], meta["image_size"]) == ("multiclass", 3, 32)
+    assert [t["_target_"] for t in meta["preprocessing"].values()] == ["albumentations.Resize", "albumentations.Normalize"]
+    reference = load_inference_model(ckpt)
+    assert set(load_file(str(folder / "model.safetensors"))) == set(reference.net.state_dict())
+
+    shared = load_inference_model(folder)
+    assert (shared.task, shared.num_classes) == ("multiclass", 3)
+    plain_smp = smp.from_pretrained(str(folder)).eval()
+    batch = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference.net(batch)
+        assert torch.equal(shared.net(batch), expected)
+        assert torch.equal(plain_smp(batch), expected)
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    assert np.array_equal(shared.transform(image=image)["image"], reference.transform(image=image)["image"])
+
+
+def test_safetensors_folder_transforms_pass_the_allow_list(tmp_path):
+    """config.json is data from elsewhere too: a transform target off the list is refused."""
+    import json
+
+    from segtrain.pretrained import save_pretrained
+    from segtrain.trust import UntrustedCheckpointError
+
+    model = load_inference_model(trained_checkpoint("binary", 1))
+    folder = save_pretrained(model.net, model.config, tmp_path / "w")
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    config["_segtrain"]["preprocessing"]["evil"] = {"_target_": "pathlib.Path.write_text", "_args_": ["x", "y"]}
+    (tmp_path / "w" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UntrustedCheckpointError, match=r"config.json._segtrain.preprocessing.evil._target_.*trust_checkpoint=true"):
+        load_inference_model(folder)

@@ -107,3 +107,59 @@ def test_predict_ddp_two_processes_each_image_once(tmp_path):
     for path in images:
         np.testing.assert_array_equal(np.array(Image.open(tmp_path / "ddp" / "masks" / f"{path.stem}.png")),
                                       _reference_mask(model, path))
+
+
+def test_predict_from_exported_weights_folder(tmp_path):
+    """ckpt_path=<folder written by export.py>: the same masks as from the checkpoint."""
+    from segtrain.pretrained import save_pretrained
+
+    ckpt = trained_checkpoint("binary", 1)
+    model = load_inference_model(ckpt)
+    folder = save_pretrained(model.net, model.config, tmp_path / "weights")
+    images = write_images(tmp_path / "in", SIZES[:2])
+    script = _load_predict_script()
+    for source, out in ((ckpt, "a"), (folder, "b")):
+        script.predict(script.parse_overrides(
+            script.PredictArgs, [f"ckpt_path={source}", f"input={tmp_path / 'in'}", f"output={tmp_path / out}", "overlay=false"]
+        ))
+    for path in images:
+        a = np.array(Image.open(tmp_path / "a" / "masks" / f"{path.stem}.png"))
+        np.testing.assert_array_equal(np.array(Image.open(tmp_path / "b" / "masks" / f"{path.stem}.png")), a)
+        np.testing.assert_array_equal(a, _reference_mask(model, path))
+
+
+def _corrupt(folder, names):
+    for name in names:
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # a PNG signature, then nothing decodable
+
+
+def test_unreadable_images_are_listed_and_the_rest_predicted(tmp_path, capsys):
+    """20 images, one corrupt: 19 masks, the corrupt one named with its error, exit 0; strict=true fails."""
+    ckpt = trained_checkpoint("binary", 1)
+    write_images(tmp_path / "in", [(32 + i, 40) for i in range(19)])
+    _corrupt(tmp_path / "in", ["broken.png"])
+    script = _load_predict_script()
+    common = [f"ckpt_path={ckpt}", f"input={tmp_path / 'in'}", "overlay=false", "batch_size=4"]
+    script.main([*common, f"output={tmp_path / 'out'}"])  # returns: exit status 0
+    masks = sorted(p.name for p in (tmp_path / "out" / "masks").iterdir())
+    assert len(masks) == 19 and "broken.png" not in masks
+    out = capsys.readouterr().out
+    assert "1 image(s) could not be read" in out and "broken.png: ValueError: Cannot read" in out
+
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([*common, f"output={tmp_path / 'strict'}", "strict=true"])
+    assert exit_info.value.code == 1
+    assert len(list((tmp_path / "strict" / "masks").iterdir())) == 19  # the readable ones are still written
+    assert "strict=true" in capsys.readouterr().err
+
+
+def test_nothing_readable_fails_the_job(tmp_path, capsys):
+    ckpt = trained_checkpoint("binary", 1)
+    (tmp_path / "in").mkdir()
+    _corrupt(tmp_path / "in", ["a.png", "b.jpg"])
+    with pytest.raises(SystemExit) as exit_info:
+        _load_predict_script().main([f"ckpt_path={ckpt}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "2 image(s) could not be read" in err and "no image could be predicted" in err
+    assert not (tmp_path / "out" / "masks").exists()

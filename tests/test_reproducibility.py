@@ -22,7 +22,7 @@ def _metrics(run: Path) -> list[dict[str, str]]:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_same_seed_same_metrics_other_seed_different(tmp_path, monkeypatch):

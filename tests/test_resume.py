@@ -226,7 +226,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert last is not None and victim.returncode == -signal.SIGKILL, (
         f"the victim run was not killed mid-run (rc={victim.returncode}):\n{(tmp_path / 'victim.log').read_text()[-2000:]}"
     )
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    killed_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
     assert killed_at < 2, "the kill came after the last epoch: nothing left to resume"
     before = last.read_bytes()
 
@@ -237,8 +237,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert len({runs["reference"], runs["victim"], runs["resumed"]}) == 3  # nothing shared a folder
     assert last.read_bytes() == before  # the resumed run wrote its own folder, not the crashed one's
 
-    ref_ckpt = torch.load(runs["reference"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    res_ckpt = torch.load(runs["resumed"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ref_ckpt = torch.load(runs["reference"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    res_ckpt = torch.load(runs["resumed"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert res_ckpt["epoch"] == ref_ckpt["epoch"] == 2 and res_ckpt["global_step"] == ref_ckpt["global_step"]
     for key, value in ref_ckpt["state_dict"].items():
         assert torch.equal(value, res_ckpt["state_dict"][key]), f"weights differ after resume: {key}"
@@ -264,4 +264,4 @@ def test_ckpt_path_latest_resumes_the_newest_run(tmp_path):
     train(compose_run(["ckpt_path=latest", f"paths.log_dir={logs}", "trainer.max_epochs=2"], run))
     epochs = {int(r["epoch"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("epoch")}
     assert epochs == {1}  # epoch 0 came from the checkpoint; only epoch 1 was trained here
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1

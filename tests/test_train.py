@@ -77,7 +77,7 @@ def test_run_folder_holds_metrics_per_term_predictions_and_checkpoints(compose_c
     assert (run / "config.yaml").is_file()
     ckpts = {p.name for p in (run / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in ckpts and any(n.startswith("best_epoch") for n in ckpts)
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["config"]["task"] == "binary"
     assert ckpt["config"]["loss"]["terms"]["dice"]["mode"] == "binary"  # resolved, plain
     assert isinstance(ckpt["config"], dict) and ckpt["config"]["model"]["num_classes"] == 1

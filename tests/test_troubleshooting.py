@@ -256,7 +256,7 @@ def test_diverging_run_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_pat
     assert f"The last checkpoint, {last}, is kept unchanged" in message
     assert "ckpt_path=" in message and "optimizer.lr" in message and "gradient_clip_val" in message
     # The checkpoint on disk is epoch 0's, with finite weights: resumable.
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
