@@ -128,11 +128,7 @@ def test_optuna_search_space_matches_the_config():
 
 # ------------------------------------------------------------ multiruns (subprocesses) -----
 
-TINY = [
-    "data.num_samples=16", "data.image_size=32", "data.batch_size=4", "data.num_workers=0",
-    "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_epochs=1",
-    "trainer.enable_model_summary=false", "callbacks.progress_bar=null", "callbacks.early_stopping=null",
-]
+from reliability_helpers import TINY  # noqa: E402  (the one tiny run, as train.py arguments)
 
 
 def run_train(args, timeout=420):

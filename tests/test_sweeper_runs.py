@@ -15,7 +15,8 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from test_sweep import ROOT, TINY, run_train
+from reliability_helpers import TINY
+from test_sweep import ROOT, run_train
 from test_summarize_sweep import summarize_sweep
 
 pytestmark = pytest.mark.slow
