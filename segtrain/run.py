@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -21,22 +22,29 @@ from .atomic import AtomicCheckpointIO
 from .lightning_compat import multirun_ddp_scope
 from .losses import build_loss, check_loss_config
 from .module import SegmentationModule
-from .resume import check_resume_config, load_checkpoint_config, resolve_ckpt_path
+from .guards import require_training_batches
+from .resume import check_resume_config, interrupted_message, load_checkpoint_config, resolve_ckpt_path
+from .run_folder import RunFolderLock
+from .run_log import RUN_LOG, console_log, quiet_known_noise
 from .task import validate_task
 from .utils import build
+from .validation import check_data_keys, check_types
 
 log = logging.getLogger(__name__)
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Start-up checks that need no data: task/num_classes, loss terms vs task, monitor mode.
+    """Start-up checks that need no data: key types, task/num_classes, loss terms vs task, monitor mode.
 
     Raises ``ValueError`` naming the key and the fix.
     """
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    check_types(resolved)  # first: a string where a number belongs must not reach the checks below
     validate_task(cfg.task, cfg.num_classes)
     check_loss_config(cfg.loss, cfg.task, cfg.num_classes)
     if cfg.monitor_mode not in ("min", "max"):
         raise ValueError(f"monitor_mode must be 'min' or 'max', got {cfg.monitor_mode!r}")
+    check_data_keys(resolved)
 
 
 def _instantiate_dict(node: Any, what: str) -> list[Any]:
@@ -97,20 +105,56 @@ def best_metric(trainer: L.Trainer, monitor: str) -> float:
 def train(cfg: DictConfig) -> float:
     """Train one run described by ``cfg`` (the composed ``conf/train.yaml``).
 
-    Steps: seed everything; validate the config; build module (network, loss, optimizer,
+    Steps: take the run folder (``paths.output_dir``: refused while another live run holds it or
+    when it holds a finished run, unless resuming into it) and tee the console into its
+    ``train.log``; seed everything; validate the config; build module (network, loss, optimizer,
     scheduler); build datamodule, callbacks, loggers, trainer; save the resolved config to
     ``<paths.output_dir>/config.yaml``; ``trainer.fit(ckpt_path=cfg.ckpt_path)``; optionally test.
 
     Returns:
         the best value of ``cfg.monitor`` (e.g. ``val/dice``) as a float, for sweeps.
     """
+    quiet_known_noise()
+    with _run_folder(cfg):
+        return _train(cfg)
+
+
+@contextmanager
+def _run_folder(cfg: DictConfig) -> Iterator[None]:
+    """Rank 0 holds the run folder and logs the console to ``<run>/train.log``; other DDP ranks share both."""
+    output_dir = os.path.abspath(str(cfg.paths.output_dir))
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    try:
+        ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), runs_root=cfg.paths.get("log_dir"), current_run_dir=output_dir)
+    except (OSError, ValueError):
+        ckpt = None  # _train raises the same error with its message; no resume into this folder meanwhile
+    resuming_into = ckpt is not None and os.path.abspath(ckpt).startswith(output_dir + os.sep)
+    with RunFolderLock(output_dir, resuming_into=resuming_into), console_log(os.path.join(output_dir, RUN_LOG)):
+        yield
+
+
+def _fit(trainer: L.Trainer, module: SegmentationModule, datamodule: Any, ckpt_path: str | None, output_dir: str) -> None:
+    """``trainer.fit``; on Ctrl+C print how to resume; refuse a run that had no training batch."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns KeyboardInterrupt into a graceful stop + sys.exit(1)
+            log.warning(interrupted_message(output_dir))
+        raise
+    require_training_batches(trainer, datamodule)
+
+
+def _train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True)
     validate_config(cfg)
     output_dir = str(cfg.paths.output_dir)
     # ckpt_path: a file, a run folder or "latest" (segtrain/resume.py); checked before any data is read.
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), runs_root=cfg.paths.get("log_dir"), current_run_dir=output_dir)
     if ckpt_path is not None:
-        check_resume_config(load_checkpoint_config(ckpt_path), OmegaConf.to_container(cfg, resolve=True), ckpt_path)
+        ckpt_config, allowed = load_checkpoint_config(ckpt_path), list(cfg.get("resume_allow_changes") or ())
+        check_resume_config(ckpt_config, cfg, ckpt_path, allow_changes=allowed)
         log.info("Resuming from %s", ckpt_path)
     module = build_module(cfg)
     datamodule = build(cfg.data)
@@ -123,7 +167,7 @@ def train(cfg: DictConfig) -> float:
     log.info("Run folder: %s", os.path.abspath(output_dir))
     # Inside a multirun, DDP children re-run this job (not the sweep); cleaned up after (lightning_compat.py).
     with multirun_ddp_scope(trainer):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        _fit(trainer, module, datamodule, ckpt_path, output_dir)
         value = best_metric(trainer, cfg.monitor)
         if cfg.get("test_after_fit"):
             ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None

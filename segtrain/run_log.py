@@ -1,0 +1,131 @@
+"""``<run>/train.log``: the whole console of the run (log lines, warnings, errors), and the noise left out of it.
+
+Hydra's job logging writes only the records of loggers that propagate to the root logger into
+``train.log``: Lightning's own logger has its own handler and does not propagate, and Python
+warnings and tracebacks go to ``sys.stderr``, so the file held two lines. :func:`console_log`
+tees ``sys.stdout`` and ``sys.stderr`` (and the logging handlers already bound to them) into the
+file for the duration of the run, without ANSI colour codes, and takes Hydra's file handler off
+the root logger meanwhile (its lines reach the file through the console). A run that fails
+writes its traceback into the file too.
+
+:func:`quiet_known_noise` turns off, where it starts, what a user cannot act on. Only messages
+without a switch are filtered, each by its exact text.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+#: The console log in every run folder (the name Hydra's job logging gives it for train.py).
+RUN_LOG = "train.log"
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+#: Messages with no option to switch them off, matched exactly, with why they are noise.
+_NOISE_RECORDS = (
+    # Lightning advertises its cloud logger whenever another logger is used; no setting disables it.
+    "💡 Tip: For seamless cloud logging",
+)
+_NOISE_WARNINGS = (
+    # Lightning 2.6 calls a torch pytree API torch deprecated; nothing the user can change.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # Every run folder holds Hydra's .hydra/ before the CSV logger starts; a second run in a
+    # folder that held a run is refused by segtrain.run_folder, so nothing is ever deleted.
+    r"Experiment logs directory .* exists and is not empty",
+)
+
+
+class _DropMessages(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(text) for text in _NOISE_RECORDS)
+
+
+def quiet_known_noise() -> None:
+    """Silence the messages of :data:`_NOISE_RECORDS` / :data:`_NOISE_WARNINGS` (idempotent)."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    if not any(isinstance(f, _DropMessages) for f in lightning_log.filters):
+        for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+            logging.getLogger(name).addFilter(_DropMessages())
+    for pattern in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the console stream and, without ANSI codes, to the log file; a terminal to everyone else."""
+
+    def __init__(self, console: TextIO, file: TextIO) -> None:
+        self.console, self.file = console, file
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        if not self.file.closed:
+            self.file.write(_ANSI.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        if not self.file.closed:
+            self.file.flush()
+
+    def isatty(self) -> bool:
+        return self.console.isatty()
+
+    def fileno(self) -> int:
+        return self.console.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.console, "encoding", "utf-8")
+
+
+def _all_handlers() -> list[logging.Handler]:
+    loggers = [logging.getLogger(), *(l for l in logging.Logger.manager.loggerDict.values() if isinstance(l, logging.Logger))]
+    return [h for lg in loggers for h in lg.handlers]
+
+
+@contextmanager
+def console_log(path: str) -> Iterator[TextIO]:
+    """Tee the console into ``path`` (appended) while the block runs; an exception's traceback goes there too.
+
+    Yields:
+        the open log file.
+    """
+    path = os.path.abspath(path)
+    file = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- closed below
+    out, err = sys.stdout, sys.stderr
+    tee_out, tee_err = _Tee(out, file), _Tee(err, file)
+    root = logging.getLogger()
+    hydra_files = [h for h in root.handlers if isinstance(h, logging.FileHandler) and h.baseFilename == path]
+    rebound = []
+    for handler in _all_handlers():
+        stream = getattr(handler, "stream", None)
+        if isinstance(handler, logging.StreamHandler) and stream in (out, err) and handler not in hydra_files:
+            rebound.append((handler, stream))
+            handler.setStream(tee_out if stream is out else tee_err)
+    for handler in hydra_files:
+        root.removeHandler(handler)
+    sys.stdout, sys.stderr = tee_out, tee_err
+    try:
+        yield file
+    except BaseException as error:
+        if not isinstance(error, (KeyboardInterrupt, SystemExit)):
+            # Hydra prints the traceback on the console after the block; the file gets it here.
+            file.write("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+        raise
+    finally:
+        sys.stdout, sys.stderr = out, err
+        for handler, stream in rebound:
+            handler.setStream(stream)
+        for handler in hydra_files:
+            root.addHandler(handler)
+        file.close()
