@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -71,7 +72,7 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
     if sched_cfg and sched_cfg.get("scheduler"):
         scheduler = build(sched_cfg.scheduler)
         scheduler_config = {k: v for k, v in OmegaConf.to_container(sched_cfg, resolve=True).items() if k != "scheduler"}
-    return SegmentationModule(
+    module = SegmentationModule(
         net=net,
         loss=loss,
         optimizer=optimizer,
@@ -82,6 +83,11 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
         ignore_index=cfg.get("ignore_index"),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
+    size = cfg.data.get("image_size")
+    if isinstance(size, int):
+        # The model summary measures FLOPs and tensor sizes on this input (without one it prints "Total FLOPs: 0").
+        module.example_input_array = torch.zeros(1, 3, size, size)
+    return module
 
 
 @rank_zero_only

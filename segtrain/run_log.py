@@ -6,7 +6,8 @@ warnings and tracebacks go to ``sys.stderr``, so the file held two lines. :func:
 tees ``sys.stdout`` and ``sys.stderr`` (and the logging handlers already bound to them) into the
 file for the duration of the run, without ANSI colour codes, and takes Hydra's file handler off
 the root logger meanwhile (its lines reach the file through the console). A run that fails
-writes its traceback into the file too.
+writes its traceback into the file too, and :func:`record_failed_run` leaves ``failure.yaml``
+(error, traceback, overrides) in the folder of a failed single run, as failed sweep jobs do.
 
 :func:`quiet_known_noise` turns off, where it starts, what a user cannot act on. Only messages
 without a switch are filtered, each by its exact text.
@@ -21,14 +22,19 @@ import re
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Any, TextIO
+
+log = logging.getLogger(__name__)
 
 #: The console log in every run folder (the name Hydra's job logging gives it for train.py).
 RUN_LOG = "train.log"
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# A progress bar redrawing itself in a terminal (cursor moves, line erases, tqdm's carriage
+# returns): one frame per refresh would flood the file, and metrics.csv holds the numbers.
+_REDRAW = re.compile(r"\x1b\[(\d*[ABCDGK]|\?25[lh])|^\r")
 
 #: Messages with no option to switch them off, matched exactly, with why they are noise.
 _NOISE_RECORDS = (
@@ -68,7 +74,7 @@ class _Tee(io.TextIOBase):
 
     def write(self, text: str) -> int:
         self.console.write(text)
-        if not self.file.closed:
+        if not self.file.closed and not _REDRAW.search(text):
             self.file.write(_ANSI.sub("", text))
         return len(text)
 
@@ -129,3 +135,35 @@ def console_log(path: str) -> Iterator[TextIO]:
         for handler in hydra_files:
             root.addHandler(handler)
         file.close()
+
+
+def record_failed_run(train_fn: Callable[[Any], float]) -> Callable[[Any], float]:
+    """``train_fn`` that, outside a multirun, writes ``<run>/failure.yaml`` before re-raising a failure.
+
+    A sweep job's failure is recorded by ``segtrain.sweep.run_sweep_job`` instead. Not recorded:
+    a refused run folder (:class:`segtrain.run_folder.RunFolderError`) -- the folder belongs to
+    another run.
+    """
+    from .distributed import is_multirun
+    from .run_folder import RunFolderError
+    from .sweep import record_failure
+
+    def run(cfg: Any) -> float:
+        try:
+            return train_fn(cfg)
+        except Exception as error:
+            if not is_multirun() and not isinstance(error, RunFolderError):
+                try:
+                    path = record_failure(str(cfg.paths.output_dir), error, _overrides(), error_type=type(error).__name__)
+                    log.error("Failure recorded in %s", path)
+                except OSError:
+                    pass  # an unwritable run folder: the console has the error
+            raise
+
+    return run
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

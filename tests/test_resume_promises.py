@@ -130,8 +130,11 @@ def test_sigint_prints_how_to_resume(tmp_path):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) != 0
     text = log.read_text()
-    assert f"resume with: python train.py" in text and f"ckpt_path={run}/checkpoints/last.ckpt" in text, text[-3000:]
-    assert "resume with" in (run / "train.log").read_text()
+    assert "resume with: python train.py" in text and f"ckpt_path={run}/checkpoints/last.ckpt" in text, text[-3000:]
+    log_text = (run / "train.log").read_text()
+    assert "resume with" in log_text  # the whole console is in train.log ...
+    assert "GPU available" in log_text and "log_every_n_steps" in log_text  # ... Lightning's log, warnings
+    assert log_text.count("Run folder:") == 1  # Hydra's own file handler is not doubled
 
 
 def test_checkpoint_callback_is_the_resumable_one(compose_cfg):
