@@ -314,11 +314,31 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             super().load_state_dict(state_dict)
             return
         # Lightning would warn that the best score is not reloaded, then forget it: carry it instead.
+        # A file that is also in this folder (the run folder was copied or moved) is this folder's.
+        moved = _Relocate(state_dict.get("dirpath"), self.dirpath)
         for key in _BEST_STATE:
             if key in state_dict:
-                setattr(self, key, state_dict[key])
+                value = state_dict[key]
+                if key == "best_k_models":
+                    value = {moved(path): score for path, score in value.items()}
+                setattr(self, key, moved(value) if key.endswith("_path") else value)
+        if (last := moved(state_dict.get("last_model_path", ""))) and os.path.dirname(last) == self.dirpath:
+            self.last_model_path = last  # else a copied folder's last.ckpt would make Lightning write last-v1.ckpt
         if self.best_model_path:
             log.info("Resumed best %s: %s (%s)", self.monitor, _as_float(self.best_model_score), self.best_model_path)
+
+
+class _Relocate:
+    """``old_dir/name`` -> ``new_dir/name`` where that file exists; other paths unchanged."""
+
+    def __init__(self, old_dir: str | None, new_dir: str | None) -> None:
+        self.old_dir, self.new_dir = old_dir, new_dir
+
+    def __call__(self, path: str) -> str:
+        if not path or not self.old_dir or not self.new_dir or os.path.dirname(path) != self.old_dir:
+            return path
+        candidate = os.path.join(self.new_dir, os.path.basename(path))
+        return candidate if os.path.isfile(candidate) else path
 
 
 def _as_float(value: Any) -> float | None:

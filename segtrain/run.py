@@ -25,7 +25,7 @@ from .losses import build_loss, check_loss_config
 from .module import SegmentationModule
 from .guards import require_training_batches
 from .resume import check_resume_config, interrupted_message, load_checkpoint_config, resolve_ckpt_path
-from .run_folder import RunFolderLock
+from .run_folder import RunFolderLock, keep_previous_metrics
 from .run_log import RUN_LOG, console_log, quiet_known_noise
 from .task import validate_task
 from .utils import build
@@ -39,13 +39,12 @@ def validate_config(cfg: DictConfig) -> None:
 
     Raises ``ValueError`` naming the key and the fix.
     """
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    check_types(resolved)  # first: a string where a number belongs must not reach the checks below
+    check_types(cfg)  # first: a string where a number belongs must not reach the checks below
     validate_task(cfg.task, cfg.num_classes)
     check_loss_config(cfg.loss, cfg.task, cfg.num_classes)
     if cfg.monitor_mode not in ("min", "max"):
         raise ValueError(f"monitor_mode must be 'min' or 'max', got {cfg.monitor_mode!r}")
-    check_data_keys(resolved)
+    check_data_keys(cfg)
 
 
 def _instantiate_dict(node: Any, what: str) -> list[Any]:
@@ -138,6 +137,8 @@ def _run_folder(cfg: DictConfig) -> Iterator[None]:
         ckpt = None  # _train raises the same error with its message; no resume into this folder meanwhile
     resuming_into = ckpt is not None and os.path.abspath(ckpt).startswith(output_dir + os.sep)
     with RunFolderLock(output_dir, resuming_into=resuming_into), console_log(os.path.join(output_dir, RUN_LOG)):
+        if resuming_into and (kept := keep_previous_metrics(output_dir)):
+            log.info("Resuming into its own folder: the metrics before the resume are kept in %s", kept)
         yield
 
 

@@ -5,7 +5,8 @@ writer of one crashes) and overwrite each other's checkpoints; a new run in a fi
 folder deletes its ``metrics.csv`` (Lightning's CSV logger does so with a warning only).
 :class:`RunFolderLock` refuses both: the folder is locked (``flock`` on ``<run>/.run.lock``,
 released by the OS even when the process is killed) and a folder that already holds a run --
-its ``config.yaml``, written by every run at start -- is taken only to resume into it.
+its ``config.yaml``, written by every run at start -- is taken only to resume into it (then the
+earlier ``metrics.csv`` is kept as ``metrics.part<N>.csv``, :func:`keep_previous_metrics`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,22 @@ def make_run_folder(folder: str, key: str = "paths.output_dir") -> None:
             f"{key}: cannot create or write the folder {folder} ({err.strerror or err}). Give a folder you "
             "can write to, e.g. paths.log_dir=$HOME/seg_logs (the run folders go below it)."
         ) from None
+
+
+def keep_previous_metrics(folder: str) -> str | None:
+    """Before a run resumes into its own folder: move ``metrics.csv`` to ``metrics.part<N>.csv``.
+
+    Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts; the epochs before
+    the resume are kept beside the new file instead. Returns the new name, or None if there was none.
+    """
+    current = os.path.join(folder, "metrics.csv")
+    if not os.path.isfile(current):
+        return None
+    n = 1
+    while os.path.exists(kept := os.path.join(folder, f"metrics.part{n}.csv")):
+        n += 1
+    os.replace(current, kept)
+    return kept
 
 
 class RunFolderLock:

@@ -45,7 +45,8 @@ _NOISE_WARNINGS = (
     # Lightning 2.6 calls a torch pytree API torch deprecated; nothing the user can change.
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     # Every run folder holds Hydra's .hydra/ before the CSV logger starts; a second run in a
-    # folder that held a run is refused by segtrain.run_folder, so nothing is ever deleted.
+    # folder that held a run is refused, and one resuming into it keeps the old metrics.csv
+    # as metrics.part<N>.csv (segtrain/run_folder.py): the logger never deletes anything.
     r"Experiment logs directory .* exists and is not empty",
 )
 

@@ -18,6 +18,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 #: Accepted kinds: a predicate and the words the message uses.
 KINDS = {
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
@@ -82,7 +84,14 @@ RULES: dict[str, tuple[tuple[str, ...], float | None]] = {
 _MISSING = object()
 
 
-def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
+def _lookup(config: Any, dotted: str) -> Any:
+    """The value at ``dotted``, or ``_MISSING``; a ``DictConfig``'s interpolations are resolved one key at a time.
+
+    (A key whose interpolation cannot be resolved here -- ``${hydra:...}`` outside a Hydra run -- counts as missing.)
+    """
+    if isinstance(config, DictConfig):
+        value = OmegaConf.select(config, dotted, default=_MISSING, throw_on_resolution_failure=False)
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
     node: Any = config
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -103,8 +112,8 @@ def type_problem(key: str, value: Any, kinds: Sequence[str], lowest: float | Non
     return None
 
 
-def check_types(config: Mapping[str, Any]) -> None:
-    """Check the :data:`RULES` keys of the resolved config (a plain dict).
+def check_types(config: Any) -> None:
+    """Check the :data:`RULES` keys of the composed ``DictConfig`` (or the resolved config as a plain dict).
 
     Raises:
         ValueError: one line per bad key: the key, the value given and the type it needs.
@@ -121,38 +130,45 @@ def check_types(config: Mapping[str, Any]) -> None:
         )
 
 
-def _monitors_validation(config: Mapping[str, Any]) -> bool:
-    callbacks = config.get("callbacks") or {}
-    watching = any(
-        isinstance(cb, Mapping) and cb.get("monitor") for cb in callbacks.values()
-    )
-    return watching and str(config.get("monitor", "")).startswith("val/")
+def _monitors_validation(config: Any) -> bool:
+    callbacks = _lookup(config, "callbacks")
+    names = list(callbacks) if isinstance(callbacks, Mapping) else []
+    watching = any(_lookup(config, f"callbacks.{name}.monitor") not in (None, _MISSING) for name in names)
+    return watching and str(_lookup(config, "monitor")).startswith("val/")
 
 
-def _has_val_folder(data: Mapping[str, Any]) -> bool:
-    root = data.get("root")
+def _has_val_folder(config: Any) -> bool:
+    root = _lookup(config, "data.root")
     return isinstance(root, str) and os.path.isdir(os.path.join(root, "val"))
 
 
-def check_data_keys(config: Mapping[str, Any]) -> None:
+def check_data_keys(config: Any) -> None:
     """Checks that span several keys: a validation set for the monitor; one ignore_index.
+
+    Args:
+        config: the composed ``DictConfig`` or the resolved config as a plain dict.
 
     Raises:
         ValueError: naming the keys and the fix.
     """
-    data = config.get("data") or {}
-    limit_val = (config.get("trainer") or {}).get("limit_val_batches")
-    if data.get("val_fraction") == 0 and _monitors_validation(config) and limit_val != 0 and not _has_val_folder(data):
+    limit_val = _lookup(config, "trainer.limit_val_batches")
+    if (
+        _lookup(config, "data.val_fraction") == 0
+        and _monitors_validation(config)
+        and limit_val != 0
+        and not _has_val_folder(config)
+    ):
         raise ValueError(
-            f"data.val_fraction=0 leaves no validation set, but monitor={config.get('monitor')} (best "
+            f"data.val_fraction=0 leaves no validation set, but monitor={_lookup(config, 'monitor')} (best "
             "checkpoint, early stopping) is a validation metric. Hold out some data (data.val_fraction=0.2, "
             "or a root/train + root/val layout with data=folder), or monitor nothing: "
             "callbacks.early_stopping=null callbacks.model_checkpoint.monitor=null."
         )
-    if "ignore_index" in data and data.get("ignore_index") != config.get("ignore_index"):
+    data_ignore, ignore = _lookup(config, "data.ignore_index"), _lookup(config, "ignore_index")
+    if data_ignore is not _MISSING and data_ignore != (None if ignore is _MISSING else ignore):
         raise ValueError(
-            f"data.ignore_index={data.get('ignore_index')!r} differs from the top-level "
-            f"ignore_index={config.get('ignore_index')!r}, which the losses and metrics read: the loss "
-            "would see the 'unlabelled' value as a class. Set the top-level key instead "
-            f"(ignore_index={data.get('ignore_index')!r}); data.ignore_index follows it."
+            f"data.ignore_index={data_ignore!r} differs from the top-level ignore_index="
+            f"{None if ignore is _MISSING else ignore!r}, which the losses and metrics read: the loss would see "
+            f"the 'unlabelled' value as a class. Set the top-level key instead (ignore_index={data_ignore!r}); "
+            "data.ignore_index follows it."
         )

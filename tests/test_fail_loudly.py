@@ -147,3 +147,13 @@ def test_a_folder_holding_a_finished_run_is_refused_unless_resuming_into_it(tmp_
     assert (folder / "metrics.csv").read_text() == "epoch\n0\n"  # untouched
     with RunFolderLock(str(folder), resuming_into=True):
         pass
+
+
+def test_resuming_into_its_own_folder_keeps_the_earlier_metrics(tmp_path):
+    from segtrain.run_folder import keep_previous_metrics
+
+    (tmp_path / "metrics.csv").write_text("epoch\n0\n")
+    (tmp_path / "metrics.part1.csv").write_text("older\n")
+    assert keep_previous_metrics(str(tmp_path)) == str(tmp_path / "metrics.part2.csv")
+    assert (tmp_path / "metrics.part2.csv").read_text() == "epoch\n0\n" and not (tmp_path / "metrics.csv").exists()
+    assert keep_previous_metrics(str(tmp_path)) is None

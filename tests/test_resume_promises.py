@@ -14,6 +14,8 @@ every later epoch is worse, deterministically (a real metric of a tiny run could
 
 from __future__ import annotations
 
+import csv
+import shutil
 import signal
 import time
 import warnings
@@ -67,6 +69,17 @@ def test_resume_into_a_new_folder_keeps_the_best(first_run, tmp_path):
     assert float(state["best_model_score"]) == 0.0
     assert state["best_model_path"] == str(first_run / "checkpoints" / "best_epoch000.ckpt")
     assert (first_run / "checkpoints" / "best_epoch000.ckpt").is_file()  # the old folder is never pruned
+
+
+def test_resume_into_its_own_folder(first_run, tmp_path):
+    """A requeued cluster job: same folder, ckpt_path=<folder>; the earlier metrics stay beside the new."""
+    run = tmp_path / "requeued"
+    shutil.copytree(first_run, run)
+    overrides = [*NOT_IMPROVING, "trainer.max_epochs=3", f"ckpt_path={run}", "resume_allow_changes=[trainer.max_epochs]"]
+    assert train(compose_run(overrides, run)) == 0.0
+    assert _ckpt(run / "checkpoints" / "last.ckpt")["epoch"] == 2
+    assert {int(r["epoch"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("epoch")} == {2}
+    assert {int(r["epoch"]) for r in csv.DictReader(open(run / "metrics.part1.csv")) if r.get("epoch")} == {0, 1}
 
 
 def test_resume_with_other_data_is_refused_naming_the_keys(first_run, tmp_path):
@@ -135,6 +148,8 @@ def test_sigint_prints_how_to_resume(tmp_path):
     assert "resume with" in log_text  # the whole console is in train.log ...
     assert "GPU available" in log_text and "log_every_n_steps" in log_text  # ... Lightning's log, warnings
     assert log_text.count("Run folder:") == 1  # Hydra's own file handler is not doubled
+    for noise in ("litlogger", "Previous log files", "LeafSpec"):  # what nobody can act on
+        assert noise not in text
 
 
 def test_checkpoint_callback_is_the_resumable_one(compose_cfg):

@@ -65,3 +65,24 @@ def test_failed_run_leaves_its_traceback_and_failure_yaml(tmp_path):
     failure = yaml.safe_load((run / "failure.yaml").read_text())
     assert failure["status"] == "failed" and failure["error_type"] == "ValueError"
     assert failure["message"].startswith("No training batch") and "require_training_batches" in failure["traceback"]
+
+
+def test_noise_is_switched_off_where_it_starts(compose_cfg):
+    import logging
+
+    from segtrain.hydra_callbacks import quiet_sweep_logging
+    from segtrain.run import build_module
+
+    # debug=limit trains 3 batches an epoch: it logs every step instead of warning about log_every_n_steps.
+    limit = compose_cfg("debug=limit", tiny=False)
+    assert limit.trainer.log_every_n_steps <= limit.trainer.limit_train_batches
+    # The model summary gets an input to measure, so it prints real FLOPs, not "Total FLOPs: 0".
+    assert tuple(build_module(compose_cfg()).example_input_array.shape) == (1, 3, 32, 32)
+    # Before an Optuna sweep: its records go through Hydra's handlers (no colour codes), alembic is quiet.
+    import optuna
+    from omegaconf import OmegaConf
+
+    quiet_sweep_logging(OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}}}))
+    optuna_log = logging.getLogger("optuna")
+    assert optuna_log.propagate and not optuna_log.handlers
+    assert logging.getLogger("alembic").getEffectiveLevel() == logging.WARNING
