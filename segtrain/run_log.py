@@ -145,6 +145,8 @@ def record_failed_run(train_fn: Callable[[Any], float]) -> Callable[[Any], float
     a refused run folder (:class:`segtrain.run_folder.RunFolderError`) -- the folder belongs to
     another run.
     """
+    from lightning.pytorch.utilities import rank_zero_only
+
     from .distributed import is_multirun
     from .run_folder import RunFolderError
     from .sweep import record_failure
@@ -153,7 +155,8 @@ def record_failed_run(train_fn: Callable[[Any], float]) -> Callable[[Any], float
         try:
             return train_fn(cfg)
         except Exception as error:
-            if not is_multirun() and not isinstance(error, RunFolderError):
+            # DDP ranks > 0 share rank 0's folder: rank 0 records the failure.
+            if not is_multirun() and not isinstance(error, RunFolderError) and rank_zero_only.rank == 0:
                 try:
                     path = record_failure(str(cfg.paths.output_dir), error, _overrides(), error_type=type(error).__name__)
                     log.error("Failure recorded in %s", path)
