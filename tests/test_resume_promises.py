@@ -157,3 +157,22 @@ def test_checkpoint_callback_is_the_resumable_one(compose_cfg):
 
     cb = instantiate(compose_cfg().callbacks.model_checkpoint)
     assert isinstance(cb, ResumableModelCheckpoint) and cb.save_last
+
+
+def test_the_model_checkpoint_internals_it_relies_on():
+    """segtrain/lightning_compat.py item 3 calls these private ModelCheckpoint helpers; an upgrade that
+    renames one fails here by name (the runs above would only show a missing last.ckpt)."""
+    import inspect
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    expected = {
+        "_should_skip_saving_checkpoint": ["self", "trainer"],
+        "_should_save_on_train_epoch_end": ["self", "trainer"],
+        "_monitor_candidates": ["self", "trainer"],
+        "_save_last_checkpoint": ["self", "trainer", "monitor_candidates"],
+    }
+    for name, params in expected.items():
+        assert list(inspect.signature(getattr(ModelCheckpoint, name)).parameters) == params, name
+    state = ModelCheckpoint(dirpath="unused").state_dict()
+    assert {"dirpath", "last_model_path", "best_model_score", "best_model_path", "best_k_models"} <= set(state)
