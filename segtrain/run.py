@@ -131,10 +131,8 @@ def _run_folder(cfg: DictConfig) -> Iterator[None]:
     if rank_zero_only.rank != 0:
         yield
         return
-    try:
-        ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), runs_root=cfg.paths.get("log_dir"), current_run_dir=output_dir)
-    except (OSError, ValueError):
-        ckpt = None  # _train raises the same error with its message; no resume into this folder meanwhile
+    # A missing or unreadable checkpoint is reported here, before the folder is judged by it.
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), runs_root=cfg.paths.get("log_dir"), current_run_dir=output_dir)
     resuming_into = ckpt is not None and os.path.abspath(ckpt).startswith(output_dir + os.sep)
     with RunFolderLock(output_dir, resuming_into=resuming_into), console_log(os.path.join(output_dir, RUN_LOG)):
         if resuming_into and (kept := keep_previous_metrics(output_dir)):
