@@ -11,13 +11,14 @@ from omegaconf import DictConfig
 
 from segtrain.distributed import startup_argv
 from segtrain.run import train
+from segtrain.run_log import record_failed_run
 from segtrain.sweep import sweep_safe
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    # Inside a multirun a failed job is recorded and reports the worst value (segtrain/sweep.py).
-    return sweep_safe(train, cfg)
+    # A failed job is recorded (failure.yaml); inside a multirun it reports the worst value (segtrain/sweep.py).
+    return sweep_safe(record_failed_run(train), cfg)
 
 
 if __name__ == "__main__":

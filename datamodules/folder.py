@@ -164,11 +164,30 @@ def find_pairs(images_dir: Path, masks_dir: Path, task: str, num_classes: int) -
             missing.append(f"{image_path} (expected {masks_dir / absent[0]}.png or .jpg/.tif)")
             continue
         pairs.append((image_path, tuple(masks[k] for k in keys)))
+    if task == "multilabel":
+        _refuse_extra_labels(images, masks, masks_dir, num_classes)
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         layout = " (multilabel: one mask <stem>_<k> per class k)" if task == "multilabel" else ""
         raise FileNotFoundError(f"No mask for image {missing[0]}{more}{layout}")
     return pairs
+
+
+def _refuse_extra_labels(images: dict[str, Path], masks: dict[str, Path], masks_dir: Path, num_classes: int) -> None:
+    """A multilabel mask ``<stem>_<k>`` with ``k >= num_classes`` would be ignored without a word: refuse it."""
+    extra = []
+    for key, path in masks.items():
+        stem, _, label = key.rpartition("_")
+        if stem in images and label.isdigit() and int(label) >= num_classes:
+            extra.append((int(label), path))
+    extra.sort()
+    if extra:
+        top, path = extra[-1]
+        raise ValueError(
+            f"{masks_dir} holds label masks up to <stem>_{top} (e.g. {path}) but num_classes={num_classes} "
+            f"reads labels 0..{num_classes - 1} only, so label {top} would be ignored. Set num_classes={top + 1}, "
+            "or remove the masks of the labels you do not train."
+        )
 
 
 class _FileSource:

@@ -166,7 +166,8 @@ def index_values(
         raise ValueError(
             f"Mask {path} has values {{{_describe(bad)}}} that fit no class: with num_classes="
             f"{num_classes} a multiclass mask holds 0..{num_classes - 1}{hint}. Raise num_classes, "
-            "set data.ignore_index for an 'unlabelled' value, or give data.palette for colour masks."
+            f"set the top-level ignore_index={int(bad[-1])} for an 'unlabelled' value (it serves the data, "
+            "the losses and the metrics), or give data.palette for colour masks."
         )
     return mask
 

@@ -256,6 +256,13 @@ class SyntheticDataModule(SegmentationDataModule):
         if self.images is None:
             self.images, self.masks = self._generate(0, self.num_samples)
 
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the drawn classes (multiclass: 1..C-1; binary: the foreground; multilabel: every label)."""
+        if self.task == "binary":
+            return ["shape"]
+        return list(SHAPES[: self.num_classes - 1 if self.task == "multiclass" else self.num_classes])
+
     def setup(self, stage: str | None = None) -> None:
         """Generate the splits ``stage`` needs (train + val for fit/validate, test for test)."""
         if stage in (None, "fit", "validate") and self.train_set is None:

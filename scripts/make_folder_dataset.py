@@ -1,7 +1,7 @@
 """Write the synthetic shapes dataset to disk as images/ + masks/, for trying data=folder.
 
     python scripts/make_folder_dataset.py data/generated/shapes
-    python train.py data=folder data.root=data/generated/shapes loss=bce_dice
+    python train.py data=folder data.root=data/generated/shapes data.image_size=128 loss=bce_dice
 
     # multiclass with RGB colour masks (then pass the printed palette):
     python scripts/make_folder_dataset.py data/generated/mc --task multiclass --num-classes 4 \
@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,6 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from datamodules.masks import TASKS, class_palette  # noqa: E402
 from datamodules.write import MASK_FORMATS, write_folder_dataset  # noqa: E402
 from segtrain.task import SUGGESTED_LOSS  # noqa: E402
+
+
+def root_override(root: Path | str) -> str:
+    """``data.root=<root>`` as one shell word; Hydra's quoting where the path has spaces or other characters."""
+    text = str(root)
+    if re.fullmatch(r"[\w./@+-]+", text, flags=re.ASCII):
+        return f"data.root={text}"
+    return shlex.quote(f'data.root="{text}"')
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,7 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.num_samples} samples to {out}")
     # a loss that serves the task (the default, bce_dice, cannot serve multiclass)
     loss = SUGGESTED_LOSS[args.task]
-    overrides = f"data=folder data.root={out} task={args.task} num_classes={args.num_classes} loss={loss}"
+    # Train at the size written: the folder config's default (256) would upscale 128 px images and
+    # cost several times the compute. The network takes multiples of 32.
+    size = max(32, 32 * round(args.image_size / 32))
+    overrides = (f"data=folder {root_override(out)} data.image_size={size} task={args.task} "
+                 f"num_classes={args.num_classes} loss={loss}")
     if mask_format == "palette_rgb":
         n = 2 if args.task == "binary" else args.num_classes
         colors = ",".join(f"[{r},{g},{b}]" for r, g, b in class_palette(n).tolist())

@@ -1,14 +1,17 @@
-"""PredictionGrid: after each validation, a picture of what the network sees and predicts.
+"""PredictionGrid: after each validation, a picture of what the network sees and predicts, readable at a glance.
 
-One row per validation image (the first ``num_images`` of the first validation batch):
+One row per validation image (the first ``num_images`` of the first validation batch), under a
+title with the image's Dice; four titled columns:
 
-    image | target overlay | prediction overlay
+    image | target | prediction | errors (false positives, false negatives)
 
-written to ``<dirpath>/epoch_XXX.png`` by rank 0 only, and sent to TensorBoard
-(``add_image("val/predictions", ...)``) when a TensorBoardLogger is attached. Masks are drawn with
-torchvision's ``draw_segmentation_masks`` in the project's one colour table
-(:func:`datamodules.masks.class_palette`: class ``k`` has the colour of its palette-PNG entry
-``k`` in predict.py's masks; background not drawn).
+and a legend naming every class colour and the two error colours. The masks are drawn over a
+dimmed grey copy of the image, so class colours stand out on coloured scenes; small images are
+enlarged by an integer factor (nearest neighbour: pixels stay sharp) to ``tile_size``. Written
+to ``<dirpath>/epoch_XXX.png`` by rank 0 only, and the same picture goes to TensorBoard
+(``add_image("val/predictions", ...)``) and MLflow (``predictions/epoch_XXX.png`` artifact) when
+such a logger is attached. Class ``k`` has the colour of the project's one colour table
+(:func:`datamodules.masks.class_palette`), as in predict.py's masks; background is not drawn.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import os
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
-from torchvision.utils import draw_segmentation_masks, make_grid, save_image
+from torchvision.utils import draw_segmentation_masks
 
 from datamodules.masks import class_palette
 
@@ -55,23 +60,118 @@ def drawing_colors(task: str, num_classes: int) -> list[tuple[int, int, int]]:
     return [tuple(c) for c in class_palette(layers + 1)[1:].tolist()]
 
 
+#: Error colours: distinct from each other and from the first class colours of ``class_palette``.
+FALSE_POSITIVE = (255, 0, 255)  # magenta: predicted, not in the target (or another class)
+FALSE_NEGATIVE = (0, 255, 255)  # cyan: in the target, missed
+
+
+def error_masks(pred: Tensor, target: Tensor, task: str, ignore_index: int | None = None) -> Tensor:
+    """Boolean ``[2, H, W]``: false positives (incl. a wrong class) and false negatives of one sample.
+
+    Args:
+        pred, target: one sample's prediction and mask in the layout of :func:`masks_for_drawing`.
+        ignore_index: target value counted neither way.
+    """
+    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    if task == "multiclass":
+        wrong = valid & (pred != target)
+        return torch.stack([wrong & (pred != 0), wrong & (pred == 0) & (target != 0)])
+    p, t = (pred > 0.5) & valid, (target > 0.5) & valid
+    return torch.stack([(p & ~t).any(0), (~p & t).any(0)])
+
+
+def sample_dice(pred: Tensor, target: Tensor, task: str, num_classes: int, ignore_index: int | None = None) -> float:
+    """One sample's Dice: mean over the foreground classes present in target or prediction (1.0 if none)."""
+    if task == "multiclass":
+        valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+        p = torch.stack([(pred == c) & valid for c in range(1, num_classes)])
+        t = torch.stack([(target == c) & valid for c in range(1, num_classes)])
+    else:
+        valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+        p, t = (pred > 0.5) & valid, (target > 0.5) & valid
+    inter = (p & t).flatten(1).sum(1).float()
+    total = (p.flatten(1).sum(1) + t.flatten(1).sum(1)).float()
+    present = total > 0
+    return float((2 * inter[present] / total[present]).mean()) if present.any() else 1.0
+
+
+def default_class_names(task: str, num_classes: int) -> list[str]:
+    """Names of the drawn layers when the data gives none: "foreground", or "class k"."""
+    if task == "binary":
+        return ["foreground"]
+    first = 1 if task == "multiclass" else 0
+    return [f"class {k}" for k in range(first, first + (num_classes - first))]
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1 or without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def legend_strip(entries: list[tuple[str, tuple[int, int, int]]], width: int, font_size: int = 14) -> Image.Image:
+    """A white strip of colour squares with their names, wrapped to ``width`` pixels (also for predict.py's overlays)."""
+    font = _font(font_size)
+    box, gap, pad = font_size, font_size // 2, 6
+    lines: list[list[tuple[str, tuple[int, int, int], int]]] = [[]]
+    x = pad
+    for name, color in entries:
+        w = box + gap + int(font.getlength(name)) + 2 * gap
+        if lines[-1] and x + w > width - pad:
+            lines.append([])
+            x = pad
+        lines[-1].append((name, color, x))
+        x += w
+    height = pad + len(lines) * (box + pad)
+    strip = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(strip)
+    for row, line in enumerate(lines):
+        y = pad + row * (box + pad)
+        for name, color, x0 in line:
+            draw.rectangle([x0, y, x0 + box, y + box], fill=tuple(color), outline="black")
+            draw.text((x0 + box + gap, y + box // 2), name, fill="black", font=font, anchor="lm")
+    return strip
+
+
+def _to_pil(tile: Tensor, factor: int) -> Image.Image:
+    image = Image.fromarray(tile.permute(1, 2, 0).numpy())
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST) if factor > 1 else image
+
+
 class PredictionGrid(L.Callback):
-    """Save image / target / prediction overlays after each validation epoch.
+    """Save the image / target / prediction / errors grid after each validation epoch (module docstring).
 
     Args:
         dirpath: folder for ``epoch_XXX.png`` (created on first write).
         num_images: rows of the grid (taken from the first validation batch).
         every_n_epochs: write every n-th validation epoch.
-        alpha: opacity of the mask colours over the image.
+        alpha: opacity of the mask colours over the dimmed image.
+        tile_size: smaller images are enlarged by an integer factor to about this many pixels;
+            larger ones are shown at their own size.
+        class_names: names for the legend (multiclass: classes 1..C-1; binary: one; multilabel:
+            one per label); default: the datamodule's ``class_names``, else "class k".
     """
 
-    def __init__(self, dirpath: str, num_images: int = 4, every_n_epochs: int = 1, alpha: float = 0.5) -> None:
-        if num_images < 1 or every_n_epochs < 1:
-            raise ValueError(f"num_images and every_n_epochs must be >= 1, got {num_images} and {every_n_epochs}")
+    def __init__(
+        self,
+        dirpath: str,
+        num_images: int = 4,
+        every_n_epochs: int = 1,
+        alpha: float = 0.6,
+        tile_size: int = 192,
+        class_names: list[str] | None = None,
+    ) -> None:
+        if num_images < 1 or every_n_epochs < 1 or tile_size < 1:
+            raise ValueError(
+                f"num_images, every_n_epochs and tile_size must be >= 1, got {num_images}, {every_n_epochs}, {tile_size}"
+            )
         self.dirpath = str(dirpath)
         self.num_images = int(num_images)
         self.every_n_epochs = int(every_n_epochs)
         self.alpha = float(alpha)
+        self.tile_size = int(tile_size)
+        self.class_names = list(class_names) if class_names else None
         self._batch: tuple[Tensor, Tensor, Tensor] | None = None
 
     def _active(self, trainer: L.Trainer) -> bool:
@@ -92,26 +192,78 @@ class PredictionGrid(L.Callback):
             logits = pl_module(image)
         self._batch = (image.detach().cpu(), batch["mask"][:n].detach().cpu(), logits.detach().float().cpu())
 
-    def render(self, image: Tensor, mask: Tensor, logits: Tensor, task: str, num_classes: int) -> Tensor:
-        """The grid as a uint8 ``[3, H', W']`` tensor (rows: samples; columns: image, target, prediction)."""
+    def render(
+        self,
+        image: Tensor,
+        mask: Tensor,
+        logits: Tensor,
+        task: str,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        ignore_index: int | None = None,
+    ) -> Tensor:
+        """The grid as a uint8 ``[3, H', W']`` tensor (rows: samples; columns: image, target, prediction, errors)."""
         pred = logits_to_mask(logits, task)
         colors = drawing_colors(task, num_classes)
-        tiles = []
+        names = list(class_names or self.class_names or default_class_names(task, num_classes))
+        factor = max(1, round(self.tile_size / image.shape[-2]))
+        rows = []
         for i in range(image.shape[0]):
             img = _to_uint8(image[i])
-            tiles.append(img)
-            for m in (mask[i], pred[i]):
-                tiles.append(draw_segmentation_masks(img, masks_for_drawing(m, task, num_classes), alpha=self.alpha, colors=colors))
-        return make_grid(torch.stack(tiles), nrow=3, padding=2, pad_value=255)
+            grey = (img.float().mean(0, keepdim=True) * 0.6 + 40).clamp(0, 255).to(torch.uint8).expand(3, -1, -1)
+            target = mask[i] if ignore_index is None else torch.where(mask[i] == ignore_index, torch.zeros_like(mask[i]), mask[i])
+            tiles = [img]
+            for m in (target, pred[i]):
+                tiles.append(draw_segmentation_masks(grey, masks_for_drawing(m, task, num_classes), alpha=self.alpha, colors=colors))
+            errors = error_masks(pred[i], mask[i], task, ignore_index)
+            tiles.append(draw_segmentation_masks(grey, errors, alpha=0.9, colors=[FALSE_POSITIVE, FALSE_NEGATIVE]))
+            dice = sample_dice(pred[i], mask[i], task, num_classes, ignore_index)
+            rows.append((f"val image {i}: Dice {dice:.3f}", [_to_pil(t, factor) for t in tiles]))
+        return _compose(rows, ["image", "target", "prediction", "errors"], [*zip(names, colors),
+                        ("false positive", FALSE_POSITIVE), ("false negative", FALSE_NEGATIVE)])
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._batch is None or not self._active(trainer):
             return
         image, mask, logits = self._batch
         self._batch = None
-        grid = self.render(image, mask, logits, pl_module.task, pl_module.num_classes)
+        names = self.class_names or getattr(trainer.datamodule, "class_names", None)
+        ignore_index = getattr(pl_module, "hparams", {}).get("ignore_index")
+        grid = self.render(image, mask, logits, pl_module.task, pl_module.num_classes, names, ignore_index)
         os.makedirs(self.dirpath, exist_ok=True)
-        save_image(grid.float() / 255, os.path.join(self.dirpath, f"epoch_{trainer.current_epoch:03d}.png"))
+        name = f"epoch_{trainer.current_epoch:03d}.png"
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(os.path.join(self.dirpath, name))
         for logger in trainer.loggers:
-            if type(logger).__name__ == "TensorBoardLogger":
+            kind = type(logger).__name__
+            if kind == "TensorBoardLogger":
                 logger.experiment.add_image("val/predictions", grid, global_step=trainer.global_step)
+            elif kind == "MLFlowLogger":
+                logger.experiment.log_image(logger.run_id, grid.permute(1, 2, 0).numpy(), artifact_file=f"predictions/{name}")
+
+
+def _compose(
+    rows: list[tuple[str, list[Image.Image]]], titles: list[str], legend: list[tuple[str, tuple[int, int, int]]]
+) -> Tensor:
+    """Column titles, one titled row per sample, the legend at the bottom; white background."""
+    pad = 6
+    tile_w, tile_h = rows[0][1][0].size
+    font_size = max(12, min(18, tile_w // 10))
+    font = _font(font_size)
+    text_h = font_size + 2 * pad
+    width = pad + len(titles) * (tile_w + pad)
+    header = text_h
+    height = header + len(rows) * (text_h + tile_h + pad)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(titles):
+        draw.text((pad + c * (tile_w + pad) + tile_w // 2, text_h // 2), title, fill="black", font=font, anchor="mm")
+    for r, (label, tiles) in enumerate(rows):
+        y = header + r * (text_h + tile_h + pad)
+        draw.text((pad, y + text_h // 2), label, fill="black", font=font, anchor="lm")
+        for c, tile in enumerate(tiles):
+            canvas.paste(tile, (pad + c * (tile_w + pad), y + text_h))
+    strip = legend_strip(legend, width, font_size)
+    full = Image.new("RGB", (width, height + strip.height), "white")
+    full.paste(canvas, (0, 0))
+    full.paste(strip, (0, height))
+    return torch.from_numpy(np.asarray(full).copy()).permute(2, 0, 1)

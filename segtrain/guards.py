@@ -92,3 +92,26 @@ class DivergenceGuard(L.Callback):
                 self._fail(trainer, f"the gradient of {name} is not finite")
         # Every gradient finite but their norms sum past float32's range: diverging all the same.
         self._fail(trainer, f"the gradient norm overflows ({total})")
+
+
+def require_training_batches(trainer: L.Trainer, datamodule: L.LightningDataModule | None = None) -> None:
+    """After ``fit``: a run that had no training batch is a failure, not a run with ``Best nan``.
+
+    Lightning only logs "No training batches" and ends ``fit`` normally, without a checkpoint.
+
+    Raises:
+        ValueError: with the training set's size, the batch settings and the fixes.
+    """
+    if trainer.num_training_batches != 0:
+        return
+    dataset = getattr(datamodule, "train_set", None)
+    size = f"{len(dataset)} sample(s)" if dataset is not None and hasattr(dataset, "__len__") else "too few samples"
+    batch = getattr(datamodule, "batch_size", "?")
+    drop = getattr(datamodule, "drop_last", None)
+    raise ValueError(
+        f"No training batch: the training set has {size}, data.batch_size={batch}"
+        f"{', data.drop_last=true drops the incomplete batch' if drop else ''}"
+        f" (trainer.limit_train_batches={trainer.limit_train_batches}). Nothing was trained and no checkpoint "
+        "was written. Fix: data.drop_last=false, a smaller data.batch_size, more data, or a lower "
+        "data.val_fraction."
+    )

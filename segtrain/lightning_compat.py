@@ -30,6 +30,15 @@ that says so rather than guessing.
    ``datamodule.setup()`` and before the first epoch's dataloader iterator draws its
    permutation -- the order this workaround relies on. The augmentation pipelines' own
    generators are the datamodule's business (``SegmentationDataModule.state_dict``).
+3. **last.ckpt at every epoch end, and the best score across a resume** (private
+   ``ModelCheckpoint`` helpers). Since 2.x ``save_last=True`` writes ``last.ckpt`` only when a
+   top-k checkpoint was saved at the same step, so epochs that do not improve the monitored
+   metric are lost in a crash; and a resume into a new run folder (another ``dirpath``) drops
+   ``best_model_score`` and the top-k table, so the resumed run reports a best that is not the
+   best. :class:`ResumableModelCheckpoint` saves ``last.ckpt`` after every validation (reusing
+   ``_should_skip_saving_checkpoint``, ``_should_save_on_train_epoch_end``,
+   ``_monitor_candidates`` and ``_save_last_checkpoint``) and reloads the best score and paths
+   whatever the folder (``ModelCheckpoint`` never deletes files outside its own ``dirpath``).
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .distributed import RELAUNCH_ENV, is_multirun, job_argv
@@ -264,3 +274,72 @@ class RandomStateCheckpoint(L.Callback):
             )
             return
         restore_global_random_state(state_dict)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. last.ckpt at every epoch end; the best score across a resume
+# --------------------------------------------------------------------------------------------
+
+#: What ``ModelCheckpoint.load_state_dict`` skips when the checkpoint came from another folder.
+_BEST_STATE = ("best_model_score", "best_model_path", "best_k_models", "kth_best_model_path", "kth_value")
+
+
+class ResumableModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that keeps two promises Lightning 2.6 breaks (module docstring, item 3).
+
+    * ``save_last=True`` rewrites ``last.ckpt`` after every validation (every epoch by default),
+      not only when a new best was saved: a crash loses at most the epoch in progress.
+    * On a resume from another run folder, the best score, the best checkpoint's path and the
+      top-k table are reloaded (they point into the old folder, whose files are never deleted),
+      so ``best_model_score`` -- what a sweep optimises -- is the best of the whole run.
+    """
+
+    def _save_last_if_not_saved(self, trainer: L.Trainer) -> None:
+        # After super(): a top-k save at this step already wrote last.ckpt and marks the step saved.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_not_saved(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_not_saved(trainer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath:
+            super().load_state_dict(state_dict)
+            return
+        # Lightning would warn that the best score is not reloaded, then forget it: carry it instead.
+        # A file that is also in this folder (the run folder was copied or moved) is this folder's.
+        moved = _Relocate(state_dict.get("dirpath"), self.dirpath)
+        for key in _BEST_STATE:
+            if key in state_dict:
+                value = state_dict[key]
+                if key == "best_k_models":
+                    value = {moved(path): score for path, score in value.items()}
+                setattr(self, key, moved(value) if key.endswith("_path") else value)
+        if (last := moved(state_dict.get("last_model_path", ""))) and os.path.dirname(last) == self.dirpath:
+            self.last_model_path = last  # else a copied folder's last.ckpt would make Lightning write last-v1.ckpt
+        if self.best_model_path:
+            log.info("Resumed best %s: %s (%s)", self.monitor, _as_float(self.best_model_score), self.best_model_path)
+
+
+class _Relocate:
+    """``old_dir/name`` -> ``new_dir/name`` where that file exists; other paths unchanged."""
+
+    def __init__(self, old_dir: str | None, new_dir: str | None) -> None:
+        self.old_dir, self.new_dir = old_dir, new_dir
+
+    def __call__(self, path: str) -> str:
+        if not path or not self.old_dir or not self.new_dir or os.path.dirname(path) != self.old_dir:
+            return path
+        candidate = os.path.join(self.new_dir, os.path.basename(path))
+        return candidate if os.path.isfile(candidate) else path
+
+
+def _as_float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,6 +24,25 @@ LATEST = ("latest", "last")
 
 #: Config keys that fix the network's shape: a resumed run must agree with its checkpoint on them.
 SHAPE_KEYS = ("task", "num_classes", "model")
+
+#: Everything that changes what is trained (dotted prefixes of the resolved config): a resumed run
+#: must agree with its checkpoint on these, except the keys given in ``resume_allow_changes``.
+RESUME_KEYS = (
+    *SHAPE_KEYS, "ignore_index", "seed", "monitor", "monitor_mode", "data", "loss", "optimizer", "scheduler",
+    "trainer.max_epochs", "trainer.max_steps", "trainer.precision", "trainer.accumulate_grad_batches",
+    "trainer.gradient_clip_val", "trainer.gradient_clip_algorithm", "trainer.limit_train_batches",
+    "trainer.overfit_batches", "trainer.deterministic",
+)
+
+#: Below :data:`RESUME_KEYS`, but changing nothing that is trained: how data is loaded, and the
+#: pretrained-weights choice (it only affects the initialisation, which the checkpoint replaces).
+RESUME_IGNORED = (
+    "model.encoder_weights", "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.validate",
+    "data.num_test",
+)
+
+#: Stands for a key one of the two configs does not have.
+ABSENT = object()
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,34 +150,182 @@ def load_checkpoint_config(path: str, trust: bool = False) -> dict[str, Any] | N
     return dict(config) if isinstance(config, Mapping) else None
 
 
-def _shape_part(value: Any) -> Any:
-    # The pretrained-weights choice only affects initialisation, which the checkpoint replaces.
-    if isinstance(value, Mapping):
-        return {k: v for k, v in value.items() if k != "encoder_weights"}
-    return value
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
 
 
-def check_resume_config(ckpt_config: Mapping[str, Any] | None, config: Mapping[str, Any], path: str) -> None:
-    """Fail early, with the differing key, when a checkpoint cannot be resumed under ``config``.
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
-    Loading weights of another shape fails deep inside ``load_state_dict`` with a wall of
-    "size mismatch" lines; this names the setting instead.
+
+def resume_differences(ckpt_config: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (checkpoint's value, this run's value)}`` for every :data:`RESUME_KEYS` key that differs.
+
+    A section the checkpoint's config lacks altogether (written by an older segtrain) is not compared.
+    """
+    old_flat, new_flat = flatten(ckpt_config), flatten(config)
+    differences = {}
+    for key in sorted(set(old_flat) | set(new_flat)):
+        if not _under(key, RESUME_KEYS) or _under(key, RESUME_IGNORED) or key.split(".")[0] not in ckpt_config:
+            continue
+        old, new = old_flat.get(key, ABSENT), new_flat.get(key, ABSENT)
+        if old != new:
+            differences[key] = (old, new)
+    return differences
+
+
+def check_resume_config(
+    ckpt_config: Mapping[str, Any] | None,
+    config: Any,
+    path: str,
+    allow_changes: Sequence[str] = (),
+) -> None:
+    """Refuse to resume a checkpoint under a config that trains something else, naming every differing key.
+
+    Compared: :data:`RESUME_KEYS` (the task and network, the data source and its sizes, the loss
+    terms and weights, optimizer, scheduler, the trainer settings that change the updates). A
+    resume that silently swaps the dataset or a loss weight gives a run that is neither the old
+    one nor a new one; one that changes the network's shape would fail deep inside
+    ``load_state_dict`` with a wall of "size mismatch" lines.
 
     Args:
         ckpt_config: ``checkpoint["config"]`` (``None``: a foreign checkpoint, nothing to compare).
-        config: this run's resolved config as a plain dict.
+        config: this run's composed ``DictConfig`` -- then values derived from a changed key (the
+            resize of ``data.image_size``, the schedule's ``T_max``) follow it and are not named on
+            their own -- or its resolved config as a plain dict.
         path: the checkpoint, for the message.
+        allow_changes: dotted keys (or sections, e.g. ``trainer.max_epochs``, ``data``) the user
+            changes on purpose (``resume_allow_changes``); never :data:`SHAPE_KEYS`.
 
     Raises:
-        ValueError: naming the first of :data:`SHAPE_KEYS` that differs, both values and the fix.
+        ValueError: listing each changed key with both values, and the three ways out.
     """
     if ckpt_config is None:
         return
-    for key in SHAPE_KEYS:
-        old, new = _shape_part(ckpt_config.get(key)), _shape_part(config.get(key))
-        if old is not None and new is not None and old != new:
-            raise ValueError(
-                f"Cannot resume from {path}: it was trained with {key}={old!r} but this run has "
-                f"{key}={new!r}. Resume with the checkpoint's {key} (drop that override), or start a "
-                "new run without ckpt_path."
-            )
+    allowed = [str(a) for a in allow_changes]
+    if shape := [a for a in allowed if _under(a, SHAPE_KEYS) or any(k.startswith(a + ".") for k in SHAPE_KEYS)]:
+        raise ValueError(
+            f"resume_allow_changes={shape} cannot include {', '.join(SHAPE_KEYS)}: they fix the network's "
+            "shape, so the checkpoint's weights do not fit another value. Start a new run without ckpt_path."
+        )
+    differences = _differences(ckpt_config, config, allowed)
+    if not differences:
+        return
+    changed = _changed_keys(ckpt_config, config, allowed, differences)
+    old_flat, new_flat = flatten(ckpt_config), flatten(_resolved(config, ckpt_config, []))
+    lines = "; ".join(
+        f"{k}: trained with {_show(old_flat.get(k, ABSENT))} but this run has {_show(new_flat.get(k, ABSENT))}"
+        for k in changed
+    )
+    derived = len(set(differences) - set(changed))
+    if derived:
+        lines += f" (and {derived} value(s) derived from them)"
+    fixable = [k for k in changed if not _under(k, SHAPE_KEYS)]
+    allow_hint = f" resume_allow_changes=[{','.join(fixable)}] if you change them on purpose," if fixable else ""
+    raise ValueError(
+        f"Cannot resume from {path}: this run trains something else than the checkpoint's run. {lines}. "
+        f"Resume with the checkpoint's values (drop those overrides),{allow_hint} or start a new run "
+        "without ckpt_path. (Extending a finished run: ckpt_path=... trainer.max_epochs=N "
+        "resume_allow_changes=[trainer.max_epochs].)"
+    )
+
+
+def _resolved(config: Any, ckpt_config: Mapping[str, Any], allowed: Sequence[str]) -> Mapping[str, Any]:
+    from omegaconf import DictConfig
+
+    return config_as_resumed(config, ckpt_config, allowed) if isinstance(config, DictConfig) else config
+
+
+def _differences(ckpt_config: Mapping[str, Any], config: Any, allowed: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+    found = resume_differences(ckpt_config, _resolved(config, ckpt_config, allowed))
+    return {k: v for k, v in found.items() if not _under(k, allowed)}
+
+
+def _changed_keys(ckpt_config: Mapping[str, Any], config: Any, allowed: list[str], differences: Mapping[str, Any]) -> list[str]:
+    """The fewest differing keys whose allowance explains every difference: the keys the user changed."""
+    keys: list[str] = []
+    remaining = dict(differences)
+    while remaining:
+        keys.append(next(iter(remaining)))
+        remaining = _differences(ckpt_config, config, allowed + keys)
+    for key in list(keys):  # a key taken before its source (T_max before trainer.max_epochs) is redundant
+        if not _differences(ckpt_config, config, allowed + [k for k in keys if k != key]):
+            keys.remove(key)
+    return keys
+
+
+def config_as_resumed(cfg: Any, ckpt_config: Mapping[str, Any] | None, allow_changes: Sequence[str]) -> dict[str, Any]:
+    """This run's resolved config with the allowed keys put back to the checkpoint's values.
+
+    What :func:`check_resume_config` compares: the values *derived* from an allowed key (the
+    cosine schedule's ``T_max: ${trainer.max_epochs}``) then follow it instead of being reported
+    as changes of their own.
+
+    Args:
+        cfg: the composed ``DictConfig``.
+        ckpt_config: ``checkpoint["config"]`` or ``None``.
+        allow_changes: the dotted keys of ``resume_allow_changes``.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    probe = cfg.copy()
+    if ckpt_config is not None:
+        old = flatten(ckpt_config)
+        with open_dict(probe):
+            for key in allow_changes:
+                section = {k: v for k, v in old.items() if k == key or k.startswith(f"{key}.")}
+                if key in section:
+                    OmegaConf.update(probe, key, section[key], merge=False)
+                elif section:
+                    OmegaConf.update(probe, key, unflatten(section, key), merge=False)
+    return OmegaConf.to_container(probe, resolve=True)
+
+
+def unflatten(flat: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Inverse of :func:`flatten` for the keys below ``prefix``."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key[len(prefix) + 1:].split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is ABSENT else repr(value)
+
+
+def resume_command(output_dir: str, overrides: Sequence[str] | None = None) -> str | None:
+    """The ``python train.py ... ckpt_path=<run>/checkpoints/last.ckpt`` line that continues a run; None before its first checkpoint.
+
+    Args:
+        output_dir: the run folder.
+        overrides: the run's command-line overrides; default: Hydra's, when running under Hydra.
+    """
+    last = os.path.join(os.path.abspath(output_dir), "checkpoints", "last.ckpt")
+    if not os.path.isfile(last):
+        return None
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    kept = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
+    return " ".join(["python train.py", *(shlex.quote(o) for o in kept), shlex.quote(f"ckpt_path={last}")])
+
+
+def interrupted_message(output_dir: str, overrides: Sequence[str] | None = None) -> str:
+    """What to tell a user whose run stopped on Ctrl+C (SIGINT)."""
+    command = resume_command(output_dir, overrides)
+    if command is None:
+        return "Interrupted before the first checkpoint: nothing to resume; start the run again."
+    return f"Interrupted. The last end-of-epoch checkpoint is kept; resume with: {command}"

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,23 +23,29 @@ from .atomic import AtomicCheckpointIO
 from .lightning_compat import multirun_ddp_scope
 from .losses import build_loss, check_loss_config
 from .module import SegmentationModule
+from .guards import require_training_batches
 from .optuna_trial import trial_callbacks
-from .resume import check_resume_config, load_checkpoint_config, resolve_ckpt_path
+from .resume import check_resume_config, interrupted_message, load_checkpoint_config, resolve_ckpt_path
+from .run_folder import RunFolderLock, keep_previous_metrics
+from .run_log import RUN_LOG, console_log, quiet_known_noise
 from .task import validate_task
 from .utils import build
+from .validation import check_data_keys, check_types
 
 log = logging.getLogger(__name__)
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Start-up checks that need no data: task/num_classes, loss terms vs task, monitor mode.
+    """Start-up checks that need no data: key types, task/num_classes, loss terms vs task, monitor mode.
 
     Raises ``ValueError`` naming the key and the fix.
     """
+    check_types(cfg)  # first: a string where a number belongs must not reach the checks below
     validate_task(cfg.task, cfg.num_classes)
     check_loss_config(cfg.loss, cfg.task, cfg.num_classes)
     if cfg.monitor_mode not in ("min", "max"):
         raise ValueError(f"monitor_mode must be 'min' or 'max', got {cfg.monitor_mode!r}")
+    check_data_keys(cfg)
 
 
 def _instantiate_dict(node: Any, what: str) -> list[Any]:
@@ -64,7 +72,7 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
     if sched_cfg and sched_cfg.get("scheduler"):
         scheduler = build(sched_cfg.scheduler)
         scheduler_config = {k: v for k, v in OmegaConf.to_container(sched_cfg, resolve=True).items() if k != "scheduler"}
-    return SegmentationModule(
+    module = SegmentationModule(
         net=net,
         loss=loss,
         optimizer=optimizer,
@@ -75,6 +83,11 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
         ignore_index=cfg.get("ignore_index"),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
+    size = cfg.data.get("image_size")
+    if isinstance(size, int):
+        # The model summary measures FLOPs and tensor sizes on this input (without one it prints "Total FLOPs: 0").
+        module.example_input_array = torch.zeros(1, 3, size, size)
+    return module
 
 
 @rank_zero_only
@@ -98,13 +111,48 @@ def best_metric(trainer: L.Trainer, monitor: str) -> float:
 def train(cfg: DictConfig) -> float:
     """Train one run described by ``cfg`` (the composed ``conf/train.yaml``).
 
-    Steps: seed everything; validate the config; build module (network, loss, optimizer,
+    Steps: take the run folder (``paths.output_dir``: refused while another live run holds it or
+    when it holds a finished run, unless resuming into it) and tee the console into its
+    ``train.log``; seed everything; validate the config; build module (network, loss, optimizer,
     scheduler); build datamodule, callbacks, loggers, trainer; save the resolved config to
     ``<paths.output_dir>/config.yaml``; ``trainer.fit(ckpt_path=cfg.ckpt_path)``; optionally test.
 
     Returns:
         the best value of ``cfg.monitor`` (e.g. ``val/dice``) as a float, for sweeps.
     """
+    quiet_known_noise()
+    with _run_folder(cfg):
+        return _train(cfg)
+
+
+@contextmanager
+def _run_folder(cfg: DictConfig) -> Iterator[None]:
+    """Rank 0 holds the run folder and logs the console to ``<run>/train.log``; other DDP ranks share both."""
+    output_dir = os.path.abspath(str(cfg.paths.output_dir))
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    # A missing or unreadable checkpoint is reported here, before the folder is judged by it.
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), runs_root=cfg.paths.get("log_dir"), current_run_dir=output_dir)
+    resuming_into = ckpt is not None and os.path.abspath(ckpt).startswith(output_dir + os.sep)
+    with RunFolderLock(output_dir, resuming_into=resuming_into), console_log(os.path.join(output_dir, RUN_LOG)):
+        if resuming_into and (kept := keep_previous_metrics(output_dir)):
+            log.info("Resuming into its own folder: the metrics before the resume are kept in %s", kept)
+        yield
+
+
+def _fit(trainer: L.Trainer, module: SegmentationModule, datamodule: Any, ckpt_path: str | None, output_dir: str) -> None:
+    """``trainer.fit``; on Ctrl+C print how to resume; refuse a run that had no training batch."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns KeyboardInterrupt into a graceful stop + sys.exit(1)
+            log.warning(interrupted_message(output_dir))
+        raise
+    require_training_batches(trainer, datamodule)
+
+
+def _train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True)
     validate_config(cfg)
     output_dir = str(cfg.paths.output_dir)
@@ -112,8 +160,9 @@ def train(cfg: DictConfig) -> float:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), runs_root=cfg.paths.get("log_dir"), current_run_dir=output_dir)
     if ckpt_path is not None:
         # Read as data only; trust_checkpoint=true skips the _target_ allow-list (segtrain/trust.py).
-        stored = load_checkpoint_config(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
-        check_resume_config(stored, OmegaConf.to_container(cfg, resolve=True), ckpt_path)
+        ckpt_config = load_checkpoint_config(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
+        allowed = list(cfg.get("resume_allow_changes") or ())
+        check_resume_config(ckpt_config, cfg, ckpt_path, allow_changes=allowed)
         log.info("Resuming from %s", ckpt_path)
     module = build_module(cfg)
     datamodule = build(cfg.data)
@@ -127,7 +176,7 @@ def train(cfg: DictConfig) -> float:
     log.info("Run folder: %s", os.path.abspath(output_dir))
     # Inside a multirun, DDP children re-run this job (not the sweep); cleaned up after (lightning_compat.py).
     with multirun_ddp_scope(trainer):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        _fit(trainer, module, datamodule, ckpt_path, output_dir)
         value = best_metric(trainer, cfg.monitor)
         if cfg.get("test_after_fit"):
             ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None

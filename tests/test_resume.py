@@ -78,9 +78,9 @@ def test_resume_config_mismatch_names_the_key():
     check_resume_config(None, ckpt, "x.ckpt")  # a foreign checkpoint: nothing to compare
     # Pretrained weights only change the initialisation, which the checkpoint overwrites anyway.
     check_resume_config(ckpt, {**ckpt, "model": {"arch": "unet", "encoder_weights": "imagenet"}}, "x.ckpt")
-    with pytest.raises(ValueError, match=r"trained with task='binary'.*this run has task='multiclass'.*drop that override"):
+    with pytest.raises(ValueError, match=r"task: trained with 'binary' but this run has 'multiclass'.*drop those overrides"):
         check_resume_config(ckpt, {**ckpt, "task": "multiclass", "num_classes": 3}, "x.ckpt")
-    with pytest.raises(ValueError, match=r"model="):
+    with pytest.raises(ValueError, match=r"model.arch: trained with .unet. but this run has .fpn."):
         check_resume_config(ckpt, {**ckpt, "model": {"arch": "fpn"}}, "x.ckpt")
 
 
@@ -261,7 +261,8 @@ def test_ckpt_path_latest_resumes_the_newest_run(tmp_path):
     old.parent.mkdir(parents=True)
     old.write_bytes(trained_checkpoint("binary", 1).read_bytes())  # a one-epoch run (epoch 0)
     run = logs / "runs" / "2026-01-02_00-00-00_000000"
-    train(compose_run(["ckpt_path=latest", f"paths.log_dir={logs}", "trainer.max_epochs=2"], run))
+    train(compose_run(["ckpt_path=latest", f"paths.log_dir={logs}", "trainer.max_epochs=2",
+                       "resume_allow_changes=[trainer.max_epochs]"], run))
     epochs = {int(r["epoch"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("epoch")}
     assert epochs == {1}  # epoch 0 came from the checkpoint; only epoch 1 was trained here
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1

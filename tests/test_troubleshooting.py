@@ -279,7 +279,7 @@ def test_resume_latest_without_any_run(tmp_path):
 def test_resume_with_another_task(tmp_path):
     ckpt = trained_checkpoint("binary", 1)
     cfg = compose_run([f"ckpt_path={ckpt}", "task=multiclass", "num_classes=3", "loss=ce_dice"], tmp_path / "run")
-    with pytest.raises(ValueError, match=r"trained with task='binary' but this run has task='multiclass'"):
+    with pytest.raises(ValueError, match=r"task: trained with 'binary' but this run has 'multiclass'"):
         train(cfg)
 
 
