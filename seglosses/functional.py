@@ -243,7 +243,7 @@ def focal_loss(
 class _SigmoidFocal(torch.autograd.Function):
     r"""Per-element sigmoid focal loss ``a_t * ce * q^gamma`` with a closed-form backward.
 
-    ``ce = (1 - t) x - log p`` (BCE from logits), ``q = 1 - p_t = p (1 - t) + (1 - p) t``. With
+    ``ce = (1 - t) x - log p`` (BCE from logits, summed in that order so that nothing cancels), ``q = 1 - p_t = p (1 - t) + (1 - p) t``. With
     ``u = exp(-|x|)`` and ``m = log sigmoid(|x|) = -log1p(u)`` (the larger of ``log p`` and
     ``log(1 - p)``; the smaller is ``m - |x|``): ``log p = m + min(x, 0)`` and
     ``log q = m + log((1 - s) + s u)`` with ``s = t`` where ``x > 0``, ``1 - t`` where ``x < 0``
@@ -264,13 +264,14 @@ class _SigmoidFocal(torch.autograd.Function):
         # In-place chains on fresh tensors: the loss is memory-bound, allocations cost as much as maths.
         u = x.abs().neg_().exp_()  # exp(-|x|)
         m = torch.log1p(u).neg_()  # log sigmoid(|x|)
-        ce = x.clamp_max(0.0).add_(m).neg_()  # -log p
-        ce.add_(x).addcmul_(t, x, value=-1.0)  # + (1 - t) x
+        # ce = (1 - t) x - min(x, 0) - m: each piece is exact or small, so nothing cancels where
+        # the loss is tiny (x - t x would cancel two rounded 12s at x = 12, t = 1).
+        ce = torch.rsub(t, 1.0).mul_(x).sub_(x.clamp_max(0.0)).sub_(m)
         loss = ce
         if gamma != 0:
             c = t.mul(-2.0).add_(1.0)  # 1 - 2t
             s = torch.sign(x).mul_(c).mul_(-0.5).add_(0.5)  # t where x > 0, 1 - t where x < 0
-            inner = torch.rsub(u, 1.0).mul_(s).neg_().add_(1.0)  # (1 - s) + s u
+            inner = torch.rsub(s, 1.0).addcmul_(s, u)  # (1 - s) + s u, no cancellation at s = 1
             inner.clamp_min_(torch.finfo(x.dtype).tiny)
             mod = torch.log(inner).add_(m).mul_(gamma).exp_()  # (1 - p_t)^gamma
             loss = ce * mod
