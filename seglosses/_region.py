@@ -30,7 +30,12 @@ def check_region_input(logits: Tensor, target: Tensor, options: RegionOptions, v
     Returns the target, with the channel dim restored for a binary ``[B, *]`` one.
     ``values=False`` leaves the binary / multilabel [0, 1] range check to the caller.
     """
-    name, mode, ignore_index = options.loss_name, options.mode, options.ignore_index
+    return check_input(logits, target, options.mode, options.ignore_index, options.loss_name, values)
+
+
+def check_input(logits: Tensor, target: Tensor, mode: str, ignore_index, name: str, values: bool = True) -> Tensor:
+    """The input checks of any loss that takes a ``mode``; returns the target, with the channel
+    dim restored for a binary ``[B, *]`` one (``values``: as in :func:`check_region_input`)."""
     _checks.check_logits(logits, name)
     if mode == "multiclass":
         _checks.check_multiclass_target(logits, target, ignore_index, name)

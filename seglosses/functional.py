@@ -44,6 +44,15 @@ __all__ = [
     "region_sums",
     "overlap_loss_from_sums",
     "RegionOptions",
+    "generalized_dice_loss",
+    "lovasz_loss",
+    "topk_cross_entropy",
+    "topk_binary_cross_entropy",
+    "ohem_cross_entropy",
+    "ohem_binary_cross_entropy",
+    "mcc_loss",
+    "cldice_loss",
+    "soft_skeleton",
 ]
 
 
@@ -370,3 +379,17 @@ def tversky_loss(logits: Tensor, target: Tensor, mode: Mode, **options) -> Tenso
     are those of :func:`dice_loss` except ``squared_pred``.
     """
     return region_loss(logits, target, RegionOptions.build("tversky", mode, options))
+
+
+# The losses with a file of their own (each beside its module). Imported last: hard_pixels
+# builds on cross_entropy and binary_cross_entropy above.
+from .cldice import cldice_loss, soft_skeleton  # noqa: E402
+from .generalized_dice import generalized_dice_loss  # noqa: E402
+from .hard_pixels import (  # noqa: E402
+    ohem_binary_cross_entropy,
+    ohem_cross_entropy,
+    topk_binary_cross_entropy,
+    topk_cross_entropy,
+)
+from .lovasz import lovasz_loss  # noqa: E402
+from .mcc import mcc_loss  # noqa: E402
