@@ -57,7 +57,7 @@ def _ohem_mean(loss: Tensor, p_t: Tensor, valid: Tensor | None, threshold: float
         ranked = torch.where(v, p_t, torch.full_like(p_t, 2.0)).sort().values  # ignored sort last
         n_valid = v.sum()
         at = torch.minimum(torch.full_like(n_valid, min_kept), (n_valid - 1).clamp_min(0))
-        thr = torch.maximum(ranked[at], thr)
+        thr = torch.maximum(ranked.gather(0, at.reshape(1)).squeeze(0), thr)  # gather: no unbacked index
     keep = (v & (p_t < thr)).to(loss.dtype)
     return (loss * keep).sum() / keep.sum().clamp_min(1.0)
 
