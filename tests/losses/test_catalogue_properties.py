@@ -42,9 +42,10 @@ IDS = list(CASES)
 @pytest.mark.parametrize("name", IDS)
 def test_gradcheck_float64(name):
     mode, factory = CASES[name]
-    x, t = make_case(mode, (5, 6))
+    x, t = make_case(mode, (4, 4))
     x.requires_grad_()
-    assert torch.autograd.gradcheck(lambda v: factory(None)(v, t), (x,), eps=1e-6, atol=1e-5)
+    fn = factory(None)
+    assert torch.autograd.gradcheck(lambda v: fn(v, t), (x,), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 @pytest.mark.parametrize("name", IDS)
