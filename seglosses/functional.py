@@ -189,6 +189,10 @@ def focal_loss(
     gamma: float = 2.0,
     ignore_index: int | float | None = None,
     reduction: str = "mean",
+    *,
+    weight: Tensor | list[float] | None = None,
+    pos_weight: Tensor | list[float] | None = None,
+    include_background: bool = True,
 ) -> Tensor:
     r"""Focal loss: cross-entropy down-weighted on well-classified pixels.
 
@@ -217,6 +221,11 @@ def focal_loss(
         gamma: focusing parameter ``>= 0``; 0 gives cross-entropy.
         ignore_index: target value whose pixels are excluded (masked mean).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+        weight: binary / multilabel, per channel: multiplies the channel's loss.
+        pos_weight: binary / multilabel, per channel: weight of the positive BCE term.
+        include_background: False excludes class-0 pixels (multiclass) or channel 0
+            (multilabel) from the loss and its mean (``reduction="none"`` keeps the shape, with
+            zeros there).
     """
     name = "FocalLoss"
     _checks.check_mode(mode, name)
@@ -239,13 +248,36 @@ def focal_loss(
                 _checks.check_weight_length(a, x.shape[1], "alpha", name)
                 a_t = a[t]
         loss = _SoftmaxFocal.apply(x, t, a_t, float(gamma))
+        if not include_background:
+            fg = t != 0
+            valid = fg if valid is None else valid & fg
         return _reduce(loss, None if valid is None else valid.to(x.dtype), reduction)
 
+    if weight is not None or pos_weight is not None:
+        if mode == "multiclass":
+            raise ValueError(f"{name}: weight and pos_weight are for the sigmoid modes; use alpha in multiclass")
+    if not include_background and x.shape[1] < 2:
+        raise ValueError(f"{name}: include_background=False drops channel 0; binary mode has only one channel")
     target = binary_target(logits, target) if mode == "binary" else target
     _checks.check_dense_target(logits, target, mode, ignore_index, name)
     t, mask = dense_target(target, ignore_index, x.dtype)
     a_t = None if alpha is None else (1.0 - alpha) + (2.0 * alpha - 1.0) * t  # alpha t + (1-alpha)(1-t)
-    loss = _SigmoidFocal.apply(x, t, a_t, float(gamma))
+    w = as_vector(weight, x)
+    if w is not None:
+        _checks.check_weight_length(w, x.shape[1], "weight", name)
+        w = channel_view(w, x.ndim)
+        a_t = w.expand_as(x) if a_t is None else a_t * w
+    pw_t = None
+    pw = as_vector(pos_weight, x)
+    if pw is not None:
+        _checks.check_weight_length(pw, x.shape[1], "pos_weight", name)
+        pw_t = (channel_view(pw, x.ndim) - 1.0) * t  # (w - 1) t: the extra weight of the positive term
+    loss = _SigmoidFocal.apply(x, t, a_t, float(gamma), pw_t)
+    if not include_background:
+        keep = torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
+        keep[0] = 0.0
+        keep = channel_view(keep, x.ndim).expand_as(x)
+        mask = keep if mask is None else mask * keep
     return _reduce(loss, mask, reduction)
 
 
@@ -269,13 +301,15 @@ class _SigmoidFocal(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, a_t: Tensor | None, gamma: float) -> Tensor:
+    def forward(ctx, x: Tensor, t: Tensor, a_t: Tensor | None, gamma: float, pw_t: Tensor | None = None) -> Tensor:
         # In-place chains on fresh tensors: the loss is memory-bound, allocations cost as much as maths.
         u = x.abs().neg_().exp_()  # exp(-|x|)
         m = torch.log1p(u).neg_()  # log sigmoid(|x|)
         # ce = (1 - t) x - min(x, 0) - m: each piece is exact or small, so nothing cancels where
         # the loss is tiny (x - t x would cancel two rounded 12s at x = 12, t = 1).
         ce = torch.rsub(t, 1.0).mul_(x).sub_(x.clamp_max(0.0)).sub_(m)
+        if pw_t is not None:  # pos_weight: + (w - 1) t (-log p), -log p = -min(x, 0) - m
+            ce = ce + pw_t * (x.clamp_max(0.0).neg_().sub_(m))
         loss = ce
         if gamma != 0:
             c = t.mul(-2.0).add_(1.0)  # 1 - 2t
@@ -288,6 +322,8 @@ class _SigmoidFocal(torch.autograd.Function):
             loss = loss * a_t
         if ctx.needs_input_grad[0]:
             g = torch.sigmoid(x).sub_(t)
+            if pw_t is not None:  # d/dx of (w - 1) t (-log p) = -(w - 1) t (1 - p)
+                g = g - pw_t * torch.sigmoid(-x)
             if gamma != 0:
                 r = u.div_((u + 1.0).mul_(inner))  # p (1 - p) / q
                 g.addcmul_(ce.mul_(r), c, value=gamma).mul_(mod)
@@ -300,7 +336,7 @@ class _SigmoidFocal(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         (g,) = ctx.saved_tensors
-        return grad * g, None, None, None
+        return grad * g, None, None, None, None
 
 
 class _SoftmaxFocal(torch.autograd.Function):

@@ -45,7 +45,7 @@ def _pixel_kind(pix: nn.Module, mode: str) -> str | None:
         return "bce"
     if type(pix) is CrossEntropyLoss and mode == "multiclass":
         return "ce"
-    if type(pix) is FocalLoss and pix.mode == mode:
+    if type(pix) is FocalLoss and pix.mode == mode and pix.fusable:
         return "focal"
     return None
 
@@ -59,7 +59,7 @@ def plan(terms, target: Tensor | None = None) -> FusedPlan | None:
     (returns None) for: ``from_logits=False``; a pixel ``reduction`` other than ``"mean"``;
     different ``ignore_index`` on the two terms; BCE with multiclass Dice or CE with
     binary/multilabel Dice (the composed path raises the mode error); Focal in another mode than
-    the region term; a ``target`` that requires grad. (Invalid region options, such as
+    the region term, or with ``weight``, ``pos_weight`` or ``include_background=False``; a ``target`` that requires grad. (Invalid region options, such as
     ``include_background=False`` in binary mode, cannot be built at all.)
     """
     if len(terms) != 2 or (target is not None and target.requires_grad):
