@@ -36,10 +36,12 @@ def _lovasz_rows(errors: Tensor, gt: Tensor) -> Tensor:
     errors_sorted, perm = torch.sort(errors, dim=-1, descending=True)
     gt_sorted = gt.gather(-1, perm)
     gts = gt_sorted.sum(-1, keepdim=True)
-    inter = gts - gt_sorted.cumsum(-1)
-    union = gts + (1.0 - gt_sorted).cumsum(-1)  # >= 1 everywhere
-    jac = 1.0 - inter / union
-    grad = torch.cat([jac[..., :1], jac[..., 1:] - jac[..., :-1]], dim=-1)
+    seen = gt_sorted.cumsum(-1)
+    rank = torch.arange(1, gt.shape[-1] + 1, dtype=gt.dtype, device=gt.device)
+    # Jaccard loss of the first k pixels: 1 - inter / union with inter = gts - seen and
+    # union = gts + cumsum(1 - gt) = gts + rank - seen (>= 1), i.e. rank / union: one cumsum.
+    jac = rank / (rank - seen + gts)
+    grad = torch.diff(jac, dim=-1, prepend=jac.new_zeros(jac.shape[:-1] + (1,)))
     return (errors_sorted.clamp_min(0.0) * grad).sum(-1)
 
 
@@ -63,8 +65,10 @@ def lovasz_loss(
     x = x.reshape(B, C, -1)
     if mode == "multiclass":
         t, valid = index_target(target.reshape(B, -1), ignore_index)
-        gt = F.one_hot(t, C).transpose(1, 2).to(x.dtype)  # [B, C, n]
-        errors = (gt - F.softmax(x, dim=1)).abs()
+        fg = t.unsqueeze(1) == torch.arange(C, device=t.device).view(1, C, 1)  # [B, C, n]
+        p = F.softmax(x, dim=1)
+        errors = torch.where(fg, 1.0 - p, p)  # |onehot - p|
+        gt = fg.to(x.dtype)
     else:
         t, valid = dense_target(target.reshape(B, C, -1), ignore_index, x.dtype)
         gt = t
