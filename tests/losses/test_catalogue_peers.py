@@ -195,3 +195,13 @@ def test_deep_supervision_max_pooling_keeps_thin_foreground():
     seen.clear()
     DeepSupervisionLoss(Spy())([torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 2, 2)], t)
     assert seen[1].sum() == 0
+
+
+def test_volumes_equal_the_peers_too():
+    x, t = make_case("multiclass", (3, 4, 5), dtype=torch.float32)
+    torch.testing.assert_close(LovaszLoss("multiclass")(x, t), smp_losses.LovaszLoss("multiclass")(x, t))
+    ref = monai_losses.GeneralizedDiceLoss(softmax=True, batch=True)(x.double(), _onehot(t, 3))
+    torch.testing.assert_close(GeneralizedDiceLoss("multiclass", smooth=1e-5)(x.double(), t), ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(TopKCrossEntropyLoss(k=20.0)(x, t), _nnunet_topk(x, t, 20.0))
+    xb, tb = make_case("binary", (3, 4, 5))
+    torch.testing.assert_close(MCCLoss("binary")(xb, tb), smp_losses.MCCLoss()(torch.sigmoid(xb), tb))
