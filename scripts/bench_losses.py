@@ -13,7 +13,12 @@ Compares, side by side in one run, for each case:
 - ``floor``         binary_cross_entropy_with_logits / cross_entropy alone: one pass over the logits
 
 Cases: binary BCE+Dice 8x1x512x512, multiclass CE+Dice 4x21x256x256, binary Dice+Focal
-8x1x512x512 (``--quick``: tiny shapes, for smoke tests).
+8x1x512x512 (``--quick``: tiny shapes, for smoke tests). Then one case per loss of issue 14
+against its peer on matching options (4x1x256x256 binary, 4x8x128x128 multiclass):
+GeneralizedDice vs MONAI, Lovász vs smp and kornia, TopK CE vs nnU-Net's TopKLoss and OHEM CE
+vs HRNet's OhemCrossEntropy (both inlined: neither framework is a dependency), MCC vs smp,
+clDice vs MONAI, DeepSupervision(Dice) vs MONAI; each ends in a PASS/FAIL line on
+``peer / ours >= 1``.
 
 Method. Each timed call is ``loss(x, t).backward()`` on a fresh leaf copy of the logits (copy made
 outside the timer); the implementations are interleaved within every repetition (so load from
@@ -229,6 +234,112 @@ def peak_memory(fn: LossFn, x: torch.Tensor, t: torch.Tensor, device: torch.devi
     return peak / 2**20
 
 
+def _kornia():
+    try:
+        import kornia.losses as kl
+    except ImportError:
+        return None
+    return kl
+
+
+def _nnunet_topk(x, t, k=10.0):
+    """nnU-Net v2's TopKLoss (RobustCrossEntropyLoss, reduction none, then torch.topk), inlined:
+    nnunetv2 is a whole framework, not a test dependency."""
+    res = F.cross_entropy(x, t, reduction="none").reshape(-1)
+    return torch.topk(res, int(res.numel() * k / 100), sorted=False).values.mean()
+
+
+def _hrnet_ohem(x, t, thresh=0.7, min_kept=100_000, ignore=255):
+    """HRNet's OhemCrossEntropy (lib/core/criterion.py), inlined for the same reason."""
+    losses = F.cross_entropy(x, t, ignore_index=ignore, reduction="none").reshape(-1)
+    mask = t.reshape(-1) != ignore
+    tt = torch.where(t == ignore, torch.zeros_like(t), t)
+    pred = F.softmax(x, 1).gather(1, tt.unsqueeze(1)).reshape(-1)[mask]
+    pred, ind = pred.sort()
+    threshold = max(pred[min(min_kept, pred.numel() - 1)], thresh)
+    return losses[mask][ind][pred < threshold].mean()
+
+
+def build_catalogue_cases(quick: bool, device: torch.device) -> list[dict]:
+    """The losses of issue 14, each against its peer implementation on matching options."""
+    from seglosses import (
+        ClDiceLoss, DeepSupervisionLoss, GeneralizedDiceLoss, LovaszLoss, MCCLoss,
+        OhemCrossEntropyLoss, TopKCrossEntropyLoss,
+    )
+
+    g = torch.Generator().manual_seed(1)
+    bshape = (2, 1, 32, 32) if quick else (4, 1, 256, 256)
+    mshape = (2, 4, 16, 16) if quick else (4, 8, 128, 128)
+    xb = torch.randn(bshape, generator=g).to(device)
+    tb = (torch.rand(bshape, generator=g) > 0.7).float().to(device)
+    xm = torch.randn(mshape, generator=g).to(device)
+    B, C, H, W = mshape
+    tm = torch.randint(0, C, (B, H, W), generator=g).to(device)
+    sl, ml, kl = _smp(), _monai(), _kornia()
+    shape_b, shape_m = "x".join(map(str, bshape)), "x".join(map(str, mshape))
+    cases = []
+
+    def add(key, name, x, impls):
+        cases.append({"name": name, "x": x, "impls": {k: v for k, v in impls.items() if v is not None},
+                      "key": key, "peer_case": True})
+
+    add("gdl", f"GeneralizedDice multiclass {shape_m}", xm, {
+        "ours": (GeneralizedDiceLoss("multiclass", smooth=1e-5), tm),
+        "monai": None if ml is None else (ml.GeneralizedDiceLoss(softmax=True, to_onehot_y=True, batch=True), tm.unsqueeze(1)),
+    })
+    add("lovasz_binary", f"Lovasz hinge binary per image {shape_b}", xb, {
+        "ours": (LovaszLoss("binary", per_image=True), tb),
+        "smp": None if sl is None else (sl.LovaszLoss("binary", per_image=True), tb),
+        "kornia": None if kl is None else (kl.lovasz_hinge_loss, tb[:, 0].long()),
+    })
+    add("lovasz_multiclass", f"Lovasz-softmax multiclass {shape_m}", xm, {
+        "ours": (LovaszLoss("multiclass"), tm),
+        "smp": None if sl is None else (sl.LovaszLoss("multiclass"), tm),
+    })
+    add("lovasz_all", f"Lovasz-softmax per image, all classes {shape_m}", xm, {
+        "ours": (LovaszLoss("multiclass", per_image=True, classes="all"), tm),
+        "kornia": None if kl is None else (kl.lovasz_softmax_loss, tm),
+    })
+    add("topk", f"TopK CE k=10 {shape_m}", xm, {
+        "ours": (TopKCrossEntropyLoss(k=10.0), tm),
+        "nnunet": (_nnunet_topk, tm),
+    })
+    tm_ign = tm.clone()
+    tm_ign[:, : max(1, H // 8)] = 255
+    add("ohem", f"OHEM CE thresh=0.7 min_kept={B * H * W // 16} {shape_m}", xm, {
+        "ours": (OhemCrossEntropyLoss(min_kept=B * H * W // 16, ignore_index=255), tm_ign),
+        "hrnet": (lambda x, t, m=B * H * W // 16: _hrnet_ohem(x, t, 0.7, m), tm_ign),
+    })
+    add("mcc", f"MCC binary {shape_b}", xb, {
+        "ours": (MCCLoss("binary"), tb),
+        "smp": None if sl is None else (lambda x, t, f=sl.MCCLoss(): f(torch.sigmoid(x), t), tb),
+    })
+    add("cldice", f"soft clDice binary iter=3 {shape_b}", xb, {
+        "ours": (ClDiceLoss("binary"), tb),
+        "monai": None if ml is None else (ml.SoftclDiceLoss(sigmoid=True), tb),
+    })
+
+    class Levels(torch.nn.Module):
+        """Three deep-supervision outputs (full, 1/2, 1/4) from one leaf, so backward reaches it."""
+
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x, t):
+            return self.fn([x, F.avg_pool2d(x, 2), F.avg_pool2d(x, 4)], t)
+
+    ds_ours = DeepSupervisionLoss(DiceLoss("multiclass", smooth=1e-5, per_image=True, empty_class="zero"))
+    weights = ds_ours.level_weights(3)
+    add("deep_supervision", f"DeepSupervision(Dice) 3 levels {shape_m}", xm, {
+        "ours": (Levels(ds_ours), tm),
+        "monai": None if ml is None else (
+            Levels(ml.DeepSupervisionLoss(ml.DiceLoss(softmax=True, to_onehot_y=True), weights=weights)),
+            tm.unsqueeze(1).float()),
+    })
+    return cases
+
+
 def run(args) -> int:
     device = torch.device(args.device)
     if args.threads:
@@ -239,6 +350,7 @@ def run(args) -> int:
         seglosses.set_checks(False)
     seglosses.set_cpu_compile(False)  # "ours" is the default, eager path whatever the environment says
     cases = [c for c in build_cases(args.quick, device, args.cpu_compile == "both")
+             + build_catalogue_cases(args.quick, device)
              if not args.cases or c["key"] in args.cases]
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"repeats={repeats} (median, interleaved) clock={args.clock} "
@@ -297,6 +409,13 @@ def run(args) -> int:
                 text = f"{other} / {subject} = {ratio:.2f} (>= {target})"
             failed += not ok
             print(f"  {'PASS' if ok else 'FAIL'} {key}: {text}")
+    peer_rows = [(c["key"], k) for c in cases if c.get("peer_case") for k in c["impls"] if k != "ours"]
+    if peer_rows:
+        print("\nIssue 14 losses (peer time / ours: >= 1 means ours is not slower):")
+    for key, other in peer_rows:
+        ratio = results[key][other][0] / results[key]["ours"][0]
+        failed += ratio < 1.0
+        print(f"  {'PASS' if ratio >= 1.0 else 'FAIL'} {key}: {other} / ours = {ratio:.2f}")
     if args.quick:
         print("(--quick: tiny shapes, the targets do not apply)")
     return 0
@@ -309,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (smoke test)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave default)")
     parser.add_argument(
-        "--cases", nargs="*", choices=["binary", "multiclass", "focal"], default=None,
+        "--cases", nargs="*", default=None,
+        choices=["binary", "multiclass", "focal", "gdl", "lovasz_binary", "lovasz_multiclass", "lovasz_all",
+                 "topk", "ohem", "mcc", "cldice", "deep_supervision"],
         help="run only these cases (default: all)",
     )
     parser.add_argument(

@@ -1,4 +1,5 @@
-"""seglosses: segmentation losses in pure PyTorch (BCE, CE, Dice, Jaccard, Tversky, Focal, combos).
+"""seglosses: segmentation losses in pure PyTorch (BCE, CE, Dice, Jaccard, Tversky, Focal, Generalized
+Dice, Lovász, TopK / OHEM cross-entropy, MCC, clDice, deep supervision, combos).
 
     from seglosses import DiceLoss, BCELoss, CombinedLoss
     loss = CombinedLoss({"bce": BCELoss(), "dice": DiceLoss("binary")}, {"bce": 0.5, "dice": 0.5})
@@ -17,7 +18,13 @@ from .bce import BCELoss
 from .ce import CrossEntropyLoss
 from .combo import CombinedLoss
 from .dice import DiceLoss, JaccardLoss, TverskyLoss
+from .cldice import ClDiceLoss
+from .deep_supervision import DeepSupervisionLoss
 from .focal import FocalLoss
+from .generalized_dice import GeneralizedDiceLoss
+from .hard_pixels import OhemBCELoss, OhemCrossEntropyLoss, TopKBCELoss, TopKCrossEntropyLoss
+from .lovasz import LovaszLoss
+from .mcc import MCCLoss
 from .options import RegionOptions
 
 __all__ = [
@@ -28,6 +35,15 @@ __all__ = [
     "TverskyLoss",
     "FocalLoss",
     "CombinedLoss",
+    "GeneralizedDiceLoss",
+    "LovaszLoss",
+    "TopKCrossEntropyLoss",
+    "TopKBCELoss",
+    "OhemCrossEntropyLoss",
+    "OhemBCELoss",
+    "MCCLoss",
+    "ClDiceLoss",
+    "DeepSupervisionLoss",
     "RegionOptions",
     "functional",
     "set_checks",

@@ -30,7 +30,12 @@ def check_region_input(logits: Tensor, target: Tensor, options: RegionOptions, v
     Returns the target, with the channel dim restored for a binary ``[B, *]`` one.
     ``values=False`` leaves the binary / multilabel [0, 1] range check to the caller.
     """
-    name, mode, ignore_index = options.loss_name, options.mode, options.ignore_index
+    return check_input(logits, target, options.mode, options.ignore_index, options.loss_name, values)
+
+
+def check_input(logits: Tensor, target: Tensor, mode: str, ignore_index, name: str, values: bool = True) -> Tensor:
+    """The input checks of any loss that takes a ``mode``; returns the target, with the channel
+    dim restored for a binary ``[B, *]`` one (``values``: as in :func:`check_region_input`)."""
     _checks.check_logits(logits, name)
     if mode == "multiclass":
         _checks.check_multiclass_target(logits, target, ignore_index, name)
@@ -150,7 +155,8 @@ def overlap_loss_from_sums(
 
     Classes (and, per image, images) with no valid pixel carry weight 0. The loss is the weighted
     mean ``sum_{u,c} w_c L_{u,c} / sum_{u,c} w_c`` over units ``u`` (the batch, or each image) and
-    classes; 0 if every weight is 0.
+    classes; 0 if every weight is 0. ``reduction="sum"`` gives the numerator alone and
+    ``"none"`` the ``L_{u,c}`` themselves (``[C]`` or ``[B, C]``), 0 where the weight is 0.
 
     With ``sync_dist`` the sums (batch form) or the weighted numerator and denominator (per-image
     form) are all-reduced across processes first, see :mod:`seglosses.distributed`.
@@ -201,7 +207,8 @@ def overlap_loss_from_sums(
         pos = loss > 0
         loss = torch.where(pos, torch.where(pos, loss, 1.0) ** gamma, 0.0 * loss)
 
-    if not isinstance(count, Tensor) and w is None and empty_class != "exclude" and not sync_dist:
+    reduction = o.reduction
+    if reduction == "mean" and not isinstance(count, Tensor) and w is None and empty_class != "exclude" and not sync_dist:
         # every unit and class counts with weight 1 (or none does: no pixels at all)
         return loss.mean() if counted and loss.numel() else loss.sum() * 0.0
     if isinstance(count, Tensor):
@@ -213,7 +220,12 @@ def overlap_loss_from_sums(
     if empty_class == "exclude":
         weights = weights * present.to(loss.dtype)
     weights = weights.expand_as(loss)
-    numer, denom = (weights * loss).sum(), weights.sum()
+    if reduction == "none":  # per class (and image): the user weighs the terms
+        return loss * (weights > 0).to(loss.dtype)
+    numer = (weights * loss).sum()
+    if reduction == "sum":
+        return numer
+    denom = weights.sum()
     if sync_dist and per_image:
         numer, denom = all_reduce_sum(torch.stack([numer, denom])).unbind(0)
     return numer / torch.where(denom > 0, denom, 1.0)

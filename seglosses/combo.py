@@ -8,6 +8,7 @@ loop can log it next to the total.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -23,7 +24,7 @@ class CombinedLoss(nn.Module):
         terms: mapping ``name -> nn.Module``; each module is called as ``term(logits, target)``
             and must return a scalar tensor. Names are arbitrary (they are used for logging).
         weights: optional mapping ``name -> float``; a missing name gets weight 1.0. Every key
-            must name a term.
+            must name a term; weights are finite and ``>= 0`` (``ValueError`` otherwise).
         fused: use the fused fast path when the terms allow it (default True); False always
             calls the terms one by one (the reference composition, e.g. for benchmarks).
 
@@ -75,6 +76,12 @@ class CombinedLoss(nn.Module):
         for name, w in weights.items():
             if isinstance(w, bool) or not isinstance(w, (int, float)):
                 raise ValueError(f"CombinedLoss weight for {name!r} must be a number, got {w!r}")
+            if not math.isfinite(w) or w < 0:
+                # a negative weight maximises its term; NaN / inf turn every step's loss into NaN
+                raise ValueError(
+                    f"CombinedLoss weight for {name!r} must be a finite number >= 0, got {w!r}; "
+                    f"use 0 to switch a term off"
+                )
         self.terms = nn.ModuleDict(dict(terms))
         self.weights = {name: float(weights.get(name, 1.0)) for name in terms}
         self.fused = bool(fused)

@@ -30,6 +30,9 @@ _OPTIONS_DOC = """
             ``"penalize_fp"`` (default) its soft false-positive rate ``sum p / N`` (0 for an
             empty prediction, never NaN); ``"zero"`` 0 while still counting in the average
             (segmentation-models-pytorch); ``"exclude"`` left out of the average.
+        reduction: ``"mean"`` (default); ``"sum"``: ``sum_c w_c L_c`` (over images too with
+            ``per_image``); ``"none"``: the per-class losses ``[C]`` (``[B, C]`` with
+            ``per_image``), unweighted, 0 for a class that carries no weight.
 
     Shape:
         logits ``[B, C, *spatial]`` (2D, 3D, ...); target binary ``[B, 1, *]`` or ``[B, *]`` in
@@ -94,6 +97,7 @@ class _OverlapLoss(_RegionLoss):
         include_background: bool = True,
         sync_dist: bool = False,
         empty_class: str = "penalize_fp",
+        reduction: str = "mean",
     ):
         super().__init__()
         self._set_options(
@@ -108,6 +112,7 @@ class _OverlapLoss(_RegionLoss):
             include_background=include_background,
             sync_dist=sync_dist,
             empty_class=empty_class,
+            reduction=reduction,
         )
 
 
@@ -162,6 +167,7 @@ class TverskyLoss(_RegionLoss):
         include_background: bool = True,
         sync_dist: bool = False,
         empty_class: str = "penalize_fp",
+        reduction: str = "mean",
     ):
         super().__init__()
         self._set_options(
@@ -178,6 +184,7 @@ class TverskyLoss(_RegionLoss):
             include_background=include_background,
             sync_dist=sync_dist,
             empty_class=empty_class,
+            reduction=reduction,
         )
 
     def extra_repr(self) -> str:

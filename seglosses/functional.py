@@ -44,6 +44,15 @@ __all__ = [
     "region_sums",
     "overlap_loss_from_sums",
     "RegionOptions",
+    "generalized_dice_loss",
+    "lovasz_loss",
+    "topk_cross_entropy",
+    "topk_binary_cross_entropy",
+    "ohem_cross_entropy",
+    "ohem_binary_cross_entropy",
+    "mcc_loss",
+    "cldice_loss",
+    "soft_skeleton",
 ]
 
 
@@ -180,6 +189,10 @@ def focal_loss(
     gamma: float = 2.0,
     ignore_index: int | float | None = None,
     reduction: str = "mean",
+    *,
+    weight: Tensor | list[float] | None = None,
+    pos_weight: Tensor | list[float] | None = None,
+    include_background: bool = True,
 ) -> Tensor:
     r"""Focal loss: cross-entropy down-weighted on well-classified pixels.
 
@@ -208,6 +221,11 @@ def focal_loss(
         gamma: focusing parameter ``>= 0``; 0 gives cross-entropy.
         ignore_index: target value whose pixels are excluded (masked mean).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+        weight: binary / multilabel, per channel: multiplies the channel's loss.
+        pos_weight: binary / multilabel, per channel: weight of the positive BCE term.
+        include_background: False excludes class-0 pixels (multiclass) or channel 0
+            (multilabel) from the loss and its mean (``reduction="none"`` keeps the shape, with
+            zeros there).
     """
     name = "FocalLoss"
     _checks.check_mode(mode, name)
@@ -230,20 +248,43 @@ def focal_loss(
                 _checks.check_weight_length(a, x.shape[1], "alpha", name)
                 a_t = a[t]
         loss = _SoftmaxFocal.apply(x, t, a_t, float(gamma))
+        if not include_background:
+            fg = t != 0
+            valid = fg if valid is None else valid & fg
         return _reduce(loss, None if valid is None else valid.to(x.dtype), reduction)
 
+    if weight is not None or pos_weight is not None:
+        if mode == "multiclass":
+            raise ValueError(f"{name}: weight and pos_weight are for the sigmoid modes; use alpha in multiclass")
+    if not include_background and x.shape[1] < 2:
+        raise ValueError(f"{name}: include_background=False drops channel 0; binary mode has only one channel")
     target = binary_target(logits, target) if mode == "binary" else target
     _checks.check_dense_target(logits, target, mode, ignore_index, name)
     t, mask = dense_target(target, ignore_index, x.dtype)
     a_t = None if alpha is None else (1.0 - alpha) + (2.0 * alpha - 1.0) * t  # alpha t + (1-alpha)(1-t)
-    loss = _SigmoidFocal.apply(x, t, a_t, float(gamma))
+    w = as_vector(weight, x)
+    if w is not None:
+        _checks.check_weight_length(w, x.shape[1], "weight", name)
+        w = channel_view(w, x.ndim)
+        a_t = w.expand_as(x) if a_t is None else a_t * w
+    pw_t = None
+    pw = as_vector(pos_weight, x)
+    if pw is not None:
+        _checks.check_weight_length(pw, x.shape[1], "pos_weight", name)
+        pw_t = (channel_view(pw, x.ndim) - 1.0) * t  # (w - 1) t: the extra weight of the positive term
+    loss = _SigmoidFocal.apply(x, t, a_t, float(gamma), pw_t)
+    if not include_background:
+        keep = torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
+        keep[0] = 0.0
+        keep = channel_view(keep, x.ndim).expand_as(x)
+        mask = keep if mask is None else mask * keep
     return _reduce(loss, mask, reduction)
 
 
 class _SigmoidFocal(torch.autograd.Function):
     r"""Per-element sigmoid focal loss ``a_t * ce * q^gamma`` with a closed-form backward.
 
-    ``ce = (1 - t) x - log p`` (BCE from logits), ``q = 1 - p_t = p (1 - t) + (1 - p) t``. With
+    ``ce = (1 - t) x - log p`` (BCE from logits, summed in that order so that nothing cancels), ``q = 1 - p_t = p (1 - t) + (1 - p) t``. With
     ``u = exp(-|x|)`` and ``m = log sigmoid(|x|) = -log1p(u)`` (the larger of ``log p`` and
     ``log(1 - p)``; the smaller is ``m - |x|``): ``log p = m + min(x, 0)`` and
     ``log q = m + log((1 - s) + s u)`` with ``s = t`` where ``x > 0``, ``1 - t`` where ``x < 0``
@@ -260,17 +301,20 @@ class _SigmoidFocal(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, a_t: Tensor | None, gamma: float) -> Tensor:
+    def forward(ctx, x: Tensor, t: Tensor, a_t: Tensor | None, gamma: float, pw_t: Tensor | None = None) -> Tensor:
         # In-place chains on fresh tensors: the loss is memory-bound, allocations cost as much as maths.
         u = x.abs().neg_().exp_()  # exp(-|x|)
         m = torch.log1p(u).neg_()  # log sigmoid(|x|)
-        ce = x.clamp_max(0.0).add_(m).neg_()  # -log p
-        ce.add_(x).addcmul_(t, x, value=-1.0)  # + (1 - t) x
+        # ce = (1 - t) x - min(x, 0) - m: each piece is exact or small, so nothing cancels where
+        # the loss is tiny (x - t x would cancel two rounded 12s at x = 12, t = 1).
+        ce = torch.rsub(t, 1.0).mul_(x).sub_(x.clamp_max(0.0)).sub_(m)
+        if pw_t is not None:  # pos_weight: + (w - 1) t (-log p), -log p = -min(x, 0) - m
+            ce = ce + pw_t * (x.clamp_max(0.0).neg_().sub_(m))
         loss = ce
         if gamma != 0:
             c = t.mul(-2.0).add_(1.0)  # 1 - 2t
             s = torch.sign(x).mul_(c).mul_(-0.5).add_(0.5)  # t where x > 0, 1 - t where x < 0
-            inner = torch.rsub(u, 1.0).mul_(s).neg_().add_(1.0)  # (1 - s) + s u
+            inner = torch.rsub(s, 1.0).addcmul_(s, u)  # (1 - s) + s u, no cancellation at s = 1
             inner.clamp_min_(torch.finfo(x.dtype).tiny)
             mod = torch.log(inner).add_(m).mul_(gamma).exp_()  # (1 - p_t)^gamma
             loss = ce * mod
@@ -278,6 +322,8 @@ class _SigmoidFocal(torch.autograd.Function):
             loss = loss * a_t
         if ctx.needs_input_grad[0]:
             g = torch.sigmoid(x).sub_(t)
+            if pw_t is not None:  # d/dx of (w - 1) t (-log p) = -(w - 1) t (1 - p)
+                g = g - pw_t * torch.sigmoid(-x)
             if gamma != 0:
                 r = u.div_((u + 1.0).mul_(inner))  # p (1 - p) / q
                 g.addcmul_(ce.mul_(r), c, value=gamma).mul_(mod)
@@ -290,7 +336,7 @@ class _SigmoidFocal(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         (g,) = ctx.saved_tensors
-        return grad * g, None, None, None
+        return grad * g, None, None, None, None
 
 
 class _SoftmaxFocal(torch.autograd.Function):
@@ -369,3 +415,17 @@ def tversky_loss(logits: Tensor, target: Tensor, mode: Mode, **options) -> Tenso
     are those of :func:`dice_loss` except ``squared_pred``.
     """
     return region_loss(logits, target, RegionOptions.build("tversky", mode, options))
+
+
+# The losses with a file of their own (each beside its module). Imported last: hard_pixels
+# builds on cross_entropy and binary_cross_entropy above.
+from .cldice import cldice_loss, soft_skeleton  # noqa: E402
+from .generalized_dice import generalized_dice_loss  # noqa: E402
+from .hard_pixels import (  # noqa: E402
+    ohem_binary_cross_entropy,
+    ohem_cross_entropy,
+    topk_binary_cross_entropy,
+    topk_cross_entropy,
+)
+from .lovasz import lovasz_loss  # noqa: E402
+from .mcc import mcc_loss  # noqa: E402

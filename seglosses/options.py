@@ -48,6 +48,9 @@ class RegionOptions:
         sync_dist: all-reduce the sums across ``torch.distributed`` processes.
         empty_class: ``"penalize_fp" | "zero" | "exclude"``: what a class absent from the target
             costs (see :func:`seglosses.functional.overlap_loss_from_sums`).
+        reduction: ``"mean"`` (the weighted mean) | ``"sum"`` (the weighted sum
+            ``sum w_c L_c``) | ``"none"`` (the per-class losses, ``[C]``, or ``[B, C]`` with
+            ``per_image``; unweighted, 0 where a class carries no weight).
         alpha, beta, gamma: Tversky's false-positive and false-negative weights (>= 0, not both
             0) and focal exponent (> 0); Dice and Jaccard take the neutral 0.5, 0.5, 1.
     """
@@ -64,6 +67,7 @@ class RegionOptions:
     include_background: bool = True
     sync_dist: bool = False
     empty_class: str = "penalize_fp"
+    reduction: str = "mean"
     alpha: float = 0.5
     beta: float = 0.5
     gamma: float = 1.0
@@ -83,6 +87,12 @@ class RegionOptions:
         if self.empty_class not in EMPTY_CLASS_POLICIES:
             raise ValueError(
                 f"{name}: empty_class must be one of {EMPTY_CLASS_POLICIES}, got {self.empty_class!r}"
+            )
+        _checks.check_reduction(self.reduction, name)
+        if self.reduction != "mean" and self.sync_dist and self.per_image:
+            raise ValueError(
+                f"{name}: sync_dist with per_image reduces the weighted mean across ranks; "
+                f"reduction={self.reduction!r} needs sync_dist=False (or per_image=False)"
             )
         if self.mode == "binary" and not self.include_background:
             raise ValueError(

@@ -30,6 +30,11 @@ __all__ = [
 TERMS_BY_TASK = {
     "BCELoss": ("binary", "multilabel"),  # independent sigmoid per channel
     "CrossEntropyLoss": ("multiclass",),  # softmax over the channels, target = class indices
+    "TopKCrossEntropyLoss": ("multiclass",),
+    "OhemCrossEntropyLoss": ("multiclass",),
+    "TopKBCELoss": ("binary", "multilabel"),
+    "OhemBCELoss": ("binary", "multilabel"),
+    "MCCLoss": ("binary", "multilabel"),  # sigmoid per channel
 }
 
 # The combination to suggest when a term cannot serve the task.

@@ -31,6 +31,15 @@ LOSSES = {
     "ce": ("multiclass", {"ce": seglosses.CrossEntropyLoss}),
     "ce_dice": ("multiclass", {"ce": seglosses.CrossEntropyLoss, "dice": seglosses.DiceLoss}),
     "ce_jaccard": ("multiclass", {"ce": seglosses.CrossEntropyLoss, "jaccard": seglosses.JaccardLoss}),
+    # issue 14 (their fast_dev_runs: tests/losses/test_catalogue_train.py)
+    "ce_lovasz": ("multiclass", {"ce": seglosses.CrossEntropyLoss, "lovasz": seglosses.LovaszLoss}),
+    "bce_lovasz": ("binary", {"bce": seglosses.BCELoss, "lovasz": seglosses.LovaszLoss}),
+    "lovasz": ("multilabel", {"lovasz": seglosses.LovaszLoss}),
+    "dice_topk": ("multiclass", {"dice": seglosses.DiceLoss, "topk_ce": seglosses.TopKCrossEntropyLoss}),
+    "dice_ohem": ("multiclass", {"dice": seglosses.DiceLoss, "ohem_ce": seglosses.OhemCrossEntropyLoss}),
+    "dice_cldice": ("binary", {"dice": seglosses.DiceLoss, "cldice": seglosses.ClDiceLoss}),
+    "generalized_dice": ("multiclass", {"generalized_dice": seglosses.GeneralizedDiceLoss}),
+    "bce_mcc": ("multilabel", {"bce": seglosses.BCELoss, "mcc": seglosses.MCCLoss}),
 }
 NUM_CLASSES = {"binary": 1, "multiclass": 4, "multilabel": 3}
 

@@ -35,7 +35,9 @@ NOT_EXPOSED = {
 }
 # Config keys that reach the constructor under another name (segtrain/losses.py renames them,
 # because a term's own `weight` is its weight in the combined loss).
-RENAMED = {("seglosses.CrossEntropyLoss", "class_weights"): "weight"}
+RENAMED = {(target, "class_weights"): "weight" for target in (
+    "seglosses.CrossEntropyLoss", "seglosses.FocalLoss", "seglosses.TopKCrossEntropyLoss",
+    "seglosses.OhemCrossEntropyLoss")}
 NOT_OPTIONS = {"_target_", "weight"}  # the class, and the term's weight in the sum
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 if torch.torch_version.TorchVersion(torch.__version__) >= (2, 4):
@@ -137,3 +138,14 @@ def sigmoid_region_grad(out: Tensor, p: Tensor, t: Tensor, v: Tensor | None, gi:
     else:
         torch.mul(v, gp, out=out).addcmul_(t, gi)
     return torch.ops.aten.sigmoid_backward.grad_input(out, p, grad_input=out)
+
+
+def bce_from_logits(x: Tensor, t: Tensor) -> Tensor:
+    """Per-element BCE ``(1 - t) x - log sigmoid(x)`` without cancellation.
+
+    Summed as ``(1 - t) x - min(x, 0) + log1p(exp(-|x|))``: for hard targets the first two
+    pieces cancel exactly or not at all, and the last is small and exact, so the loss keeps its
+    relative precision at confident logits (``x - t x - log p`` loses it from ``|x| ~ 10`` on).
+    """
+    ce = torch.rsub(t, 1.0).mul_(x).sub_(x.clamp_max(0.0))
+    return ce.add_(F.softplus(x.abs().neg_()))

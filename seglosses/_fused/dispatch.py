@@ -45,7 +45,7 @@ def _pixel_kind(pix: nn.Module, mode: str) -> str | None:
         return "bce"
     if type(pix) is CrossEntropyLoss and mode == "multiclass":
         return "ce"
-    if type(pix) is FocalLoss and pix.mode == mode:
+    if type(pix) is FocalLoss and pix.mode == mode and pix.fusable:
         return "focal"
     return None
 
@@ -56,10 +56,10 @@ def plan(terms, target: Tensor | None = None) -> FusedPlan | None:
     Dispatch is on the term types and options, never on the names: exactly one region term
     (``DiceLoss``, ``JaccardLoss`` or ``TverskyLoss``, exact types -- a subclass may change the
     maths) and one pixel term (``BCELoss``, ``CrossEntropyLoss`` or ``FocalLoss``). Falls back
-    (returns None) for: ``from_logits=False``; a pixel ``reduction`` other than ``"mean"``;
+    (returns None) for: ``from_logits=False``; a ``reduction`` other than ``"mean"`` (either term);
     different ``ignore_index`` on the two terms; BCE with multiclass Dice or CE with
     binary/multilabel Dice (the composed path raises the mode error); Focal in another mode than
-    the region term; a ``target`` that requires grad. (Invalid region options, such as
+    the region term, or with ``weight``, ``pos_weight`` or ``include_background=False``; a ``target`` that requires grad. (Invalid region options, such as
     ``include_background=False`` in binary mode, cannot be built at all.)
     """
     if len(terms) != 2 or (target is not None and target.requires_grad):
@@ -70,7 +70,7 @@ def plan(terms, target: Tensor | None = None) -> FusedPlan | None:
         return None
     (rname, region), (pname, pix) = regions[0], others[0]
     kind = _pixel_kind(pix, region.options.mode)
-    if kind is None or not region.options.from_logits or pix.reduction != "mean":
+    if kind is None or not region.options.from_logits or pix.reduction != "mean" or region.options.reduction != "mean":
         return None
     if region.options.ignore_index != pix.ignore_index:
         return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import no_autocast, power, rowdot, sigmoid_region_grad, sigmoid_region_sums
+from .common import bce_from_logits, no_autocast, power, rowdot, sigmoid_region_grad, sigmoid_region_sums
 from .softmax import (
     log_softmax_at_target,
     probabilities_for_backward,
@@ -43,13 +43,11 @@ class SigmoidFocalRegionFn(torch.autograd.Function):
             inter, pred, tsum = sigmoid_region_sums(p, t, v, squared)
             if gamma == 0.0 or gamma >= 1.0:
                 # q^g has a bounded slope for g >= 1 (or is constant for g = 0), so q = 1 - p_t
-                # may be formed directly: p + t - 2 p t. Its rounding near q = 0 changes the
-                # loss and gradient only by ~q^g (tiny); g < 1 takes the log-space branch below.
-                m = (p - 0.5).abs_().add_(0.5)  # max(p, 1 - p)
-                ce = x.clamp_min(0.0)
-                ce.sub_(m.log_())  # softplus(x) = relu(x) - log max(p, 1 - p)
-                ce.addcmul_(t, x, value=-1.0)  # - t x
-                q = torch.addcmul(t, p, t, value=-2.0).add_(p).clamp_min_(0.0)
+                # may be formed directly, as p (1 - t) + sigmoid(-x) t: two non-negative terms,
+                # so it keeps its relative precision where p rounds to 1; g < 1 takes the
+                # log-space branch below.
+                ce = bce_from_logits(x, t)
+                q = torch.sigmoid(-x).mul_(t).addcmul_(torch.rsub(t, 1.0), p)
                 w = ce * power(q, gamma) if gamma != 0.0 else ce.clone()
                 if alpha is not None:
                     w.mul_(_alpha_t(t, alpha))
@@ -57,7 +55,7 @@ class SigmoidFocalRegionFn(torch.autograd.Function):
             else:
                 logp = F.logsigmoid(x)
                 log1mp = logp - x  # log(1 - p) = logsigmoid(x) - x
-                ce = torch.addcmul(-log1mp, t, x, value=-1.0)  # softplus(x) - t x
+                ce = bce_from_logits(x, t)
                 # q = 1 - p_t = p (1 - t) + (1 - p) t, in log space
                 logq = torch.logaddexp(logp + torch.log1p(-t), log1mp + torch.log(t))
                 w = ce * torch.exp(gamma * logq)

@@ -236,11 +236,20 @@ def test_composed_weighted_sum_and_last_values():
         ({"a": lambda x, t: x}, None, "nn.Module"),
         ({"a": nn.L1Loss()}, {"a": "heavy"}, "number"),
         ({"a.b": nn.L1Loss()}, None, "without '.'"),
+        ({"a": nn.L1Loss()}, {"a": -0.5}, "finite number >= 0"),
+        ({"a": nn.L1Loss()}, {"a": float("nan")}, "finite number >= 0"),
+        ({"a": nn.L1Loss()}, {"a": float("inf")}, "finite number >= 0"),
     ],
 )
 def test_bad_construction_raises_value_error(terms, weights, match):
     with pytest.raises(ValueError, match=match):
         CombinedLoss(terms, weights)
+
+
+def test_zero_weight_is_allowed():
+    x = torch.randn(3, 4)
+    combined = CombinedLoss({"a": nn.L1Loss(), "b": nn.MSELoss()}, {"a": 0.0})
+    torch.testing.assert_close(combined(x, torch.zeros_like(x)), (x**2).mean())
 
 
 def test_fused_path_reports_bad_input_like_the_modules():

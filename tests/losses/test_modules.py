@@ -26,6 +26,17 @@ TENSOR_ARGS = {"pos_weight", "weight", "class_weights"}
         TverskyLoss("multiclass", alpha=0.3, beta=0.7, gamma=1.5, smooth=0.1, per_image=True),
         FocalLoss("multiclass", alpha=[0.25, 0.75], gamma=1.0, ignore_index=255, reduction="sum"),
         FocalLoss("binary", alpha=0.25, gamma=2.0),
+        FocalLoss("multilabel", weight=[1.0, 2.0], pos_weight=[2.0, 1.0], include_background=False),
+        seglosses.GeneralizedDiceLoss("multiclass", weight_type="simple", smooth=1.0, per_image=True,
+                                      include_background=False, ignore_index=255, reduction="none"),
+        seglosses.LovaszLoss("multiclass", per_image=True, classes="all", ignore_index=255),
+        seglosses.TopKCrossEntropyLoss(k=5.0, weight=[1.0, 2.0], ignore_index=255, label_smoothing=0.1),
+        seglosses.TopKBCELoss(k=5.0, pos_weight=[2.0]),
+        seglosses.OhemCrossEntropyLoss(threshold=0.5, min_kept=10, weight=[1.0, 2.0]),
+        seglosses.OhemBCELoss(threshold=0.5, min_kept=10, pos_weight=[2.0]),
+        seglosses.MCCLoss("multilabel", eps=1e-3, per_image=True, ignore_index=255, from_logits=False),
+        seglosses.ClDiceLoss("multiclass", iterations=5, smooth=0.5, eps=1e-3, include_background=False),
+        seglosses.DeepSupervisionLoss(DiceLoss("binary"), weights=[1.0, 0.5], target_downsample="max"),
     ],
     ids=lambda f: type(f).__name__,
 )
@@ -52,7 +63,8 @@ def test_contract_signatures():
     assert names(DiceLoss)[:10] == ["mode", "from_logits", "smooth", "squared_pred", "log_loss", "per_image",
                                     "ignore_index", "class_weights", "include_background", "sync_dist"]
     assert names(TverskyLoss)[:4] == ["mode", "alpha", "beta", "gamma"]
-    assert names(FocalLoss) == ["mode", "alpha", "gamma", "ignore_index", "reduction"]
+    assert names(FocalLoss) == ["mode", "alpha", "gamma", "ignore_index", "reduction", "weight", "pos_weight",
+                                "include_background"]
     assert seglosses.CombinedLoss is CombinedLoss
 
 

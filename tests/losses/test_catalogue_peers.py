@@ -1,0 +1,207 @@
+"""The losses of issue 14 equal their peers: MONAI, segmentation-models-pytorch, kornia, and the
+nnU-Net / HRNet formulas (not installable here) written out as references."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seglosses import (
+    ClDiceLoss,
+    CombinedLoss,
+    DeepSupervisionLoss,
+    DiceLoss,
+    GeneralizedDiceLoss,
+    LovaszLoss,
+    MCCLoss,
+    OhemBCELoss,
+    OhemCrossEntropyLoss,
+    TopKBCELoss,
+    TopKCrossEntropyLoss,
+)
+
+from _loss_cases import IGNORE, make_case
+
+monai_losses = pytest.importorskip("monai.losses")
+smp_losses = pytest.importorskip("segmentation_models_pytorch.losses")
+
+
+def _onehot(t, c):
+    return F.one_hot(t, c).movedim(-1, 1).double()
+
+
+@pytest.mark.parametrize("weight_type", ["square", "simple", "uniform"])
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("include_background", [True, False])
+def test_generalized_dice_equals_monai_with_an_absent_class(weight_type, per_image, include_background):
+    x, t = make_case("multiclass", (6, 7), classes=4)
+    t[t == 2] = 1  # class 2 absent: MONAI gives it the largest weight of the present classes
+    ours = GeneralizedDiceLoss("multiclass", weight_type=weight_type, smooth=1e-5, per_image=per_image,
+                               include_background=include_background)(x, t)
+    ref = monai_losses.GeneralizedDiceLoss(softmax=True, w_type=weight_type, batch=not per_image,
+                                           include_background=include_background)(x, _onehot(t, 4))
+    torch.testing.assert_close(ours, ref.to(ours.dtype), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+def test_generalized_dice_sigmoid_modes_equal_monai(mode):
+    x, t = make_case(mode, (5, 6))
+    ours = GeneralizedDiceLoss(mode, smooth=1e-5, per_image=True)(x, t)
+    ref = monai_losses.GeneralizedDiceLoss(sigmoid=True)(x, t)
+    torch.testing.assert_close(ours, ref.to(ours.dtype), rtol=1e-6, atol=1e-7)
+
+
+def test_generalized_dice_reductions():
+    x, t = make_case("multiclass", (5, 6), batch=3)
+    per = GeneralizedDiceLoss("multiclass", per_image=True, reduction="none")(x, t)
+    ref = monai_losses.GeneralizedDiceLoss(softmax=True, reduction="none", smooth_nr=0, smooth_dr=0)(x, _onehot(t, 3))
+    assert per.shape == (3,)
+    torch.testing.assert_close(per, ref.reshape(-1).to(per.dtype), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(GeneralizedDiceLoss("multiclass", per_image=True, reduction="sum")(x, t), per.sum())
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_lovasz_binary_and_multiclass_equal_smp(per_image, ignore):
+    ii = IGNORE if ignore else None
+    for mode in ("binary", "multiclass"):
+        x, t = make_case(mode, (6, 7), ignore=ignore, dtype=torch.float32)
+        ours = LovaszLoss(mode, per_image=per_image, ignore_index=ii)(x, t)
+        ref = smp_losses.LovaszLoss(mode, per_image=per_image, ignore_index=ii)(x, t)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_lovasz_equals_kornia():
+    # kornia is not in the dev extras (pyproject.toml); only this test needs it
+    kornia_losses = pytest.importorskip("kornia.losses")
+    x, t = make_case("binary", (6, 7), batch=3, dtype=torch.float32)
+    torch.testing.assert_close(LovaszLoss("binary", per_image=True)(x, t),
+                               kornia_losses.lovasz_hinge_loss(x, t[:, 0].long()), rtol=1e-5, atol=1e-6)
+    x, t = make_case("multiclass", (6, 7), batch=3, classes=4, dtype=torch.float32)
+    t[t == 3] = 0  # an absent class: kornia averages over all classes
+    torch.testing.assert_close(LovaszLoss("multiclass", per_image=True, classes="all")(x, t),
+                               kornia_losses.lovasz_softmax_loss(x, t), rtol=1e-5, atol=1e-6)
+
+
+def test_lovasz_multilabel_is_the_mean_of_per_channel_binary_problems():
+    x, t = make_case("multilabel", (5, 6))
+    per_channel = [LovaszLoss("binary")(x[:, c : c + 1], t[:, c : c + 1]) for c in range(3)]
+    torch.testing.assert_close(LovaszLoss("multilabel")(x, t), torch.stack(per_channel).mean())
+
+
+def _nnunet_topk(x, t, k, weight=None):  # nnunetv2 TopKLoss: CE per voxel, top k% of all voxels
+    res = F.cross_entropy(x, t, weight=weight, reduction="none").reshape(-1)
+    return torch.topk(res, int(res.numel() * k / 100), sorted=False).values.mean()
+
+
+def _hrnet_ohem(x, t, thresh, min_kept, ignore=IGNORE, weight=None):  # HRNet OhemCrossEntropy
+    losses = F.cross_entropy(x, t, weight=weight, ignore_index=ignore, reduction="none").reshape(-1)
+    mask = t.reshape(-1) != ignore
+    tt = t.clone()
+    tt[tt == ignore] = 0
+    pred = F.softmax(x, 1).gather(1, tt.unsqueeze(1)).reshape(-1)[mask]
+    pred, ind = pred.sort()
+    threshold = max(pred[min(min_kept, pred.numel() - 1)], thresh)
+    return losses[mask][ind][pred < threshold].mean()
+
+
+@pytest.mark.parametrize("k", [10.0, 37.5, 100.0])
+def test_topk_ce_equals_nnunet(k):
+    x, t = make_case("multiclass", (8, 8))
+    w = torch.tensor([1.0, 2.0, 0.5], dtype=x.dtype)
+    torch.testing.assert_close(TopKCrossEntropyLoss(k=k, weight=w)(x, t), _nnunet_topk(x, t, k, w))
+
+
+def test_topk_with_ignore_index_takes_k_percent_of_the_valid_pixels():
+    x, t = make_case("multiclass", (8, 8), ignore=True)
+    valid = F.cross_entropy(x, t, ignore_index=IGNORE, reduction="none")[t != IGNORE]
+    ref = torch.topk(valid, int(valid.numel() * 0.2)).values.mean()
+    torch.testing.assert_close(TopKCrossEntropyLoss(k=20.0, ignore_index=IGNORE)(x, t), ref)
+
+
+@pytest.mark.parametrize("min_kept", [0, 7, 40, 10_000])
+@pytest.mark.parametrize("threshold", [0.3, 0.7])
+def test_ohem_ce_equals_hrnet(min_kept, threshold):
+    x, t = make_case("multiclass", (8, 8), ignore=True)
+    ours = OhemCrossEntropyLoss(threshold=threshold, min_kept=min_kept, ignore_index=IGNORE)(x, t)
+    torch.testing.assert_close(ours, _hrnet_ohem(x, t, threshold, min_kept))
+
+
+def test_binary_topk_and_ohem_follow_the_same_rules_on_bce():
+    x, t = make_case("binary", (8, 8))
+    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none").reshape(-1)
+    torch.testing.assert_close(TopKBCELoss(k=25.0)(x, t), torch.topk(bce, int(bce.numel() * 0.25)).values.mean())
+    p = torch.sigmoid(x).reshape(-1)
+    p_t = torch.where(t.reshape(-1) > 0.5, p, 1 - p)
+    ranked = p_t.sort().values
+    thr = max(float(ranked[10]), 0.6)
+    torch.testing.assert_close(OhemBCELoss(threshold=0.6, min_kept=10)(x, t), bce[p_t < thr].mean())
+
+
+def test_mcc_equals_smp_and_multilabel_averages_channels():
+    x, t = make_case("binary", (6, 7))
+    torch.testing.assert_close(MCCLoss("binary")(x, t), smp_losses.MCCLoss()(torch.sigmoid(x), t))
+    x, t = make_case("multilabel", (6, 7))
+    per = [smp_losses.MCCLoss()(torch.sigmoid(x[:, c]), t[:, c]) for c in range(3)]
+    torch.testing.assert_close(MCCLoss("multilabel")(x, t), torch.stack(per).mean())
+
+
+@pytest.mark.parametrize("spatial", [(12, 11), (6, 7, 8)])
+@pytest.mark.parametrize("mode", ["binary", "multiclass"])
+def test_cldice_equals_monai(spatial, mode):
+    x, t = make_case(mode, spatial)
+    if mode == "binary":
+        ref = monai_losses.SoftclDiceLoss(iter_=2, sigmoid=True)(x, t)
+    else:
+        ref = monai_losses.SoftclDiceLoss(iter_=2, softmax=True, include_background=False)(x, _onehot(t, 3))
+    ours = ClDiceLoss(mode, iterations=2, include_background=mode == "binary")(x, t)
+    torch.testing.assert_close(ours, ref)
+
+
+def test_dice_plus_cldice_equals_monai_soft_dice_cldice():
+    x, t = make_case("multiclass", (12, 12), batch=2)
+    t[1, :3] = torch.arange(3).repeat(4)  # every class present in every image
+    combo = CombinedLoss({"dice": DiceLoss("multiclass", smooth=1.0, per_image=True), "cldice": ClDiceLoss("multiclass")},
+                         {"dice": 0.7, "cldice": 0.3}, fused=False)
+    ref = monai_losses.SoftDiceclDiceLoss(alpha=0.3, softmax=True)(x, _onehot(t, 3))
+    torch.testing.assert_close(combo(x, t), ref)
+
+
+def test_deep_supervision_equals_monai_with_normalised_weights():
+    g = torch.Generator().manual_seed(0)
+    outs = [torch.randn(2, 3, s, s, generator=g) for s in (16, 8, 4)]
+    t = torch.randint(0, 3, (2, 16, 16), generator=g)
+    t[:, :4, :4] = torch.arange(3).repeat(6)[:16].reshape(4, 4)
+    ds = DeepSupervisionLoss(DiceLoss("multiclass", smooth=1e-5, per_image=True, empty_class="zero"))
+    weights = ds.level_weights(3)
+    assert weights == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    ref = monai_losses.DeepSupervisionLoss(monai_losses.DiceLoss(softmax=True, to_onehot_y=True), weights=weights)
+    torch.testing.assert_close(ds(outs, t), ref(outs, t.unsqueeze(1).float()), rtol=1e-5, atol=1e-6)
+
+
+def test_deep_supervision_max_pooling_keeps_thin_foreground():
+    t = torch.zeros(1, 1, 8, 8)
+    t[0, 0, 3, :] = 1.0  # a one-pixel line: nearest sampling at 1/4 drops it
+    seen = []
+
+    class Spy(torch.nn.Module):
+        mode = "binary"
+
+        def forward(self, x, target):
+            seen.append(target)
+            return x.sum() * 0
+
+    DeepSupervisionLoss(Spy(), target_downsample="max")([torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 2, 2)], t)
+    assert seen[1].tolist() == [[[[1.0, 1.0], [0.0, 0.0]]]]
+    seen.clear()
+    DeepSupervisionLoss(Spy())([torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 2, 2)], t)
+    assert seen[1].sum() == 0
+
+
+def test_volumes_equal_the_peers_too():
+    x, t = make_case("multiclass", (3, 4, 5), dtype=torch.float32)
+    torch.testing.assert_close(LovaszLoss("multiclass")(x, t), smp_losses.LovaszLoss("multiclass")(x, t))
+    ref = monai_losses.GeneralizedDiceLoss(softmax=True, batch=True)(x.double(), _onehot(t, 3))
+    torch.testing.assert_close(GeneralizedDiceLoss("multiclass", smooth=1e-5)(x.double(), t), ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(TopKCrossEntropyLoss(k=20.0)(x, t), _nnunet_topk(x, t, 20.0))
+    xb, tb = make_case("binary", (3, 4, 5))
+    torch.testing.assert_close(MCCLoss("binary")(xb, tb), smp_losses.MCCLoss()(torch.sigmoid(xb), tb))
