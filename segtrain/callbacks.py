@@ -28,6 +28,7 @@ from torchvision.utils import draw_segmentation_masks
 
 from datamodules.masks import class_palette
 
+from .atomic import storage_errors
 from .task import logits_to_mask
 
 
@@ -230,15 +231,16 @@ class PredictionGrid(L.Callback):
         names = self.class_names or getattr(trainer.datamodule, "class_names", None)
         ignore_index = getattr(pl_module, "hparams", {}).get("ignore_index")
         grid = self.render(image, mask, logits, pl_module.task, pl_module.num_classes, names, ignore_index)
-        os.makedirs(self.dirpath, exist_ok=True)
-        name = f"epoch_{trainer.current_epoch:03d}.png"
-        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(os.path.join(self.dirpath, name))
+        path = os.path.join(self.dirpath, f"epoch_{trainer.current_epoch:03d}.png")
+        with storage_errors(path, "the prediction picture", kept="The checkpoints and metrics saved so far are kept. "):
+            os.makedirs(self.dirpath, exist_ok=True)
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
         for logger in trainer.loggers:
             kind = type(logger).__name__
             if kind == "TensorBoardLogger":
                 logger.experiment.add_image("val/predictions", grid, global_step=trainer.global_step)
             elif kind == "MLFlowLogger":
-                logger.experiment.log_image(logger.run_id, grid.permute(1, 2, 0).numpy(), artifact_file=f"predictions/{name}")
+                logger.experiment.log_image(logger.run_id, grid.permute(1, 2, 0).numpy(), artifact_file=f"predictions/{os.path.basename(path)}")
 
 
 def _compose(

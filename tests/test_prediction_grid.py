@@ -100,3 +100,17 @@ def test_the_same_picture_goes_to_the_png_tensorboard_and_mlflow(tmp_path: Path)
     (artifact, mlflow_image), = mlf.images
     assert tag == "val/predictions" and artifact == "predictions/epoch_003.png"
     assert np.array_equal(tb_image.permute(1, 2, 0).numpy(), png) and np.array_equal(mlflow_image, png)
+
+
+def test_an_unwritable_picture_folder_names_the_file(tmp_path: Path):
+    """A failed picture write stops with the file's name (segtrain.atomic.storage_errors), not a bare OSError."""
+    from segtrain.atomic import StorageError
+
+    (tmp_path / "not_a_folder").write_text("a file where the folder should be")
+    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, current_epoch=0, global_step=1,
+                              loggers=[], datamodule=SimpleNamespace(class_names=None))
+    module = SimpleNamespace(task="binary", num_classes=1, hparams={"ignore_index": None})
+    callback = PredictionGrid(dirpath=str(tmp_path / "not_a_folder" / "predictions"))
+    callback._batch = (torch.randn(1, 3, 16, 16), (torch.rand(1, 1, 16, 16) > 0.5).float(), torch.randn(1, 1, 16, 16))
+    with pytest.raises(StorageError, match="the prediction picture .*epoch_000.png"):
+        callback.on_validation_epoch_end(trainer, module)
