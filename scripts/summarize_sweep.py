@@ -185,10 +185,11 @@ def to_markdown(header: list[str], rows: list[list[Any]], shared: dict[str, str]
     return "\n".join(lines) + "\n"
 
 
-def plot(jobs: list[Job], metric: str, mode: str, path: Path, keys: list[str] | None = None) -> None:
+def plot(jobs: list[Job], metric: str, mode: str, path: Path, keys: list[str] | None = None) -> list[str]:
     """Bars of each job's best ``metric`` (failed jobs marked) and each finished job's curve.
 
-    ``keys``: the override keys that label a job (default: all; pass the ones that vary).
+    ``keys``: the override keys that label a job (default: all; pass the ones that vary). Bars and
+    curves carry the same label, the job's number and those overrides; returns the curves' legend.
     """
     import matplotlib
 
@@ -209,9 +210,11 @@ def plot(jobs: list[Job], metric: str, mode: str, path: Path, keys: list[str] | 
     ax_bar.set_yticks(y, labels, fontsize=8)
     ax_bar.set_xlabel(f"best {metric} ({mode})")
     ax_bar.set_title("Jobs, best first (red: failed/incomplete)")
-    for j in jobs:
+    legend = []
+    for j, label in zip(jobs, labels):
         if j.curve:
-            ax_curve.plot([e for e, _ in j.curve], [v for _, v in j.curve], marker="o", label=j.name)
+            ax_curve.plot([e for e, _ in j.curve], [v for _, v in j.curve], marker="o", label=label)
+            legend.append(label)
     ax_curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_curve.set_xlabel("epoch")
     ax_curve.set_ylabel(metric)
@@ -221,6 +224,7 @@ def plot(jobs: list[Job], metric: str, mode: str, path: Path, keys: list[str] | 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return legend
 
 
 def summarize(multirun_dir: Path, out_dir: Path | None = None, metric: str | None = None,

@@ -201,3 +201,11 @@ def test_study_sources_and_errors(tmp_path, capsys):
     assert summarize_sweep.main([str(db), "--study", "nope"]) == 2
     err = capsys.readouterr().err
     assert "no study 'nope'" in err and "it holds: loss_search" in err
+
+
+def test_curves_are_labelled_by_their_overrides(fake_multirun, tmp_path):
+    """Each validation curve's legend entry names the job's varying overrides, not its number alone."""
+    jobs = summarize_sweep.sort_jobs([summarize_sweep.load_job(d, fake_multirun, "val/dice", "max")
+                                      for d in summarize_sweep.find_jobs(fake_multirun)], "val/dice", "max")
+    legend = summarize_sweep.plot(jobs, "val/dice", "max", tmp_path / "summary.png", keys=["loss"])
+    assert legend == ["1: loss=dice", "0: loss=bce"]  # the two jobs with a curve, best first
