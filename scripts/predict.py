@@ -138,15 +138,19 @@ class MaskWriter(BasePredictionWriter):
         output: folder receiving ``masks/`` and ``overlays/``.
         task: decides the mask format.
         num_classes: classes of the task (palette size).
-        overlay: also write the colour overlays.
+        overlay: also write the colour overlays (with a legend of the class colours).
+        class_names: the legend's names (default: "foreground" / "class k").
     """
 
-    def __init__(self, output: str, task: str, num_classes: int, overlay: bool = True) -> None:
+    def __init__(
+        self, output: str, task: str, num_classes: int, overlay: bool = True, class_names: list[str] | None = None
+    ) -> None:
         super().__init__(write_interval="batch")
         self.output = output
         self.task = task
         self.num_classes = num_classes
         self.overlay = overlay
+        self.class_names = class_names
         self.written: list[str] = []
         self.predicted = 0
         self.failed: list[tuple[str, str]] = []
@@ -159,7 +163,10 @@ class MaskWriter(BasePredictionWriter):
             self.written += save_mask(mask, self.task, self.num_classes, os.path.join(self.output, "masks"), stem)
             if self.overlay:
                 self.written.append(
-                    save_overlay(read_image(path), mask, self.task, self.num_classes, os.path.join(self.output, "overlays"), stem)
+                    save_overlay(
+                        read_image(path), mask, self.task, self.num_classes, os.path.join(self.output, "overlays"), stem,
+                        self.class_names,
+                    )
                 )
 
     def on_predict_end(self, trainer, pl_module) -> None:
@@ -196,7 +203,8 @@ def predict(args: Any) -> list[str]:
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
     )
-    writer = MaskWriter(os.path.abspath(args.output), model.task, model.num_classes, bool(args.overlay))
+    class_names = (model.config.get("data") or {}).get("class_names")  # as the training pictures named them
+    writer = MaskWriter(os.path.abspath(args.output), model.task, model.num_classes, bool(args.overlay), class_names)
     trainer = L.Trainer(
         **dict(args.trainer),
         logger=False,

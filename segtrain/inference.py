@@ -307,10 +307,31 @@ def overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, al
     return draw_segmentation_masks(img, layers, alpha=alpha, colors=colors).permute(1, 2, 0).numpy()
 
 
-def save_overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, folder: str, stem: str) -> str:
-    """Write :func:`overlay` as ``<folder>/<stem>.png``; returns the path."""
+def save_overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    task: str,
+    num_classes: int,
+    folder: str,
+    stem: str,
+    class_names: list[str] | None = None,
+) -> str:
+    """Write :func:`overlay` as ``<folder>/<stem>.png``, with a legend strip of the class colours below it.
+
+    The overlay keeps the image's size (its top ``H`` rows); ``class_names`` names the drawn
+    layers as in the training pictures (default: "foreground" / "class k"). Returns the path.
+    """
+    from .callbacks import default_class_names, drawing_colors, legend_strip
+
+    drawn = Image.fromarray(overlay(image, mask, task, num_classes))
+    names = list(class_names) if class_names else default_class_names(task, num_classes)
+    colors = drawing_colors(task, num_classes)
+    strip = legend_strip(list(zip(names, colors)), width=drawn.width, font_size=max(10, min(24, drawn.width // 40)))
+    picture = Image.new("RGB", (drawn.width, drawn.height + strip.height), "white")
+    picture.paste(drawn, (0, 0))
+    picture.paste(strip, (0, drawn.height))
     path = os.path.join(folder, f"{stem}.png")
-    _save_png(Image.fromarray(overlay(image, mask, task, num_classes)), path)
+    _save_png(picture, path)
     return path
 
 

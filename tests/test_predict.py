@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from reliability_helpers import load_script, run_script, trained_checkpoint, write_images
 
+from segtrain.callbacks import drawing_colors
 from segtrain.inference import load_inference_model, predict_images, read_image
 
 SIZES = [(40, 50), (64, 64), (33, 17), (32, 32), (100, 20)]
@@ -51,7 +52,10 @@ def test_predict_cli_folder_binary(tmp_path):
         assert set(np.unique(values)) <= {0, 255}
         np.testing.assert_array_equal(values, _reference_mask(model, path))
         ovl = Image.open(out / "overlays" / f"{path.stem}.png")
-        assert ovl.mode == "RGB" and ovl.size == (w, h)
+        assert ovl.mode == "RGB" and ovl.width == w and ovl.height > h  # the image's size + the legend strip
+        legend = np.asarray(ovl)[h:]
+        assert (legend == 255).all(-1).mean() > 0.5  # a white strip ...
+        assert (np.abs(legend.astype(int) - drawing_colors("binary", 1)[0]).sum(-1) == 0).any()  # ... with the class colour
     assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(f"{p.stem}.png" for p in images)
 
 
