@@ -8,8 +8,8 @@ What a run records (``mlflow ui --backend-store-uri sqlite:///logs/mlflow.db`` s
   ``val/loss_<term>``, ``val/dice`` ...) and, every ``trainer.log_every_n_steps`` steps, the
   combined loss and each term as ``train/loss_step``, ``train/loss_<term>_step``;
 * tags: ``run_dir`` (the run folder) and, inside a multirun, ``study_name`` (the Optuna sweeper's
-  ``hydra.sweeper.study_name``) and ``trial_number`` (the multirun's job number, which is the
-  Optuna trial number of a new study); the run is named ``<study_name>-trial<n>`` there, else
+  ``hydra.sweeper.study_name``) and ``trial_number`` (the Optuna trial's number; in a plain
+  multirun the job number); the run is named ``<study_name>-trial<n>`` there, else
   after its run folder;
 * artifacts: ``predictions/`` (the prediction pictures) and the best and last checkpoints
   (Lightning's ``log_model=True``: ``<checkpoint name>/<file>`` with its score in ``metadata.yaml``).
@@ -53,10 +53,19 @@ def default_tracking_uri(log_dir: str | os.PathLike) -> str:
 
 
 def sweep_tags() -> dict[str, str]:
-    """``study_name`` and ``trial_number`` inside a Hydra multirun (empty otherwise)."""
+    """``study_name`` and ``trial_number`` inside a Hydra multirun (empty otherwise).
+
+    In an Optuna sweep they come from the job's link to its trial (``SEGTRAIN_OPTUNA_TRIAL``), so
+    they are the study's own trial number also when a resumed study's job numbers start again at 0.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from .optuna_trial import TrialLink
+
+    link = TrialLink.from_env()
+    if link is not None:
+        return {"trial_number": str(link.number), "study_name": link.study}
     if not HydraConfig.initialized():
         return {}
     hc = HydraConfig.get()

@@ -66,3 +66,13 @@ def test_without_mlflow_installed_start_up_says_how_to_install(tmp_path, monkeyp
     with pytest.raises(ValueError, match=r"logger=mlflow needs MLflow.*pip install 'mlflow>=3'"):
         train(compose_run(["logger=mlflow", f"paths.log_dir={tmp_path}"], tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_optuna_trials_are_tagged_with_the_studys_trial_number(monkeypatch):
+    """In an Optuna sweep the tags come from the job's trial link, not the (restarting) job number."""
+    from segtrain.optuna_trial import ENV_TRIAL, TrialLink
+    from segtrain.tracking import sweep_tags
+
+    link = TrialLink("sqlite:///unused.db", "loss_search", 12, None)
+    monkeypatch.setenv(ENV_TRIAL, link.env()[ENV_TRIAL])
+    assert sweep_tags() == {"study_name": "loss_search", "trial_number": "12"}
