@@ -100,6 +100,28 @@ def _all_handlers() -> list[logging.Handler]:
     return [h for lg in loggers for h in lg.handlers]
 
 
+def _bypassing_loggers(rebound: set[logging.Handler], file: TextIO) -> list[tuple[logging.Logger, logging.Handler]]:
+    """Give ``file`` a handler on each non-propagating logger whose console handler the tee missed.
+
+    Lightning's ``lightning.pytorch`` logger keeps the ``sys.stderr`` it saw at import. When
+    something replaced ``sys.stderr`` since (a notebook, a test's capture), that handler writes
+    past the tee, so the logger gets a handler of its own on the log file, with the console's
+    format. Returns the ``(logger, handler)`` pairs added.
+    """
+    added = []
+    for logger in logging.Logger.manager.loggerDict.values():
+        if not isinstance(logger, logging.Logger) or logger.propagate:
+            continue
+        console = [h for h in logger.handlers if type(h) is logging.StreamHandler]  # noqa: E721 -- not file/capture subclasses
+        if console and not any(h in rebound for h in console):
+            handler = logging.StreamHandler(file)
+            handler.setFormatter(console[0].formatter)
+            handler.setLevel(console[0].level)
+            logger.addHandler(handler)
+            added.append((logger, handler))
+    return added
+
+
 @contextmanager
 def console_log(path: str) -> Iterator[TextIO]:
     """Tee the console into ``path`` (appended) while the block runs; an exception's traceback goes there too.
@@ -121,6 +143,7 @@ def console_log(path: str) -> Iterator[TextIO]:
             handler.setStream(tee_out if stream is out else tee_err)
     for handler in hydra_files:
         root.removeHandler(handler)
+    bypassing = _bypassing_loggers({handler for handler, _ in rebound}, file)
     sys.stdout, sys.stderr = tee_out, tee_err
     try:
         yield file
@@ -133,6 +156,8 @@ def console_log(path: str) -> Iterator[TextIO]:
         sys.stdout, sys.stderr = out, err
         for handler, stream in rebound:
             handler.setStream(stream)
+        for logger, handler in bypassing:
+            logger.removeHandler(handler)
         for handler in hydra_files:
             root.addHandler(handler)
         file.close()

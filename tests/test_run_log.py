@@ -84,5 +84,25 @@ def test_noise_is_switched_off_where_it_starts(compose_cfg):
 
     quiet_sweep_logging(OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}}}))
     optuna_log = logging.getLogger("optuna")
-    assert optuna_log.propagate and not optuna_log.handlers
+    # Optuna's own colour handler is a plain StreamHandler (pytest attaches its capture handlers, subclasses, too).
+    assert optuna_log.propagate and not [h for h in optuna_log.handlers if type(h) is logging.StreamHandler]
     assert logging.getLogger("alembic").getEffectiveLevel() == logging.WARNING
+
+
+def test_a_logger_bound_to_a_replaced_stderr_still_reaches_the_log(tmp_path):
+    """Lightning's logger keeps the stderr it saw at import; once sys.stderr was replaced, the tee
+    misses its handler, so the log file gets a handler of its own on that logger (and loses it after)."""
+    stale = io.StringIO()  # the stderr of an earlier time
+    logger = logging.getLogger("test_run_log.non_propagating")
+    handler = logging.StreamHandler(stale)
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    path = tmp_path / "train.log"
+    try:
+        with console_log(str(path)):
+            logger.info("GPU available: False")
+        logger.info("after the run")
+    finally:
+        logger.removeHandler(handler)
+    assert path.read_text().count("GPU available: False") == 1 and "after the run" not in path.read_text()
+    assert "GPU available: False" in stale.getvalue()  # its own console still gets it
