@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.rounds, args.cache_batches = 4, 2, 2, 2
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -197,111 +198,118 @@ def main(argv: list[str] | None = None) -> dict:
 
     import logging
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banners every round
-    tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
-    output_dir = str(args.output_dir or tmp.name)
-    overrides = (QUICK_OVERRIDES if args.quick else []) + list(args.overrides) + [f"paths.output_dir={output_dir}"]
-    cfg = compose(overrides)
-    L.seed_everything(int(cfg.get("seed", 0) or 0), workers=True, verbose=False)
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # no banners every round
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
+        output_dir = str(args.output_dir or tmp.name)
+        overrides = (QUICK_OVERRIDES if args.quick else []) + list(args.overrides) + [f"paths.output_dir={output_dir}"]
+        cfg = compose(overrides)
+        L.seed_everything(int(cfg.get("seed", 0) or 0), workers=True, verbose=False)
 
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.setup("fit")
-    n_steps = args.warmup + args.steps
-    if args.data == "cached":
-        cache = list(_cycle(datamodule.train_dataloader(), args.cache_batches))
-        make_batches = lambda: _Batches(cache, n_steps)  # noqa: E731
-    else:
-        make_batches = lambda: _cycle(datamodule.train_dataloader(), n_steps)  # noqa: E731
-    batch_size = int(next(iter(make_batches()))["image"].shape[0])
-
-    module = harness.build_module(cfg)
-    net0 = copy.deepcopy(module.net.state_dict())
-    # Plain side: an exact copy of the initial network, the same loss object, optimizer from config.
-    plain_net = copy.deepcopy(module.net)
-    plain_loss = module.loss
-    # The config's callbacks and loggers, minus the ones that only act on validation / epoch ends
-    # (nothing of theirs runs inside the timed steps, and without validation they would complain).
-    skip = {"model_checkpoint", "early_stopping", "prediction_grid"}
-    callbacks_cfg = {k: v for k, v in (cfg.get("callbacks") or {}).items() if k not in skip}
-    device_holder = {}
-
-    def harness_round() -> tuple[float, float]:
-        module.net.load_state_dict(net0)
-        timer = _step_timer(args.warmup, args.steps)
-        trainer = hydra.utils.instantiate(
-            cfg.trainer,
-            callbacks=[*harness._instantiate_dict(callbacks_cfg, "callbacks"), timer],
-            logger=harness._instantiate_dict(cfg.get("logger"), "logger") or False,
-            max_steps=n_steps, max_epochs=-1, limit_train_batches=n_steps, limit_val_batches=0,
-            num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
-        )
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.setup("fit")
+        n_steps = args.warmup + args.steps
         if args.data == "cached":
-            trainer.fit(module, train_dataloaders=make_batches())
+            cache = list(_cycle(datamodule.train_dataloader(), args.cache_batches))
+            make_batches = lambda: _Batches(cache, n_steps)  # noqa: E731
         else:
-            trainer.fit(module, datamodule=datamodule)
-        device_holder["device"] = _device(trainer)
-        return timer.seconds_per_step()
+            make_batches = lambda: _cycle(datamodule.train_dataloader(), n_steps)  # noqa: E731
+        batch_size = int(next(iter(make_batches()))["image"].shape[0])
 
-    def plain_round() -> tuple[float, float]:
-        device = device_holder.get("device", torch.device("cuda" if _wants_cuda(cfg) else "cpu"))
-        plain_net.load_state_dict(net0)
-        plain_net.to(device)
-        plain_loss.to(device)
-        optimizer = hydra.utils.instantiate(cfg.optimizer)(params=plain_net.parameters())
-        return plain_loop(plain_net, plain_loss, optimizer, make_batches(), device,
-                          str(cfg.trainer.get("precision", "32-true")), args.warmup, args.steps)
+        module = harness.build_module(cfg)
+        net0 = copy.deepcopy(module.net.state_dict())
+        # Plain side: an exact copy of the initial network, the same loss object, optimizer from config.
+        plain_net = copy.deepcopy(module.net)
+        plain_loss = module.loss
+        # The config's callbacks and loggers, minus the ones that only act on validation / epoch ends
+        # (nothing of theirs runs inside the timed steps, and without validation they would complain).
+        skip = {"model_checkpoint", "early_stopping", "prediction_grid"}
+        callbacks_cfg = {k: v for k, v in (cfg.get("callbacks") or {}).items() if k not in skip}
+        device_holder = {}
 
-    loader_ips = None
-    if args.data == "live":
-        start = time.perf_counter()
-        n = sum(1 for _ in _cycle(datamodule.train_dataloader(), n_steps))
-        loader_ips = n * batch_size / (time.perf_counter() - start)
+        def harness_round() -> tuple[float, float]:
+            module.net.load_state_dict(net0)
+            timer = _step_timer(args.warmup, args.steps)
+            trainer = hydra.utils.instantiate(
+                cfg.trainer,
+                callbacks=[*harness._instantiate_dict(callbacks_cfg, "callbacks"), timer],
+                logger=harness._instantiate_dict(cfg.get("logger"), "logger") or False,
+                max_steps=n_steps, max_epochs=-1, limit_train_batches=n_steps, limit_val_batches=0,
+                num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
+            )
+            if args.data == "cached":
+                trainer.fit(module, train_dataloaders=make_batches())
+            else:
+                trainer.fit(module, datamodule=datamodule)
+            device_holder["device"] = _device(trainer)
+            return timer.seconds_per_step()
 
-    plain_t, harness_t = [], []
-    harness_round()  # untimed: first-call costs (lazy inits, allocator warm-up) on neither side's clock
-    for r in range(args.rounds):
-        order = (plain_round, harness_round) if r % 2 == 0 else (harness_round, plain_round)
-        for fn in order:
-            (plain_t if fn is plain_round else harness_t).append(fn())
+        def plain_round() -> tuple[float, float]:
+            device = device_holder.get("device", torch.device("cuda" if _wants_cuda(cfg) else "cpu"))
+            plain_net.load_state_dict(net0)
+            plain_net.to(device)
+            plain_loss.to(device)
+            optimizer = hydra.utils.instantiate(cfg.optimizer)(params=plain_net.parameters())
+            return plain_loop(plain_net, plain_loss, optimizer, make_batches(), device,
+                              str(cfg.trainer.get("precision", "32-true")), args.warmup, args.steps)
 
-    plain_ips = batch_size / statistics.median(t for t, _ in plain_t)
-    harness_ips = batch_size / statistics.median(t for t, _ in harness_t)
-    overhead = (plain_ips / harness_ips - 1.0) * 100.0
-    # CPU time per step: on a CPU device, the work each side does, whatever else runs on the machine.
-    overhead_cpu = (statistics.median(c for _, c in harness_t) / statistics.median(c for _, c in plain_t) - 1.0) * 100.0
-    result = {
-        "device": str(device_holder["device"]),
-        "precision": str(cfg.trainer.get("precision", "32-true")),
-        "batch_size": batch_size,
-        "image_size": list(next(iter(make_batches()))["image"].shape[-2:]),
-        "loss": list(cfg.loss.terms.keys()) if "terms" in cfg.loss else str(cfg.loss),
-        "data": args.data,
-        "threads": torch.get_num_threads(),
-        "steps_per_round": args.steps,
-        "rounds": args.rounds,
-        "plain_images_per_s": plain_ips,
-        "harness_images_per_s": harness_ips,
-        "overhead_percent": overhead,
-        "overhead_cpu_time_percent": overhead_cpu,
-        "plain_rounds_s_per_step": [t for t, _ in plain_t],
-        "harness_rounds_s_per_step": [t for t, _ in harness_t],
-        "plain_rounds_cpu_s_per_step": [c for _, c in plain_t],
-        "harness_rounds_cpu_s_per_step": [c for _, c in harness_t],
-        "loader_images_per_s": loader_ips,
-    }
-    print(f"device {result['device']}  precision {result['precision']}  batch {batch_size}  "
-          f"image {tuple(result['image_size'])}  data {args.data}  threads {result['threads']}")
-    print(f"plain PyTorch loop : {plain_ips:9.1f} images/s")
-    print(f"harness (Lightning): {harness_ips:9.1f} images/s")
-    if loader_ips is not None:
-        print(f"data loader alone  : {loader_ips:9.1f} images/s")
-    print(f"harness overhead   : {overhead:+.1f} %  (target <= 5 %)")
-    if result["device"] == "cpu":
-        print(f"  by CPU time/step : {overhead_cpu:+.1f} %  (robust to other load on the machine)")
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
-    tmp.cleanup()
-    return result
+        loader_ips = None
+        if args.data == "live":
+            start = time.perf_counter()
+            n = sum(1 for _ in _cycle(datamodule.train_dataloader(), n_steps))
+            loader_ips = n * batch_size / (time.perf_counter() - start)
+
+        plain_t, harness_t = [], []
+        harness_round()  # untimed: first-call costs (lazy inits, allocator warm-up) on neither side's clock
+        for r in range(args.rounds):
+            order = (plain_round, harness_round) if r % 2 == 0 else (harness_round, plain_round)
+            for fn in order:
+                (plain_t if fn is plain_round else harness_t).append(fn())
+
+        plain_ips = batch_size / statistics.median(t for t, _ in plain_t)
+        harness_ips = batch_size / statistics.median(t for t, _ in harness_t)
+        overhead = (plain_ips / harness_ips - 1.0) * 100.0
+        # CPU time per step: on a CPU device, the work each side does, whatever else runs on the machine.
+        overhead_cpu = (statistics.median(c for _, c in harness_t) / statistics.median(c for _, c in plain_t) - 1.0) * 100.0
+        result = {
+            "device": str(device_holder["device"]),
+            "precision": str(cfg.trainer.get("precision", "32-true")),
+            "batch_size": batch_size,
+            "image_size": list(next(iter(make_batches()))["image"].shape[-2:]),
+            "loss": list(cfg.loss.terms.keys()) if "terms" in cfg.loss else str(cfg.loss),
+            "data": args.data,
+            "threads": torch.get_num_threads(),
+            "steps_per_round": args.steps,
+            "rounds": args.rounds,
+            "plain_images_per_s": plain_ips,
+            "harness_images_per_s": harness_ips,
+            "overhead_percent": overhead,
+            "overhead_cpu_time_percent": overhead_cpu,
+            "plain_rounds_s_per_step": [t for t, _ in plain_t],
+            "harness_rounds_s_per_step": [t for t, _ in harness_t],
+            "plain_rounds_cpu_s_per_step": [c for _, c in plain_t],
+            "harness_rounds_cpu_s_per_step": [c for _, c in harness_t],
+            "loader_images_per_s": loader_ips,
+        }
+        print(f"device {result['device']}  precision {result['precision']}  batch {batch_size}  "
+              f"image {tuple(result['image_size'])}  data {args.data}  threads {result['threads']}")
+        print(f"plain PyTorch loop : {plain_ips:9.1f} images/s")
+        print(f"harness (Lightning): {harness_ips:9.1f} images/s")
+        if loader_ips is not None:
+            print(f"data loader alone  : {loader_ips:9.1f} images/s")
+        print(f"harness overhead   : {overhead:+.1f} %  (target <= 5 %)")
+        if result["device"] == "cpu":
+            print(f"  by CPU time/step : {overhead_cpu:+.1f} %  (robust to other load on the machine)")
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2))
+        tmp.cleanup()
+        return result
+    finally:
+        # main() also runs in-process (tests, gpu_check): leave the caller's logging and threads as they were.
+        lightning_log.setLevel(level)
+        torch.set_num_threads(threads)
 
 
 def _wants_cuda(cfg) -> bool:

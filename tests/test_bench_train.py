@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_train", ROOT / "scripts" / "bench_train.py")
@@ -25,8 +27,11 @@ _spec.loader.exec_module(bench_train)
 def test_quick_benchmark_reports_both_sides(tmp_path, capsys):
     out = tmp_path / "bench.json"
     # One thread: immune to OpenMP barrier stalls when other processes share the cores.
+    threads, level = torch.get_num_threads(), logging.getLogger("lightning.pytorch").level
     result = bench_train.main(["--quick", "--threads", "1", "--out", str(out), "callbacks.progress_bar=null"])
     printed = capsys.readouterr().out
+    # In-process, the benchmark leaves the caller as it was (later tests once ran single-threaded, without Lightning's log).
+    assert (torch.get_num_threads(), logging.getLogger("lightning.pytorch").level) == (threads, level)
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert result["batch_size"] == 4 and result["image_size"] == [32, 32] and result["device"] == "cpu"
     assert result["loss"] == ["bce", "dice"]  # the default bce_dice config, as train.py composes it
