@@ -41,7 +41,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+import albumentations as A
+
 from .base import SegmentationDataModule, SegmentationDataset
+from .crops import check_crop_size, crop_stage, effective_crop, image_sizes, needs_padding
 from .masks import binary_values, index_values, mask_dtype, palette_to_index
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -216,7 +219,17 @@ class FolderDataModule(SegmentationDataModule):
 
     Args:
         root: the dataset folder (``images/`` + ``masks/``, or ``train/`` + ``val/`` each holding both).
-        image_size: side the default pipelines resize to (the yaml pipelines follow it as well).
+        image_size: ``None`` (default): native resolution -- training on random crops of
+            ``crop_size`` (datamodules/crops.py), validation on whole images by sliding-window
+            inference. An int: every image is resized to ``image_size`` x ``image_size`` (train
+            and val; a Resize runs before the configured pipelines) and ``crop_size`` is unused.
+        crop_size: side of the training crops and of the validation window (multiple of 32);
+            ``None``: no crop stage (your own crops in ``train_transforms``), whole-image validation
+            in one pass.
+        scale_range: ``[low, high]`` random rescale before cropping, or ``None``.
+        foreground_fraction: share of crops centred on a labelled pixel.
+        sliding_window: validation/test options ``overlap``, ``mode`` (``gaussian`` | ``constant``),
+            ``sw_batch_size`` (windows per forward pass: bounds the memory).
         val_fraction: share of ``root/images`` held out for validation (ignored with train/ + val/).
         palette: for RGB colour masks, ``palette[k] = [r, g, b]`` of class k (binary: 2 colours).
         ignore_index: a mask value meaning "not labelled" (e.g. 255), passed through unchanged.
@@ -230,7 +243,11 @@ class FolderDataModule(SegmentationDataModule):
         self,
         root: str | Path,
         *,
-        image_size: int = 256,
+        image_size: int | None = None,
+        crop_size: int | None = 512,
+        scale_range: Sequence[float] | None = None,
+        foreground_fraction: float = 0.5,
+        sliding_window: dict[str, Any] | None = None,
         val_fraction: float = 0.2,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int | None = None,
@@ -239,8 +256,27 @@ class FolderDataModule(SegmentationDataModule):
         num_workers: int = 2,
         **base_options: Any,
     ) -> None:
+        native = image_size is None
+        for key in ("train_transforms", "val_transforms"):  # the defaults resize only in resize mode
+            if base_options.get(key) is None:
+                base_options[key] = {"hflip": A.HorizontalFlip(p=0.5)} if key == "train_transforms" else {}
+                base_options[key]["normalize"] = A.Normalize()
         # Files are decoded while training runs: smaller batches and two workers by default.
-        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, **base_options)
+        super().__init__(
+            image_size=image_size or crop_size or 1, batch_size=batch_size, num_workers=num_workers, **base_options
+        )
+        self.native = native
+        self.crop_size = check_crop_size(crop_size) if native and crop_size is not None else None
+        self.scale_range = None if scale_range is None else [float(v) for v in scale_range]
+        self.foreground_fraction = float(foreground_fraction)
+        self.window_options = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(sliding_window or {})}
+        #: Set by setup() in native mode: what validation, test and predict run (segtrain/sliding.py).
+        self.sliding_window: dict[str, Any] | None = None
+        if not native:
+            resize = A.Resize(self.image_size, self.image_size)
+            self.train_transform = A.Compose([resize, *self.train_transform.transforms], seed=self.seed)
+            self.val_transform = A.Compose([A.Resize(self.image_size, self.image_size), *self.val_transform.transforms],
+                                           seed=self.seed)
         task, num_classes = self.task, self.num_classes
         if root is None or str(root) in ("", "???"):
             raise ValueError("data.root is not set: pass data.root=/path/to/dataset (holding images/ and masks/)")
@@ -311,6 +347,23 @@ class FolderDataModule(SegmentationDataModule):
         val = [p for i, p in enumerate(pairs) if i in val_idx]
         return train, val
 
+    def _native_pipeline(self) -> None:
+        """Put the crop stage, sized for this data, before the configured training transforms."""
+        sizes = image_sizes(p[0] for p in self.train_pairs)
+        crop = effective_crop(sizes, self.crop_size)
+        if needs_padding(sizes, crop, self.scale_range) and self.ignore_index is None:
+            small = min(sizes, key=min)
+            raise ValueError(
+                f"Training images as small as {small[1]}x{small[0]} (WxH) are padded to the {crop} px crop, and padded "
+                "mask pixels must be ignored, not counted as background: set ignore_index=255 (top-level; a value "
+                "no mask uses), or lower data.crop_size, or resize instead (data.image_size=...)."
+            )
+        user = self.train_transform.transforms  # ends with ToTensorV2
+        stage = crop_stage(crop, self.ignore_index, self.foreground_fraction, self.scale_range)
+        self.train_transform = A.Compose([*stage, *user], seed=self.seed)
+        self.effective_crop = crop
+        self.sliding_window = {"window": crop, **self.window_options}
+
     def _dataset(self, pairs: list[Pair], transform) -> SegmentationDataset:
         source = _FileSource(pairs, self.task, self.num_classes, self.palette, self.ignore_index)
         if self.validate:
@@ -322,6 +375,8 @@ class FolderDataModule(SegmentationDataModule):
         """List (and with ``validate`` read) the pairs of the splits ``stage`` needs."""
         if stage in (None, "fit", "validate") and self.train_set is None:
             self.train_pairs, self.val_pairs = self._split()
+            if self.crop_size is not None:
+                self._native_pipeline()
             self.train_set = self._dataset(self.train_pairs, self.train_transform)
             self.val_set = self._dataset(self.val_pairs, self.val_transform)
         test = self.root / "test"
@@ -329,9 +384,13 @@ class FolderDataModule(SegmentationDataModule):
             self.test_pairs = find_pairs(test / "images", test / "masks", self.task, self.num_classes)
             self.test_set = self._dataset(self.test_pairs, self.val_transform)
 
+    def val_dataloader(self):
+        # Whole images of different sizes cannot be stacked: one image per validation batch.
+        return self._loader(self.val_set, train=False, batch_size=1 if self.native else None)
+
     def test_dataloader(self):
         if self.test_set is None and not (self.root / "test").is_dir():
             raise FileNotFoundError(
                 f"No test split: add {self.root / 'test' / 'images'} and {self.root / 'test' / 'masks'}"
             )
-        return self._loader(self.test_set, train=False)
+        return self._loader(self.test_set, train=False, batch_size=1 if self.native else None)
