@@ -128,24 +128,49 @@ def read_mask(
     return binary_values(mask, str(path), 65535 if sixteen_bit else 255, ignore_index)
 
 
-def _index_files(folder: Path, what: str) -> dict[str, Path]:
-    """Map stem -> file for the image files in ``folder``; errors on a missing folder or duplicate stems."""
+def _key(path: Path, folder: Path, suffix: str) -> str | None:
+    """The pairing key of a file: its path below ``folder`` without ``suffix`` (or the extension)."""
+    rel = path.relative_to(folder).as_posix()
+    if suffix:
+        return rel[: -len(suffix)] if rel.lower().endswith(suffix.lower()) else None
+    return rel[: -len(path.suffix)] if path.suffix.lower() in EXTENSIONS else None
+
+
+def _index_files(folder: Path, what: str, suffix: str = "") -> dict[str, Path]:
+    """Map key -> file for the image files below ``folder`` (searched recursively, e.g. Cityscapes' cities).
+
+    The key is the path below ``folder`` without ``suffix`` (``data.image_suffix`` /
+    ``data.mask_suffix``, e.g. ``_leftImg8bit.png``), or without the extension when no suffix is
+    given: ``city/a_leftImg8bit.png`` and ``city/a_gtFine_labelTrainIds.png`` both give ``city/a``.
+    Errors on a missing folder, duplicate keys, or a suffix that matches no file.
+    """
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder {folder} does not exist")
     files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in EXTENSIONS and not path.name.startswith("."):
-            if path.stem in files:
-                raise ValueError(
-                    f"Two {what.lower()} files share the stem '{path.stem}': {files[path.stem]} and {path}; "
-                    "keep one (files are matched by stem)."
-                )
-            files[path.stem] = path
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        key = _key(path, folder, suffix)
+        if key is None:
+            continue
+        if key in files:
+            raise ValueError(
+                f"Two {what.lower()} files share the stem '{key}': {files[key]} and {path}; "
+                "keep one (files are matched by stem)."
+            )
+        files[key] = path
+    if suffix and not files:
+        raise FileNotFoundError(
+            f"No file below {folder} ends with the suffix {suffix!r} (data.{'image' if what == 'Images' else 'mask'}"
+            f"_suffix): fix the suffix, or set it to '' to match by stem."
+        )
     return files
 
 
-def find_pairs(images_dir: Path, masks_dir: Path, task: str, num_classes: int) -> list[Pair]:
-    """Match every image in ``images_dir`` with its mask(s) in ``masks_dir`` by file stem.
+def find_pairs(
+    images_dir: Path, masks_dir: Path, task: str, num_classes: int, image_suffix: str = "", mask_suffix: str = ""
+) -> list[Pair]:
+    """Match every image below ``images_dir`` with its mask(s) below ``masks_dir`` by stem (:func:`_index_files`).
 
     Returns:
         ``[(image_path, (mask_path, ...)), ...]`` sorted by stem; one mask per image, or
@@ -154,17 +179,18 @@ def find_pairs(images_dir: Path, masks_dir: Path, task: str, num_classes: int) -
     Raises:
         FileNotFoundError: a missing folder, no images, an image without its mask (named).
     """
-    images = _index_files(images_dir, "Images")
+    images = _index_files(images_dir, "Images", image_suffix)
     if not images:
         raise FileNotFoundError(f"No images ({', '.join(EXTENSIONS)}) in {images_dir}")
-    masks = _index_files(masks_dir, "Masks")
+    masks = _index_files(masks_dir, "Masks", mask_suffix)
     pairs: list[Pair] = []
     missing: list[str] = []
     for stem, image_path in images.items():
         keys = [f"{stem}_{k}" for k in range(num_classes)] if task == "multilabel" else [stem]
         absent = [k for k in keys if k not in masks]
         if absent:
-            missing.append(f"{image_path} (expected {masks_dir / absent[0]}.png or .jpg/.tif)")
+            expected = f"{absent[0]}{mask_suffix}" if mask_suffix else f"{absent[0]}.png or .jpg/.tif"
+            missing.append(f"{image_path} (expected {masks_dir / expected})")
             continue
         pairs.append((image_path, tuple(masks[k] for k in keys)))
     if task == "multilabel":
@@ -172,7 +198,8 @@ def find_pairs(images_dir: Path, masks_dir: Path, task: str, num_classes: int) -
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         layout = " (multilabel: one mask <stem>_<k> per class k)" if task == "multilabel" else ""
-        raise FileNotFoundError(f"No mask for image {missing[0]}{more}{layout}")
+        listed = "".join(f"\n  {m}" for m in missing[1:10])
+        raise FileNotFoundError(f"No mask for image {missing[0]}{more}{layout}{listed}")
     return pairs
 
 
@@ -228,6 +255,10 @@ class FolderDataModule(SegmentationDataModule):
             in one pass.
         scale_range: ``[low, high]`` random rescale before cropping, or ``None``.
         foreground_fraction: share of crops centred on a labelled pixel.
+        image_suffix, mask_suffix: the file-name ends that pair an image with its mask (Cityscapes:
+            ``_leftImg8bit.png`` / ``_gtFine_labelTrainIds.png``); ``""``: by stem, any extension.
+        class_names: one name per class (multiclass: the background first): per-class metrics
+            are logged as ``val/dice_<name>`` and the pictures' legends use them.
         sliding_window: validation/test options ``overlap``, ``mode`` (``gaussian`` | ``constant``),
             ``sw_batch_size`` (windows per forward pass: bounds the memory).
         val_fraction: share of ``root/images`` held out for validation (ignored with train/ + val/).
@@ -248,6 +279,9 @@ class FolderDataModule(SegmentationDataModule):
         scale_range: Sequence[float] | None = None,
         foreground_fraction: float = 0.5,
         sliding_window: dict[str, Any] | None = None,
+        image_suffix: str = "",
+        mask_suffix: str = "",
+        class_names: Sequence[str] | None = None,
         val_fraction: float = 0.2,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int | None = None,
@@ -269,6 +303,10 @@ class FolderDataModule(SegmentationDataModule):
         self.crop_size = check_crop_size(crop_size) if native and crop_size is not None else None
         self.scale_range = None if scale_range is None else [float(v) for v in scale_range]
         self.foreground_fraction = float(foreground_fraction)
+        self.image_suffix, self.mask_suffix = str(image_suffix or ""), str(mask_suffix or "")
+        #: One name per metric channel (multiclass: incl. the background), for the per-class metric keys.
+        self.metric_class_names = None if class_names is None else [str(n) for n in class_names]
+        self.class_names = self._check_class_names(class_names)
         self.window_options = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(sliding_window or {})}
         #: Set by setup() in native mode: what validation, test and predict run (segtrain/sliding.py).
         self.sliding_window: dict[str, Any] | None = None
@@ -297,6 +335,20 @@ class FolderDataModule(SegmentationDataModule):
         self.test_pairs: list[Pair] = []
         self.test_set: SegmentationDataset | None = None
 
+    def _check_class_names(self, names):
+        """``data.class_names``: every class's name (multiclass: incl. background), shown in metrics and pictures."""
+        if names is None:
+            return None
+        names = [str(n) for n in names]
+        expected = self.num_classes
+        if len(names) != expected:
+            raise ValueError(
+                f"data.class_names has {len(names)} names but task={self.task} num_classes={self.num_classes} needs "
+                f"{expected} (multiclass: the background first)."
+            )
+        # The pictures' legends name the drawn layers: multiclass draws classes 1.., not the background.
+        return names[1:] if self.task == "multiclass" else names
+
     def _check_palette(self, palette):
         if palette is None:
             return None
@@ -315,6 +367,9 @@ class FolderDataModule(SegmentationDataModule):
             raise ValueError(f"data.palette repeats a colour: {colors}")
         return colors
 
+    def _pairs(self, split: Path) -> list[Pair]:
+        return find_pairs(split / "images", split / "masks", self.task, self.num_classes, self.image_suffix, self.mask_suffix)
+
     def _split(self) -> tuple[list[Pair], list[Pair]]:
         root = self.root
         if not root.is_dir():
@@ -325,15 +380,15 @@ class FolderDataModule(SegmentationDataModule):
         if (root / "train").is_dir():
             if not (root / "val").is_dir():
                 raise FileNotFoundError(f"{root} has train/ but no val/: add {root / 'val'} (images/ + masks/)")
-            train = find_pairs(root / "train" / "images", root / "train" / "masks", self.task, self.num_classes)
-            val = find_pairs(root / "val" / "images", root / "val" / "masks", self.task, self.num_classes)
+            train = self._pairs(root / "train")
+            val = self._pairs(root / "val")
             return train, val
         if not (root / "images").is_dir():
             raise FileNotFoundError(
                 f"{root} holds neither images/ + masks/ nor train/ + val/ subfolders (each with images/ + masks/): "
                 "put the images in images/ and their masks, same file stem, in masks/"
             )
-        pairs = find_pairs(root / "images", root / "masks", self.task, self.num_classes)
+        pairs = self._pairs(root)
         n_val = int(round(len(pairs) * self.val_fraction))
         if self.val_fraction > 0:
             n_val = max(n_val, 1)
@@ -381,7 +436,7 @@ class FolderDataModule(SegmentationDataModule):
             self.val_set = self._dataset(self.val_pairs, self.val_transform)
         test = self.root / "test"
         if stage in (None, "test") and self.test_set is None and test.is_dir():
-            self.test_pairs = find_pairs(test / "images", test / "masks", self.task, self.num_classes)
+            self.test_pairs = self._pairs(test)
             self.test_set = self._dataset(self.test_pairs, self.val_transform)
 
     def val_dataloader(self):

@@ -83,12 +83,14 @@ class SegmentationModule(L.LightningModule):
         self.test_dice = torchmetrics.F1Score(**kwargs)
         self.test_iou = torchmetrics.JaccardIndex(**kwargs)
         self.sliding_window: dict[str, Any] | None = None
+        self.metric_names: list[str] | None = None  # data.class_names: per-class keys by name
 
     def setup(self, stage: str) -> None:
         # Lightning sets the datamodule up first: its sliding_window is known here.
         options = getattr(getattr(self.trainer, "datamodule", None), "sliding_window", None)
         if options is not None:
             self.sliding_window = check_window(options)
+        self.metric_names = getattr(getattr(self.trainer, "datamodule", None), "metric_class_names", None)
 
     def predict_logits(self, image: Tensor) -> Tensor:
         """Logits for whole images of any size, as validation computes them."""
@@ -138,8 +140,9 @@ class SegmentationModule(L.LightningModule):
         # Same value on every rank after compute(); sync_dist only quiets Lightning's DDP warning.
         self.log(f"{stage}/{name}", scores.float().mean(), prog_bar=name == "dice", sync_dist=True)
         if scores.ndim == 1:
+            names = self.metric_names if self.metric_names and len(self.metric_names) == len(scores) else None
             for c, score in enumerate(scores):
-                self.log(f"{stage}/{name}_class{c}", score, sync_dist=True)
+                self.log(f"{stage}/{name}_{names[c] if names else f'class{c}'}", score, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val", "dice", self.val_dice)

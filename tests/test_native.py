@@ -120,3 +120,29 @@ def test_training_on_crops_validates_full_size_masks_and_predicts_input_size(tmp
                                          f"output={tmp_path / 'out'}", "trainer.accelerator=cpu", "overlay=false"])
     predict(args)
     assert np.array(Image.open(tmp_path / "out" / "masks" / "x.png")).shape == (301, 457)
+
+
+def test_suffix_pairing_recursive_and_clear_errors(tmp_path):
+    from datamodules.folder import find_pairs
+
+    root = tmp_path / "cs"
+    for city in ("aachen", "bonn"):
+        write_thin_dataset(tmp_path / "tmp" / city, [(40, 60)], seed=len(city))
+        for kind, suffix in (("images", "_leftImg8bit.png"), ("masks", "_gtFine_labelTrainIds.png")):
+            (root / kind / city).mkdir(parents=True)
+            (tmp_path / "tmp" / city / kind / "s000.png").rename(root / kind / city / f"{city}_000{suffix}")
+    pairs = find_pairs(root / "images", root / "masks", "binary", 1, "_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+    assert [(i.parent.name, m.name) for i, (m,) in pairs] == [
+        ("aachen", "aachen_000_gtFine_labelTrainIds.png"), ("bonn", "bonn_000_gtFine_labelTrainIds.png")]
+    with pytest.raises(FileNotFoundError, match="ends with the suffix '_leftImg9bit.png'"):
+        find_pairs(root / "images", root / "masks", "binary", 1, "_leftImg9bit.png", "_gtFine_labelTrainIds.png")
+    (root / "masks" / "bonn" / "bonn_000_gtFine_labelTrainIds.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"bonn_000_leftImg8bit.png \(expected .*bonn/bonn_000_gtFine"):
+        find_pairs(root / "images", root / "masks", "binary", 1, "_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+
+
+def test_class_names_name_the_per_class_metrics(tmp_path):
+    dm = _dm(write_thin_dataset(tmp_path / "d", ODD), task="multiclass", num_classes=2, class_names=["bg", "vessel"])
+    assert dm.metric_class_names == ["bg", "vessel"] and dm.class_names == ["vessel"]
+    with pytest.raises(ValueError, match="class_names has 1 names"):
+        _dm(tmp_path, task="multiclass", num_classes=2, class_names=["bg"])
