@@ -241,6 +241,18 @@ class _FileSource:
         return image, mask, image_path.stem
 
 
+class _CachedSource:
+    """Every sample decoded once, held in memory (``data.cache=true``); forked workers share the pages."""
+
+    def __init__(self, source: _FileSource, length: int) -> None:
+        self.samples = [source(i) for i in range(length)]
+        self.nbytes = sum(image.nbytes + mask.nbytes for image, mask, _ in self.samples)
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        image, mask, name = self.samples[index]
+        return image, mask, name  # the transforms return new arrays: the cached ones stay untouched
+
+
 class FolderDataModule(SegmentationDataModule):
     """Images and masks from a folder, matched by file stem (layouts and mask formats: module doc).
 
@@ -259,6 +271,8 @@ class FolderDataModule(SegmentationDataModule):
             ``_leftImg8bit.png`` / ``_gtFine_labelTrainIds.png``); ``""``: by stem, any extension.
         class_names: one name per class (multiclass: the background first): per-class metrics
             are logged as ``val/dice_<name>`` and the pictures' legends use them.
+        cache: decode every image and mask once in setup() and keep them in memory (the size is
+            logged); otherwise files are decoded on every read, by the DataLoader workers.
         sliding_window: validation/test options ``overlap``, ``mode`` (``gaussian`` | ``constant``),
             ``sw_batch_size`` (windows per forward pass: bounds the memory).
         val_fraction: share of ``root/images`` held out for validation (ignored with train/ + val/).
@@ -282,6 +296,7 @@ class FolderDataModule(SegmentationDataModule):
         image_suffix: str = "",
         mask_suffix: str = "",
         class_names: Sequence[str] | None = None,
+        cache: bool = False,
         val_fraction: float = 0.2,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int | None = None,
@@ -303,6 +318,7 @@ class FolderDataModule(SegmentationDataModule):
         self.crop_size = check_crop_size(crop_size) if native and crop_size is not None else None
         self.scale_range = None if scale_range is None else [float(v) for v in scale_range]
         self.foreground_fraction = float(foreground_fraction)
+        self.cache = bool(cache)
         self.image_suffix, self.mask_suffix = str(image_suffix or ""), str(mask_suffix or "")
         #: One name per metric channel (multiclass: incl. the background), for the per-class metric keys.
         self.metric_class_names = None if class_names is None else [str(n) for n in class_names]
@@ -421,7 +437,12 @@ class FolderDataModule(SegmentationDataModule):
 
     def _dataset(self, pairs: list[Pair], transform) -> SegmentationDataset:
         source = _FileSource(pairs, self.task, self.num_classes, self.palette, self.ignore_index)
-        if self.validate:
+        if self.cache:
+            source = _CachedSource(source, len(pairs))
+            from lightning.pytorch.utilities import rank_zero_info
+
+            rank_zero_info(f"data.cache: {len(pairs)} decoded samples hold {source.nbytes / 2**20:.1f} MiB in memory")
+        elif self.validate:
             for i in range(len(pairs)):
                 source(i)
         return SegmentationDataset(source, len(pairs), transform, self.task)

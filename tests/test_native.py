@@ -146,3 +146,14 @@ def test_class_names_name_the_per_class_metrics(tmp_path):
     assert dm.metric_class_names == ["bg", "vessel"] and dm.class_names == ["vessel"]
     with pytest.raises(ValueError, match="class_names has 1 names"):
         _dm(tmp_path, task="multiclass", num_classes=2, class_names=["bg"])
+
+
+def test_cache_gives_the_same_samples(tmp_path):
+    root = write_thin_dataset(tmp_path / "d", ODD)
+    plain, cached = _dm(root, crop_size=None), _dm(root, crop_size=None, cache=True)
+    for dm in (plain, cached):
+        dm.setup("fit")
+    for i in range(len(plain.val_set)):
+        torch.testing.assert_close(plain.val_set[i]["mask"], cached.val_set[i]["mask"])
+        torch.testing.assert_close(plain.val_set[i]["image"], cached.val_set[i]["image"])
+    assert cached.train_set.load.nbytes > 0
