@@ -437,7 +437,7 @@ class FolderDataModule(SegmentationDataModule):
 
     def _dataset(self, pairs: list[Pair], transform) -> SegmentationDataset:
         source = _FileSource(pairs, self.task, self.num_classes, self.palette, self.ignore_index)
-        if self.cache:
+        if self.cache and pairs:
             source = _CachedSource(source, len(pairs))
             from lightning.pytorch.utilities import rank_zero_info
 
