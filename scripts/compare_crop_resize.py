@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     write_thin_dataset(out / "data", sizes[24:], seed=2, split="val")
     common = ["data=folder", f"data.root={root}", "ignore_index=255", "data.num_workers=2", "data.batch_size=8",
               "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_epochs=1000",
-              f"+trainer.max_time={{seconds: {seconds}}}", "callbacks.early_stopping=null",
+              f'+trainer.max_time="00:00:{seconds // 60:02d}:{seconds % 60:02d}"', "callbacks.early_stopping=null",
               "trainer.enable_model_summary=false", "model.encoder_weights=null"]
     variants = {"crop": [f"data.crop_size={crop}"], "resize": [f"data.image_size={resize}"]}
     conf = str(Path(__file__).resolve().parents[1] / "conf")
