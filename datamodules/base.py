@@ -155,12 +155,12 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_set: SegmentationDataset | None = None
         self.val_set: SegmentationDataset | None = None
 
-    def _loader(self, dataset: SegmentationDataset | None, train: bool) -> DataLoader:
+    def _loader(self, dataset: SegmentationDataset | None, train: bool, batch_size: int | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup(stage) must run before asking for its dataloader")
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             shuffle=train,
             drop_last=self.drop_last and train,
             num_workers=self.num_workers,

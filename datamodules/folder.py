@@ -41,7 +41,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+import albumentations as A
+
 from .base import SegmentationDataModule, SegmentationDataset
+from .crops import check_crop_size, crop_stage, effective_crop, image_sizes, needs_padding
 from .masks import binary_values, index_values, mask_dtype, palette_to_index
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -125,24 +128,49 @@ def read_mask(
     return binary_values(mask, str(path), 65535 if sixteen_bit else 255, ignore_index)
 
 
-def _index_files(folder: Path, what: str) -> dict[str, Path]:
-    """Map stem -> file for the image files in ``folder``; errors on a missing folder or duplicate stems."""
+def _key(path: Path, folder: Path, suffix: str) -> str | None:
+    """The pairing key of a file: its path below ``folder`` without ``suffix`` (or the extension)."""
+    rel = path.relative_to(folder).as_posix()
+    if suffix:
+        return rel[: -len(suffix)] if rel.lower().endswith(suffix.lower()) else None
+    return rel[: -len(path.suffix)] if path.suffix.lower() in EXTENSIONS else None
+
+
+def _index_files(folder: Path, what: str, suffix: str = "") -> dict[str, Path]:
+    """Map key -> file for the image files below ``folder`` (searched recursively, e.g. Cityscapes' cities).
+
+    The key is the path below ``folder`` without ``suffix`` (``data.image_suffix`` /
+    ``data.mask_suffix``, e.g. ``_leftImg8bit.png``), or without the extension when no suffix is
+    given: ``city/a_leftImg8bit.png`` and ``city/a_gtFine_labelTrainIds.png`` both give ``city/a``.
+    Errors on a missing folder, duplicate keys, or a suffix that matches no file.
+    """
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder {folder} does not exist")
     files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in EXTENSIONS and not path.name.startswith("."):
-            if path.stem in files:
-                raise ValueError(
-                    f"Two {what.lower()} files share the stem '{path.stem}': {files[path.stem]} and {path}; "
-                    "keep one (files are matched by stem)."
-                )
-            files[path.stem] = path
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        key = _key(path, folder, suffix)
+        if key is None:
+            continue
+        if key in files:
+            raise ValueError(
+                f"Two {what.lower()} files share the stem '{key}': {files[key]} and {path}; "
+                "keep one (files are matched by stem)."
+            )
+        files[key] = path
+    if suffix and not files:
+        raise FileNotFoundError(
+            f"No file below {folder} ends with the suffix {suffix!r} (data.{'image' if what == 'Images' else 'mask'}"
+            f"_suffix): fix the suffix, or set it to '' to match by stem."
+        )
     return files
 
 
-def find_pairs(images_dir: Path, masks_dir: Path, task: str, num_classes: int) -> list[Pair]:
-    """Match every image in ``images_dir`` with its mask(s) in ``masks_dir`` by file stem.
+def find_pairs(
+    images_dir: Path, masks_dir: Path, task: str, num_classes: int, image_suffix: str = "", mask_suffix: str = ""
+) -> list[Pair]:
+    """Match every image below ``images_dir`` with its mask(s) below ``masks_dir`` by stem (:func:`_index_files`).
 
     Returns:
         ``[(image_path, (mask_path, ...)), ...]`` sorted by stem; one mask per image, or
@@ -151,17 +179,18 @@ def find_pairs(images_dir: Path, masks_dir: Path, task: str, num_classes: int) -
     Raises:
         FileNotFoundError: a missing folder, no images, an image without its mask (named).
     """
-    images = _index_files(images_dir, "Images")
+    images = _index_files(images_dir, "Images", image_suffix)
     if not images:
         raise FileNotFoundError(f"No images ({', '.join(EXTENSIONS)}) in {images_dir}")
-    masks = _index_files(masks_dir, "Masks")
+    masks = _index_files(masks_dir, "Masks", mask_suffix)
     pairs: list[Pair] = []
     missing: list[str] = []
     for stem, image_path in images.items():
         keys = [f"{stem}_{k}" for k in range(num_classes)] if task == "multilabel" else [stem]
         absent = [k for k in keys if k not in masks]
         if absent:
-            missing.append(f"{image_path} (expected {masks_dir / absent[0]}.png or .jpg/.tif)")
+            expected = f"{absent[0]}{mask_suffix}" if mask_suffix else f"{absent[0]}.png or .jpg/.tif"
+            missing.append(f"{image_path} (expected {masks_dir / expected})")
             continue
         pairs.append((image_path, tuple(masks[k] for k in keys)))
     if task == "multilabel":
@@ -169,7 +198,8 @@ def find_pairs(images_dir: Path, masks_dir: Path, task: str, num_classes: int) -
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         layout = " (multilabel: one mask <stem>_<k> per class k)" if task == "multilabel" else ""
-        raise FileNotFoundError(f"No mask for image {missing[0]}{more}{layout}")
+        listed = "".join(f"\n  {m}" for m in missing[1:10])
+        raise FileNotFoundError(f"No mask for image {missing[0]}{more}{layout}{listed}")
     return pairs
 
 
@@ -211,12 +241,40 @@ class _FileSource:
         return image, mask, image_path.stem
 
 
+class _CachedSource:
+    """Every sample decoded once, held in memory (``data.cache=true``); forked workers share the pages."""
+
+    def __init__(self, source: _FileSource, length: int) -> None:
+        self.samples = [source(i) for i in range(length)]
+        self.nbytes = sum(image.nbytes + mask.nbytes for image, mask, _ in self.samples)
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        image, mask, name = self.samples[index]
+        return image, mask, name  # the transforms return new arrays: the cached ones stay untouched
+
+
 class FolderDataModule(SegmentationDataModule):
     """Images and masks from a folder, matched by file stem (layouts and mask formats: module doc).
 
     Args:
         root: the dataset folder (``images/`` + ``masks/``, or ``train/`` + ``val/`` each holding both).
-        image_size: side the default pipelines resize to (the yaml pipelines follow it as well).
+        image_size: ``None`` (default): native resolution -- training on random crops of
+            ``crop_size`` (datamodules/crops.py), validation on whole images by sliding-window
+            inference. An int: every image is resized to ``image_size`` x ``image_size`` (train
+            and val; a Resize runs before the configured pipelines) and ``crop_size`` is unused.
+        crop_size: side of the training crops and of the validation window (multiple of 32);
+            ``None``: no crop stage (your own crops in ``train_transforms``), whole-image validation
+            in one pass.
+        scale_range: ``[low, high]`` random rescale before cropping, or ``None``.
+        foreground_fraction: share of crops centred on a labelled pixel.
+        image_suffix, mask_suffix: the file-name ends that pair an image with its mask (Cityscapes:
+            ``_leftImg8bit.png`` / ``_gtFine_labelTrainIds.png``); ``""``: by stem, any extension.
+        class_names: one name per class (multiclass: the background first): per-class metrics
+            are logged as ``val/dice_<name>`` and the pictures' legends use them.
+        cache: decode every image and mask once in setup() and keep them in memory (the size is
+            logged); otherwise files are decoded on every read, by the DataLoader workers.
+        sliding_window: validation/test options ``overlap``, ``mode`` (``gaussian`` | ``constant``),
+            ``sw_batch_size`` (windows per forward pass: bounds the memory).
         val_fraction: share of ``root/images`` held out for validation (ignored with train/ + val/).
         palette: for RGB colour masks, ``palette[k] = [r, g, b]`` of class k (binary: 2 colours).
         ignore_index: a mask value meaning "not labelled" (e.g. 255), passed through unchanged.
@@ -230,7 +288,15 @@ class FolderDataModule(SegmentationDataModule):
         self,
         root: str | Path,
         *,
-        image_size: int = 256,
+        image_size: int | None = None,
+        crop_size: int | None = 512,
+        scale_range: Sequence[float] | None = None,
+        foreground_fraction: float = 0.5,
+        sliding_window: dict[str, Any] | None = None,
+        image_suffix: str = "",
+        mask_suffix: str = "",
+        class_names: Sequence[str] | None = None,
+        cache: bool = False,
         val_fraction: float = 0.2,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int | None = None,
@@ -239,8 +305,32 @@ class FolderDataModule(SegmentationDataModule):
         num_workers: int = 2,
         **base_options: Any,
     ) -> None:
+        native = image_size is None
+        for key in ("train_transforms", "val_transforms"):  # the defaults resize only in resize mode
+            if base_options.get(key) is None:
+                base_options[key] = {"hflip": A.HorizontalFlip(p=0.5)} if key == "train_transforms" else {}
+                base_options[key]["normalize"] = A.Normalize()
         # Files are decoded while training runs: smaller batches and two workers by default.
-        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, **base_options)
+        super().__init__(
+            image_size=image_size or crop_size or 1, batch_size=batch_size, num_workers=num_workers, **base_options
+        )
+        self.native = native
+        self.crop_size = check_crop_size(crop_size) if native and crop_size is not None else None
+        self.scale_range = None if scale_range is None else [float(v) for v in scale_range]
+        self.foreground_fraction = float(foreground_fraction)
+        self.cache = bool(cache)
+        self.image_suffix, self.mask_suffix = str(image_suffix or ""), str(mask_suffix or "")
+        #: One name per metric channel (multiclass: incl. the background), for the per-class metric keys.
+        self.metric_class_names = None if class_names is None else [str(n) for n in class_names]
+        self.class_names = self._check_class_names(class_names)
+        self.window_options = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(sliding_window or {})}
+        #: Set by setup() in native mode: what validation, test and predict run (segtrain/sliding.py).
+        self.sliding_window: dict[str, Any] | None = None
+        if not native:
+            resize = A.Resize(self.image_size, self.image_size)
+            self.train_transform = A.Compose([resize, *self.train_transform.transforms], seed=self.seed)
+            self.val_transform = A.Compose([A.Resize(self.image_size, self.image_size), *self.val_transform.transforms],
+                                           seed=self.seed)
         task, num_classes = self.task, self.num_classes
         if root is None or str(root) in ("", "???"):
             raise ValueError("data.root is not set: pass data.root=/path/to/dataset (holding images/ and masks/)")
@@ -261,6 +351,20 @@ class FolderDataModule(SegmentationDataModule):
         self.test_pairs: list[Pair] = []
         self.test_set: SegmentationDataset | None = None
 
+    def _check_class_names(self, names):
+        """``data.class_names``: every class's name (multiclass: incl. background), shown in metrics and pictures."""
+        if names is None:
+            return None
+        names = [str(n) for n in names]
+        expected = self.num_classes
+        if len(names) != expected:
+            raise ValueError(
+                f"data.class_names has {len(names)} names but task={self.task} num_classes={self.num_classes} needs "
+                f"{expected} (multiclass: the background first)."
+            )
+        # The pictures' legends name the drawn layers: multiclass draws classes 1.., not the background.
+        return names[1:] if self.task == "multiclass" else names
+
     def _check_palette(self, palette):
         if palette is None:
             return None
@@ -279,6 +383,9 @@ class FolderDataModule(SegmentationDataModule):
             raise ValueError(f"data.palette repeats a colour: {colors}")
         return colors
 
+    def _pairs(self, split: Path) -> list[Pair]:
+        return find_pairs(split / "images", split / "masks", self.task, self.num_classes, self.image_suffix, self.mask_suffix)
+
     def _split(self) -> tuple[list[Pair], list[Pair]]:
         root = self.root
         if not root.is_dir():
@@ -289,15 +396,15 @@ class FolderDataModule(SegmentationDataModule):
         if (root / "train").is_dir():
             if not (root / "val").is_dir():
                 raise FileNotFoundError(f"{root} has train/ but no val/: add {root / 'val'} (images/ + masks/)")
-            train = find_pairs(root / "train" / "images", root / "train" / "masks", self.task, self.num_classes)
-            val = find_pairs(root / "val" / "images", root / "val" / "masks", self.task, self.num_classes)
+            train = self._pairs(root / "train")
+            val = self._pairs(root / "val")
             return train, val
         if not (root / "images").is_dir():
             raise FileNotFoundError(
                 f"{root} holds neither images/ + masks/ nor train/ + val/ subfolders (each with images/ + masks/): "
                 "put the images in images/ and their masks, same file stem, in masks/"
             )
-        pairs = find_pairs(root / "images", root / "masks", self.task, self.num_classes)
+        pairs = self._pairs(root)
         n_val = int(round(len(pairs) * self.val_fraction))
         if self.val_fraction > 0:
             n_val = max(n_val, 1)
@@ -311,9 +418,31 @@ class FolderDataModule(SegmentationDataModule):
         val = [p for i, p in enumerate(pairs) if i in val_idx]
         return train, val
 
+    def _native_pipeline(self) -> None:
+        """Put the crop stage, sized for this data, before the configured training transforms."""
+        sizes = image_sizes(p[0] for p in self.train_pairs)
+        crop = effective_crop(sizes, self.crop_size)
+        if needs_padding(sizes, crop, self.scale_range) and self.ignore_index is None:
+            small = min(sizes, key=min)
+            raise ValueError(
+                f"Training images as small as {small[1]}x{small[0]} (WxH) are padded to the {crop} px crop, and padded "
+                "mask pixels must be ignored, not counted as background: set ignore_index=255 (top-level; a value "
+                "no mask uses), or lower data.crop_size, or resize instead (data.image_size=...)."
+            )
+        user = self.train_transform.transforms  # ends with ToTensorV2
+        stage = crop_stage(crop, self.ignore_index, self.foreground_fraction, self.scale_range)
+        self.train_transform = A.Compose([*stage, *user], seed=self.seed)
+        self.effective_crop = crop
+        self.sliding_window = {"window": crop, **self.window_options}
+
     def _dataset(self, pairs: list[Pair], transform) -> SegmentationDataset:
         source = _FileSource(pairs, self.task, self.num_classes, self.palette, self.ignore_index)
-        if self.validate:
+        if self.cache and pairs:
+            source = _CachedSource(source, len(pairs))
+            from lightning.pytorch.utilities import rank_zero_info
+
+            rank_zero_info(f"data.cache: {len(pairs)} decoded samples hold {source.nbytes / 2**20:.1f} MiB in memory")
+        elif self.validate:
             for i in range(len(pairs)):
                 source(i)
         return SegmentationDataset(source, len(pairs), transform, self.task)
@@ -322,16 +451,22 @@ class FolderDataModule(SegmentationDataModule):
         """List (and with ``validate`` read) the pairs of the splits ``stage`` needs."""
         if stage in (None, "fit", "validate") and self.train_set is None:
             self.train_pairs, self.val_pairs = self._split()
+            if self.crop_size is not None:
+                self._native_pipeline()
             self.train_set = self._dataset(self.train_pairs, self.train_transform)
             self.val_set = self._dataset(self.val_pairs, self.val_transform)
         test = self.root / "test"
         if stage in (None, "test") and self.test_set is None and test.is_dir():
-            self.test_pairs = find_pairs(test / "images", test / "masks", self.task, self.num_classes)
+            self.test_pairs = self._pairs(test)
             self.test_set = self._dataset(self.test_pairs, self.val_transform)
+
+    def val_dataloader(self):
+        # Whole images of different sizes cannot be stacked: one image per validation batch.
+        return self._loader(self.val_set, train=False, batch_size=1 if self.native else None)
 
     def test_dataloader(self):
         if self.test_set is None and not (self.root / "test").is_dir():
             raise FileNotFoundError(
                 f"No test split: add {self.root / 'test' / 'images'} and {self.root / 'test' / 'masks'}"
             )
-        return self._loader(self.test_set, train=False)
+        return self._loader(self.test_set, train=False, batch_size=1 if self.native else None)

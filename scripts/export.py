@@ -11,7 +11,9 @@ the *preprocessed* image -- float32 ``[B, 3, H, W]``, resized and normalised lik
 validation transforms (``checkpoint["config"]["data"]["val_transforms"]``) -- and return logits
 ``[B, out_channels, H, W]``: apply ``sigmoid > 0.5`` (binary, multilabel) or ``argmax`` over
 channels (multiclass). The batch axis is dynamic; H and W are fixed to the training
-``data.image_size`` unless ``dynamic_size=true`` (then any multiple of 32).
+``data.image_size`` unless ``dynamic_size=true`` (then any multiple of 32); a checkpoint trained
+at native resolution (crops, sliding-window validation) exports dynamic H and W by default, traced
+at its window size: tile large images with windows of that size, as docs/predict-export.md shows.
 
 ONNX exporter: ``exporter=dynamo`` (default) is ``torch.onnx.export(..., dynamo=True)``, the
 torch.export-based exporter that is torch's default since 2.9 and needs ``onnxscript``
@@ -33,7 +35,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,7 +58,7 @@ class ExportArgs:
     exporter: str = "dynamo"  # dynamo | legacy
     opset: int = 18
     image_size: Any = None  # null: the training data.image_size
-    dynamic_size: bool = False  # also let H and W vary (multiples of 32)
+    dynamic_size: Optional[bool] = None  # also let H and W vary (multiples of 32); null: when trained at native resolution
     check: bool = True  # compare onnxruntime with PyTorch after export
     atol: float = 1e-4
     trust_checkpoint: bool = False  # skip the _target_ allow-list: only for a file whose source you trust
@@ -147,11 +149,13 @@ def export(args: Any) -> dict[str, str]:
     if args.weights_dir not in (None, "", "null"):
         folder = os.path.splitext(args.output)[0] + "-weights" if args.weights_dir == "auto" else args.weights_dir
         written["weights"] = save_pretrained(net, model.config, folder)
-    h, w = input_size(model.config, args.image_size)
-    if args.dynamic_size:
+    dynamic = bool(model.sliding_window is not None if args.dynamic_size is None else args.dynamic_size)
+    window = None if model.sliding_window is None else model.sliding_window["window"]
+    h, w = input_size(model.config, args.image_size if args.image_size is not None else window)
+    if dynamic:
         h, w = max(h, 2 * SIZE_MULTIPLE), max(w, 2 * SIZE_MULTIPLE)
     example = torch.randn(2, 3, h, w)
-    written["onnx"] = export_onnx(net, example, args.output, args.exporter, args.opset, args.dynamic_size)
+    written["onnx"] = export_onnx(net, example, args.output, args.exporter, args.opset, dynamic)
     if args.torchscript not in (None, "", "null"):
         ts = args.torchscript
         if ts == "auto":
@@ -164,7 +168,7 @@ def export(args: Any) -> dict[str, str]:
             print("onnxruntime is not installed: skipped the check (pip install onnxruntime)")
         else:
             # A batch size (and, if dynamic, an image size) the example did not have: proves the axes are dynamic.
-            size = (h + SIZE_MULTIPLE, w + 2 * SIZE_MULTIPLE) if args.dynamic_size else (h, w)
+            size = (h + SIZE_MULTIPLE, w + 2 * SIZE_MULTIPLE) if dynamic else (h, w)
             err = onnx_max_error(written["onnx"], net, torch.randn(3, 3, *size))
             print(f"onnxruntime vs PyTorch: max |diff| = {err:.2e} on a batch of 3 at {size[0]}x{size[1]}")
             if not err <= float(args.atol):

@@ -3,8 +3,9 @@
     python scripts/predict.py ckpt_path=logs/runs/<run>/checkpoints/last.ckpt input=photos/ output=pred/
 
 Network, task and validation transforms come from the checkpoint (no training option to retype).
-Each image is resized by those transforms for the network, and its mask is written at the
-image's original size: ``<output>/masks/<stem>.png`` (formats: segtrain/inference.py) and
+Each image is seen as validation saw it -- at native resolution by sliding windows of the
+training crop size (``checkpoint["inference"]``), or resized by the validation transforms
+when the run resized (``data.image_size``) -- and its mask is written at the image's original size: ``<output>/masks/<stem>.png`` (formats: segtrain/inference.py) and
 ``<output>/overlays/<stem>.png``. Images of different sizes can share a batch.
 
 Runs through ``Trainer.predict``: ``trainer.accelerator=gpu``, ``trainer.devices=4`` (DDP) work
@@ -51,6 +52,7 @@ from segtrain.inference import (  # noqa: E402
     save_mask,
     save_overlay,
 )
+from segtrain.sliding import whole_image_logits  # noqa: E402
 
 
 @dataclass
@@ -119,11 +121,12 @@ class PredictModule(L.LightningModule):
         self.net = model.net
         self.task = model.task
         self.threshold = threshold
+        self.sliding_window = model.sliding_window
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if batch["image"] is None:  # every image of this batch was unreadable
             return {"masks": [], "path": [], "failed": batch["failed"]}
-        logits = self.net(batch["image"])
+        logits = whole_image_logits(self.net, batch["image"], self.sliding_window)
         masks = [
             predicted_mask(logits[i, :, :h, :w], self.task, size, self.threshold).cpu().numpy()
             for i, ((h, w), size) in enumerate(zip(batch["input_size"], batch["size"]))

@@ -190,7 +190,9 @@ class PredictionGrid(L.Callback):
         n = self.num_images
         image = batch["image"][:n]
         with torch.no_grad():
-            logits = pl_module(image)
+            # Whole images (any size), as validation sees them.
+            predict = getattr(pl_module, "predict_logits", pl_module)
+            logits = predict(image)
         self._batch = (image.detach().cpu(), batch["mask"][:n].detach().cpu(), logits.detach().float().cpu())
 
     def render(

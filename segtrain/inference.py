@@ -43,6 +43,7 @@ from datamodules.transforms import build_transforms
 
 from .atomic import atomic_write_bytes, storage_errors
 from .pretrained import is_pretrained_folder, read_pretrained
+from .sliding import whole_image_logits
 from .task import logits_to_mask
 from .trust import load_checkpoint as trusted_load
 from .utils import build
@@ -64,6 +65,8 @@ class InferenceModel:
         num_classes: classes of the task (1 for binary).
         transform: the validation pipeline (albumentations ``Compose`` ending in ``ToTensorV2``).
         config: the training run's resolved config (plain dict).
+        sliding_window: the window options validation used (segtrain/sliding.py), ``None`` when
+            the network saw whole (resized) images in one pass.
     """
 
     net: nn.Module
@@ -71,6 +74,7 @@ class InferenceModel:
     num_classes: int
     transform: Any
     config: dict[str, Any]
+    sliding_window: dict[str, Any] | None = None
 
 
 def load_checkpoint(
@@ -119,7 +123,24 @@ def network_state(state_dict: Mapping[str, torch.Tensor], prefix: str = "net.") 
 def build_val_transform(config: Mapping[str, Any]) -> Any:
     """The training run's validation pipeline (resize, normalise ..., then ToTensorV2)."""
     data = config.get("data") or {}
-    return build_transforms(data.get("val_transforms"), seed=0)
+    transform = build_transforms(data.get("val_transforms"), seed=0)
+    if str(data.get("_target_", "")).endswith("FolderDataModule") and data.get("image_size"):
+        import albumentations as A
+
+        # The folder datamodule's resize mode puts its Resize before the configured pipeline.
+        size = int(data["image_size"])
+        transform = A.Compose([A.Resize(size, size), *transform.transforms], seed=0)
+    return transform
+
+
+def recorded_sliding_window(checkpoint: Mapping[str, Any] | None, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How validation inferred: ``checkpoint["inference"]``, else read off the folder data config."""
+    if checkpoint is not None and "inference" in checkpoint:
+        return checkpoint["inference"]
+    data = config.get("data") or {}
+    if str(data.get("_target_", "")).endswith("FolderDataModule") and not data.get("image_size") and data.get("crop_size"):
+        return {"window": int(data["crop_size"]), **(data.get("sliding_window") or {})}
+    return None
 
 
 def load_inference_model(path: str | os.PathLike, device: str | torch.device = "cpu", trust: bool = False) -> InferenceModel:
@@ -138,6 +159,7 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device = "
                 "scripts/export.py, or a .ckpt file (e.g. <run folder>/checkpoints/last.ckpt)."
             )
         net, config = read_pretrained(path, trust=trust)
+        sliding = recorded_sliding_window(None, config)
     else:
         checkpoint = load_checkpoint(path, trust=trust)
         config = dict(checkpoint["config"])
@@ -147,6 +169,7 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device = "
         # The same builder as training (conf/model: segtrain.network.build_network), untrained here.
         net = build(model_config)
         net.load_state_dict(network_state(checkpoint["state_dict"]))
+        sliding = recorded_sliding_window(checkpoint, config)
     net.eval().to(device)
     return InferenceModel(
         net=net,
@@ -154,6 +177,7 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device = "
         num_classes=int(config["num_classes"]),
         transform=build_val_transform(config),
         config=config,
+        sliding_window=sliding,
     )
 
 
@@ -355,7 +379,7 @@ def predict_images(model: InferenceModel, images: Sequence[np.ndarray], threshol
     device = next(model.net.parameters()).device
     tensors = [preprocess(img, model.transform) for img in images]
     batch, sizes = pad_batch(tensors)
-    logits = model.net(batch.to(device))
+    logits = whole_image_logits(model.net, batch.to(device), model.sliding_window)
     return [
         predicted_mask(logits[i, :, :h, :w], model.task, img.shape[:2], threshold).cpu().numpy()
         for i, ((h, w), img) in enumerate(zip(sizes, images))

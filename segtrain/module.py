@@ -22,6 +22,7 @@ import torch
 import torchmetrics
 from torch import Tensor, nn
 
+from .sliding import check_window, whole_image_logits
 from .task import metric_kwargs, validate_task
 from .trust import recorded_versions, warn_version_mismatch
 
@@ -41,6 +42,12 @@ class SegmentationModule(L.LightningModule):
         ignore_index: mask value excluded from the metrics (the losses get it from their config).
         config: the whole resolved run config (plain dict), saved into every checkpoint as
             ``checkpoint["config"]`` so that predict/export can rebuild network and transforms.
+
+    Validation and test run on whole images (:func:`segtrain.sliding.whole_image_logits`): by
+    sliding windows when the datamodule has a ``sliding_window`` (the folder datamodule at native
+    resolution, set in its setup()), else in one pass padded to the stride. The options go into
+    every checkpoint as ``checkpoint["inference"]`` (``None``: the images were resized), so
+    predict.py infers as validation did.
     """
 
     def __init__(
@@ -75,6 +82,19 @@ class SegmentationModule(L.LightningModule):
         self.val_iou = torchmetrics.JaccardIndex(**kwargs)
         self.test_dice = torchmetrics.F1Score(**kwargs)
         self.test_iou = torchmetrics.JaccardIndex(**kwargs)
+        self.sliding_window: dict[str, Any] | None = None
+        self.metric_names: list[str] | None = None  # data.class_names: per-class keys by name
+
+    def setup(self, stage: str) -> None:
+        # Lightning sets the datamodule up first: its sliding_window is known here.
+        options = getattr(getattr(self.trainer, "datamodule", None), "sliding_window", None)
+        if options is not None:
+            self.sliding_window = check_window(options)
+        self.metric_names = getattr(getattr(self.trainer, "datamodule", None), "metric_class_names", None)
+
+    def predict_logits(self, image: Tensor) -> Tensor:
+        """Logits for whole images of any size, as validation computes them."""
+        return whole_image_logits(self.net, image, self.sliding_window)
 
     def forward(self, image: Tensor) -> Tensor:
         """Logits ``[B, out_channels, H, W]`` for images ``[B, 3, H, W]``."""
@@ -82,7 +102,7 @@ class SegmentationModule(L.LightningModule):
 
     def _step(self, batch: Mapping[str, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         image, mask = batch["image"], batch["mask"]
-        logits = self(image)
+        logits = self(image) if stage == "train" else self.predict_logits(image)
         loss = self.loss(logits, mask)
         n = image.shape[0]
         # Epoch means, weighted by batch size; sync_dist averages them over ranks at epoch end.
@@ -120,8 +140,9 @@ class SegmentationModule(L.LightningModule):
         # Same value on every rank after compute(); sync_dist only quiets Lightning's DDP warning.
         self.log(f"{stage}/{name}", scores.float().mean(), prog_bar=name == "dice", sync_dist=True)
         if scores.ndim == 1:
+            names = self.metric_names if self.metric_names and len(self.metric_names) == len(scores) else None
             for c, score in enumerate(scores):
-                self.log(f"{stage}/{name}_class{c}", score, sync_dist=True)
+                self.log(f"{stage}/{name}_{names[c] if names else f'class{c}'}", score, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val", "dice", self.val_dice)
@@ -144,6 +165,7 @@ class SegmentationModule(L.LightningModule):
         # Plain dict: loadable with torch.load(weights_only=True) and without Hydra/OmegaConf.
         if self.config is not None:
             checkpoint["config"] = self.config
+        checkpoint["inference"] = self.sliding_window
         checkpoint["versions"] = recorded_versions()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

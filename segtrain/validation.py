@@ -61,7 +61,9 @@ RULES: dict[str, tuple[tuple[str, ...], float | None]] = {
     # data
     "data.batch_size": (("int",), 1),
     "data.num_workers": (("int",), 0),
-    "data.image_size": (("int", "list"), 1),
+    "data.image_size": (("int", "list", "null"), 1),  # null: data=folder at native resolution
+    "data.crop_size": (("int", "null"), 32),
+    "data.foreground_fraction": (("number",), 0),
     "data.val_fraction": (("number",), 0),
     "data.num_samples": (("int",), 1),
     "data.num_test": (("int",), 0),

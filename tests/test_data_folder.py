@@ -393,7 +393,8 @@ def test_different_sizes_without_resize_is_a_clear_error(tmp_path):
         image, mask = make_sample(0, i, 64, "binary", 1)
         Image.fromarray(image[:h, :w]).save(root / "images" / f"s{i}.png")
         Image.fromarray(mask[:h, :w]).save(root / "masks" / f"s{i}.png")
-    dm = folder(root, batch_size=3, val_fraction=0.0)  # VAL pipeline: normalise only, no resize
+    # Neither resize nor crop: the VAL pipeline (normalise only) runs on the files as they are.
+    dm = folder(root, batch_size=3, val_fraction=0.0, image_size=None, crop_size=None)
     dm.setup("fit")
     with pytest.raises(ValueError, match=r"different sizes after the transforms \(s\d: \(\d+, \d+\).*add a resize"):
         next(iter(dm.train_dataloader()))

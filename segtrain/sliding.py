@@ -1,0 +1,70 @@
+"""Logits for whole images of any size: padding to the network's stride, sliding windows.
+
+Used by validation and test (segtrain/module.py), the prediction pictures and predict.py, so
+that all of them see an image the same way. The window inference is MONAI's
+``sliding_window_inference`` (plain tensors): windows of ``window`` px with ``overlap``,
+``gaussian`` blending of overlapping windows, ``sw_batch_size`` windows per forward pass (the
+memory bound). Before it, the image is padded (bottom/right, zeros = the mean colour after
+normalisation) to a multiple of the stride, and the window shrinks to the padded image where
+the image is smaller, so one window covering the image is exactly one plain forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+STRIDE = 32
+MODES = ("gaussian", "constant")
+
+
+def check_window(options: Mapping[str, Any], stride: int = STRIDE) -> dict[str, Any]:
+    """Validated sliding-window options ``window``, ``overlap``, ``mode``, ``sw_batch_size``."""
+    opts = dict(options)
+    unknown = set(opts) - {"window", "overlap", "mode", "sw_batch_size"}
+    if unknown:
+        raise ValueError(f"sliding_window has no option(s) {sorted(unknown)}; options: window, overlap, mode, sw_batch_size")
+    window = int(opts["window"])
+    if window < stride or window % stride:
+        raise ValueError(
+            f"The sliding window {window} px is not a multiple of the network's stride {stride}: "
+            f"use e.g. {max(stride, -(-window // stride) * stride)} (data.crop_size)."
+        )
+    if not 0.0 <= float(opts.get("overlap", 0.25)) < 1.0:
+        raise ValueError(f"sliding_window.overlap must be in [0, 1), got {opts['overlap']}")
+    if opts.get("mode", "gaussian") not in MODES:
+        raise ValueError(f"sliding_window.mode must be one of {MODES}, got {opts['mode']!r}")
+    if int(opts.get("sw_batch_size", 4)) < 1:
+        raise ValueError(f"sliding_window.sw_batch_size must be >= 1, got {opts['sw_batch_size']}")
+    return {"window": window, "overlap": float(opts.get("overlap", 0.25)), "mode": opts.get("mode", "gaussian"),
+            "sw_batch_size": int(opts.get("sw_batch_size", 4))}
+
+
+def pad_to_stride(image: Tensor, stride: int = STRIDE) -> Tensor:
+    h, w = image.shape[-2:]
+    return F.pad(image, (0, -w % stride, 0, -h % stride))
+
+
+def whole_image_logits(net: Callable[[Tensor], Tensor], image: Tensor, options: Mapping[str, Any] | None) -> Tensor:
+    """Logits ``[B, C, H, W]`` for images ``[B, 3, H, W]`` of any ``H, W``.
+
+    ``options`` ``None``: one forward pass of the stride-padded batch; else sliding windows
+    (:func:`check_window` options).
+    """
+    h, w = image.shape[-2:]
+    padded = pad_to_stride(image)
+    if options is None:
+        return net(padded)[..., :h, :w]
+    from monai.inferers import sliding_window_inference
+
+    window = options["window"]
+    roi = (min(window, padded.shape[-2]), min(window, padded.shape[-1]))
+    logits = sliding_window_inference(
+        padded, roi_size=roi, sw_batch_size=options["sw_batch_size"], predictor=net,
+        overlap=options["overlap"], mode=options["mode"], progress=False,
+    )
+    return logits[..., :h, :w]

@@ -1,0 +1,159 @@
+"""Native resolution (issue 18): crop training, whole-image validation by sliding windows, predict at any size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamodules import FolderDataModule
+from datamodules.crops import crop_stage, effective_crop
+from datamodules.thin import write_thin_dataset
+from segtrain.losses import build_loss
+from segtrain.sliding import check_window, whole_image_logits
+from segtrain.task import metric_kwargs
+from tests.reliability_helpers import compose_run
+
+ODD = [(101, 157), (75, 130), (140, 90), (97, 97), (120, 151)]
+
+
+def _dm(root, **kw):
+    args = dict(task="binary", num_classes=1, batch_size=2, num_workers=0, ignore_index=255, val_fraction=0.4)
+    args.update(kw)
+    return FolderDataModule(root, **args)
+
+
+def test_crop_shrinks_to_largest_image_and_pads_with_ignore(tmp_path):
+    root = write_thin_dataset(tmp_path / "d", ODD)
+    dm = _dm(root)
+    dm.setup("fit")
+    train_sizes = [np.array(Image.open(i)).shape[:2] for i, _ in dm.train_pairs]
+    largest = max(max(h, w) for h, w in train_sizes)
+    assert dm.effective_crop == effective_crop(train_sizes, 512) == -(-largest // 32) * 32 < 512
+    assert dm.sliding_window["window"] == dm.effective_crop
+    sample = dm.train_set[0]
+    assert tuple(sample["image"].shape[-2:]) == (dm.effective_crop,) * 2
+    assert (sample["mask"] == 255).any()  # every image is smaller than the crop: padding, marked ignore
+    assert set(torch.unique(sample["mask"]).tolist()) <= {0.0, 1.0, 255.0}
+
+
+def test_padding_needs_ignore_index_and_crop_multiple_of_stride(tmp_path):
+    root = write_thin_dataset(tmp_path / "d", ODD)
+    with pytest.raises(ValueError, match="ignore_index=255"):
+        _dm(root, ignore_index=None).setup("fit")
+    with pytest.raises(ValueError, match="multiple of the network's stride 32"):
+        _dm(root, crop_size=100)
+    with pytest.raises(ValueError, match="multiple of the network's stride 32"):
+        check_window({"window": 48})
+
+
+def test_padded_pixels_change_neither_loss_nor_metric():
+    import torchmetrics
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    mask = (rng.random((40, 50)) > 0.7).astype(np.uint8)
+    stage = __import__("albumentations").Compose(crop_stage(64, 255, 0.0), seed=0)
+    out = stage(image=image, mask=mask)
+    padded = out["mask"]
+    valid = padded != 255
+    assert valid.sum() == mask.size  # exactly the image's pixels are valid, the rest is marked ignore
+    target = torch.from_numpy(padded).float()[None, None]
+    logits = torch.randn(1, 1, 64, 64)
+    rows, cols = np.nonzero(valid)
+    r0, c0 = rows.min(), cols.min()
+    inner_logits = logits[..., r0 : r0 + 40, c0 : c0 + 50]
+    inner_target = target[..., r0 : r0 + 40, c0 : c0 + 50]
+    assert (inner_target != 255).all()
+    cfg = compose_run(["ignore_index=255"])
+    loss = build_loss(cfg.loss, "binary", 1)
+    torch.testing.assert_close(loss(logits, target), loss(inner_logits, inner_target))
+    scores = []
+    for lg, tg in ((logits, target), (inner_logits, inner_target)):
+        metric = torchmetrics.F1Score(**metric_kwargs("binary", 1, 255))
+        metric.update(lg, tg.long())
+        scores.append(metric.compute())
+    torch.testing.assert_close(scores[0], scores[1])
+
+
+def test_one_window_equals_one_pass_and_any_size_comes_back():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1))
+    image = torch.randn(1, 3, 70, 90)
+    options = check_window({"window": 128, "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 2})
+    torch.testing.assert_close(whole_image_logits(net, image, options), whole_image_logits(net, image, None))
+    big = torch.randn(1, 3, 301, 457)
+    out = whole_image_logits(net, big, {**options, "window": 64})
+    assert out.shape == (1, 1, 301, 457)
+
+
+def test_training_on_crops_validates_full_size_masks_and_predicts_input_size(tmp_path, monkeypatch):
+    from scripts.predict import PredictArgs, predict
+    from segtrain.inference import parse_overrides
+    from segtrain.module import SegmentationModule
+    from segtrain.run import train
+
+    root = write_thin_dataset(tmp_path / "d", ODD)
+    shapes: list[tuple[int, int]] = []
+    step = SegmentationModule.validation_step
+
+    def recording_step(self, batch, batch_idx):
+        if not self.trainer.sanity_checking:
+            shapes.append(tuple(batch["mask"].shape[-2:]))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationModule, "validation_step", recording_step)
+    cfg = compose_run(["data=folder", f"data.root={root}", "ignore_index=255", "data.num_workers=0",
+                       "data.batch_size=2", "data.val_fraction=0.4", "+trainer.limit_train_batches=2"],
+                      tmp_path / "run", synthetic=False)
+    train(cfg)
+    dm = _dm(root)
+    dm.setup("fit")
+    expected = sorted(np.array(Image.open(m)).shape for _, (m,) in dm.val_pairs)
+    assert sorted(shapes) == expected  # whole validation masks, at their original sizes
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["inference"]["window"] == dm.effective_crop
+    image = np.random.default_rng(1).integers(0, 255, (301, 457, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    args = parse_overrides(PredictArgs, [f"ckpt_path={ckpt}", f"input={tmp_path / 'x.png'}",
+                                         f"output={tmp_path / 'out'}", "trainer.accelerator=cpu", "overlay=false"])
+    predict(args)
+    assert np.array(Image.open(tmp_path / "out" / "masks" / "x.png")).shape == (301, 457)
+
+
+def test_suffix_pairing_recursive_and_clear_errors(tmp_path):
+    from datamodules.folder import find_pairs
+
+    root = tmp_path / "cs"
+    for city in ("aachen", "bonn"):
+        write_thin_dataset(tmp_path / "tmp" / city, [(40, 60)], seed=len(city))
+        for kind, suffix in (("images", "_leftImg8bit.png"), ("masks", "_gtFine_labelTrainIds.png")):
+            (root / kind / city).mkdir(parents=True)
+            (tmp_path / "tmp" / city / kind / "s000.png").rename(root / kind / city / f"{city}_000{suffix}")
+    pairs = find_pairs(root / "images", root / "masks", "binary", 1, "_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+    assert [(i.parent.name, m.name) for i, (m,) in pairs] == [
+        ("aachen", "aachen_000_gtFine_labelTrainIds.png"), ("bonn", "bonn_000_gtFine_labelTrainIds.png")]
+    with pytest.raises(FileNotFoundError, match="ends with the suffix '_leftImg9bit.png'"):
+        find_pairs(root / "images", root / "masks", "binary", 1, "_leftImg9bit.png", "_gtFine_labelTrainIds.png")
+    (root / "masks" / "bonn" / "bonn_000_gtFine_labelTrainIds.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"bonn_000_leftImg8bit.png \(expected .*bonn/bonn_000_gtFine"):
+        find_pairs(root / "images", root / "masks", "binary", 1, "_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+
+
+def test_class_names_name_the_per_class_metrics(tmp_path):
+    dm = _dm(write_thin_dataset(tmp_path / "d", ODD), task="multiclass", num_classes=2, class_names=["bg", "vessel"])
+    assert dm.metric_class_names == ["bg", "vessel"] and dm.class_names == ["vessel"]
+    with pytest.raises(ValueError, match="class_names has 1 names"):
+        _dm(tmp_path, task="multiclass", num_classes=2, class_names=["bg"])
+
+
+def test_cache_gives_the_same_samples(tmp_path):
+    root = write_thin_dataset(tmp_path / "d", ODD)
+    plain, cached = _dm(root, crop_size=None), _dm(root, crop_size=None, cache=True)
+    for dm in (plain, cached):
+        dm.setup("fit")
+    for i in range(len(plain.val_set)):
+        torch.testing.assert_close(plain.val_set[i]["mask"], cached.val_set[i]["mask"])
+        torch.testing.assert_close(plain.val_set[i]["image"], cached.val_set[i]["image"])
+    assert cached.train_set.load.nbytes > 0
