@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import _checks
 from ._region import check_input, region_sums
 
 MODES = ("binary", "multilabel")

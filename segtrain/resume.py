@@ -17,7 +17,6 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 
 #: ``ckpt_path`` values that mean "the newest run's last.ckpt".
 LATEST = ("latest", "last")
