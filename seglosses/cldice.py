@@ -1,8 +1,9 @@
 """Soft clDice (Shit et al., 2021): overlap of soft skeletons, for tubular structures (2D, 3D).
 
 The soft skeleton of a probability map is built by ``iterations`` rounds of soft erosion (min
-pooling along each axis) and soft opening (erosion then 3x3(x3) max pooling), as in the
-authors' code and MONAI. With ``S_p``, ``S_t`` the skeletons of prediction ``p`` and target
+over 3 pixels along each axis) and soft opening (erosion then 3x3(x3) max), as in the
+authors' code and MONAI (which pool with ``max_pool``; here shifted elementwise min/max give the
+same values, faster). With ``S_p``, ``S_t`` the skeletons of prediction ``p`` and target
 ``t``, per image (sums over channels and space, as MONAI's ``SoftclDiceLoss``):
 
     Tprec = (sum S_p t + smooth) / (sum S_p + smooth)
@@ -28,24 +29,58 @@ from ._region import check_input
 from ._targets import dense_target, index_target, upcast
 
 
-def _pool(x: Tensor, kernel: tuple[int, ...]) -> Tensor:
-    pad = tuple(k // 2 for k in kernel)
-    pool = F.max_pool2d if x.ndim == 4 else F.max_pool3d
-    return pool(x, kernel, 1, pad)
+class _Extreme(torch.autograd.Function):
+    """``torch.minimum`` / ``torch.maximum`` of two tensors with a backward of float ops only.
+
+    torch's own backward for them (and ``max_pool``'s) goes through boolean masks
+    (``masked_fill``, ``where``), which on CPU cost several times a float op; the skeleton runs
+    dozens of them. Here the gradient goes to ``a`` where it strictly wins (the sign of the
+    exact difference ``b - a``, read by the ReLU backward kernel) and to ``b`` elsewhere, ties
+    included (a subgradient, as ``max_pool``'s choice of one index is).
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, minimum: bool) -> Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.minimum = minimum
+        return torch.minimum(a, b) if minimum else torch.maximum(a, b)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        a, b = ctx.saved_tensors
+        margin = b - a if ctx.minimum else a - b  # > 0 exactly where a wins
+        ga = torch.ops.aten.threshold_backward(g, margin, 0.0)
+        return ga, g - ga, None
+
+
+def _window3(x: Tensor, dim: int, minimum: bool) -> Tensor:
+    """Min or max over each window of 3 along ``dim`` (stride 1, same size).
+
+    The values of MONAI's stride-1 ``max_pool`` of kernel 3 (the border padded with an infinity
+    that never wins), as two elementwise ops on shifted views: torch's CPU ``max_pool2d/3d``
+    with indices is far slower for these tiny kernels.
+    """
+    pad = [0, 0] * (x.ndim - 1 - dim) + [1, 1]  # F.pad lists dims from the last
+    xp = F.pad(x, pad, value=float("inf") if minimum else float("-inf"))
+    n = x.shape[dim]
+    pair = _Extreme.apply(xp.narrow(dim, 0, n), xp.narrow(dim, 1, n), minimum)
+    return _Extreme.apply(pair, xp.narrow(dim, 2, n), minimum)
 
 
 def soft_erode(x: Tensor) -> Tensor:
-    d = x.ndim - 2
-    axes = [tuple(3 if i == j else 1 for i in range(d)) for j in range(d)]
+    """Min over the cross of 3 pixels along each axis (MONAI's ``-max_pool(-x)`` per axis)."""
     out = None
-    for k in axes:
-        e = -_pool(-x, k)
-        out = e if out is None else torch.minimum(out, e)
+    for dim in range(2, x.ndim):
+        e = _window3(x, dim, minimum=True)
+        out = e if out is None else _Extreme.apply(out, e, True)
     return out
 
 
 def soft_dilate(x: Tensor) -> Tensor:
-    return _pool(x, (3,) * (x.ndim - 2))
+    """Max over the 3x3 (3x3x3) neighbourhood, axis by axis (a max over a box is separable)."""
+    for dim in range(2, x.ndim):
+        x = _window3(x, dim, minimum=False)
+    return x
 
 
 def soft_skeleton(x: Tensor, iterations: int) -> Tensor:

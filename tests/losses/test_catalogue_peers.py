@@ -157,6 +157,19 @@ def test_cldice_equals_monai(spatial, mode):
     torch.testing.assert_close(ours, ref)
 
 
+@pytest.mark.parametrize("spatial", [(17, 13), (6, 7, 8)])
+def test_cldice_gradient_equals_monai(spatial):
+    """The skeleton's min/max run as elementwise ops with their own backward (not max_pool):
+    the gradient must still be MONAI's (random float64 maps have no ties)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 1, *spatial, dtype=torch.float64, generator=g, requires_grad=True)
+    t = (torch.rand(2, 1, *spatial, generator=g) > 0.6).double()
+    ours, = torch.autograd.grad(ClDiceLoss("binary", iterations=3)(x, t), x)
+    ref, = torch.autograd.grad(monai_losses.SoftclDiceLoss(iter_=3, sigmoid=True)(x, t), x)
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-14)
+
+
 def test_dice_plus_cldice_equals_monai_soft_dice_cldice():
     x, t = make_case("multiclass", (12, 12), batch=2)
     t[1, :3] = torch.arange(3).repeat(4)  # every class present in every image
