@@ -84,6 +84,19 @@ def region_sums(
     B, C = logits.shape[:2]
     x = upcast(logits)
     dims = (2,) if per_image else (0, 2)
+    if mode == "multiclass" and from_logits and x.dtype in (torch.float32, torch.float64):
+        from ._fused.region import SoftmaxRegionFn  # here: the _fused package imports this module
+
+        t, valid = index_target(target.reshape(B, -1), ignore_index)
+        v = None if valid is None else valid.to(x.dtype)
+        inter, psum, tsum = SoftmaxRegionFn.apply(x.reshape(B, C, -1), t, v, squared_pred)
+        if v is None:
+            count = torch.full_like(psum, t.shape[1])
+        else:
+            count = v.sum(-1, keepdim=True).expand_as(psum)
+        if not per_image:
+            inter, psum, tsum, count = inter.sum(0), psum.sum(0), tsum.sum(0), count.sum(0)
+        return inter, psum, tsum, count
     if mode == "multiclass":
         p = (F.softmax(x, dim=1) if from_logits else x).reshape(B, C, -1)
         t, valid = index_target(target.reshape(B, -1), ignore_index)
