@@ -88,6 +88,25 @@ def test_one_window_equals_one_pass_and_any_size_comes_back():
     assert out.shape == (1, 1, 301, 457)
 
 
+def test_sw_batch_size_null_is_chosen_by_device_and_every_batch_size_gives_the_same_logits():
+    from segtrain.sliding import sw_batch_size_for
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1))
+    image = torch.randn(1, 3, 301, 457)
+    options = check_window({"window": 64})
+    assert options["sw_batch_size"] is None
+    assert sw_batch_size_for(torch.device("cpu")) == 1 and sw_batch_size_for(torch.device("cuda", 0)) == 4
+    batches = []
+    counting = lambda x: batches.append(x.shape[0]) or net(x)  # noqa: E731
+    reference = whole_image_logits(counting, image, options)
+    assert set(batches) == {1}  # on a CPU: one window per pass
+    for size in (2, 4, 7):
+        torch.testing.assert_close(whole_image_logits(net, image, {**options, "sw_batch_size": size}), reference)
+    with pytest.raises(ValueError, match="sw_batch_size must be >= 1"):
+        check_window({"window": 64, "sw_batch_size": 0})
+
+
 def test_training_on_crops_validates_full_size_masks_and_predicts_input_size(tmp_path, monkeypatch):
     from scripts.predict import PredictArgs, predict
     from segtrain.inference import parse_overrides
