@@ -1,6 +1,6 @@
 """Throughput of the native-resolution data path against plain loops making the same calls.
 
-    PYTHONPATH=. python scripts/bench_data.py [images=32] [size=700x500] [crop=256] [epochs=6]
+    PYTHONPATH=. python scripts/bench_data.py [images=32] [size=700x500] [crop=256] [epochs=10]
         [sliding=1500x1000] [tiny_rounds=10] [rounds=3] [unet=1]
 
 One thread (torch and OpenCV, as in a DataLoader worker). Harness and plain loop run side by
@@ -195,7 +195,7 @@ def main(argv: list[str]) -> None:
     from datamodules.thin import write_thin_dataset
 
     opts = dict(a.split("=", 1) for a in argv)
-    n, crop, epochs = int(opts.get("images", 32)), int(opts.get("crop", 256)), int(opts.get("epochs", 6))
+    n, crop, epochs = int(opts.get("images", 32)), int(opts.get("crop", 256)), int(opts.get("epochs", 10))
     w, h = (int(v) for v in opts.get("size", "700x500").split("x"))
     sw, sh = (int(v) for v in opts.get("sliding", "1500x1000").split("x"))
     root = Path(opts.get("out", "/tmp/bench_data")) / f"{w}x{h}_{n}"

@@ -26,10 +26,11 @@ MODES = ("gaussian", "constant")
 def sw_batch_size_for(device: torch.device) -> int:
     """Windows per forward pass when ``sw_batch_size`` is ``None``: 1 on a CPU, 4 on an accelerator.
 
-    On a CPU one window per pass is the fastest: 4 windows of 256 px per pass made the smp U-Net
-    of conf/model/unet.yaml 15-25 % slower per window, 512 px windows 40 % (their activations
-    outgrow the caches; scripts/bench_data.py, docs/benchmarks.md). An accelerator keeps the
-    earlier default of 4, which fills it better (not measured here).
+    On a CPU one window per pass is the fastest: with 4 windows of 256 px per pass the smp U-Net
+    of conf/model/unet.yaml took 3-27 % longer per window (runs on a shared 2-core machine, 1 or 2
+    threads), with 512 px windows 24-40 %: the activations of 4 windows outgrow the caches
+    (scripts/bench_data.py, docs/benchmarks.md). An accelerator keeps the earlier default of 4,
+    which keeps it busier (not measured here).
     """
     return 1 if torch.device(device).type == "cpu" else 4
 
