@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -176,3 +178,23 @@ def test_cache_gives_the_same_samples(tmp_path):
         torch.testing.assert_close(plain.val_set[i]["mask"], cached.val_set[i]["mask"])
         torch.testing.assert_close(plain.val_set[i]["image"], cached.val_set[i]["image"])
     assert cached.train_set.load.nbytes > 0
+
+
+def test_bench_data_runs_small_and_prints_its_verdicts(tmp_path, capsys):
+    """scripts/bench_data.py end to end on a tiny case (the verdicts themselves depend on the machine)."""
+    import cv2
+
+    from scripts.bench_data import main
+
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        main([f"out={tmp_path}", "images=4", "size=96x64", "crop=64", "epochs=1", "sliding=200x130",
+              "tiny_rounds=1", "unet=0"])
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
+    out = capsys.readouterr().out
+    assert out.count("training pipeline") == 2 and "mask value check" in out
+    rows = re.findall(r"sw_batch_size=[14]: .* windows (\d+) / \1 in (\d+) / \2 passes, max \|difference\| (\S+)", out)
+    assert len(rows) == 2 and all(float(diff) < 1e-5 for *_, diff in rows)  # same windows, same logits
+    assert len(re.findall(r"-> (PASS|FAIL) \(target <= 10%\)", out)) == 4
