@@ -33,11 +33,13 @@ RESUME_KEYS = (
     "trainer.overfit_batches", "trainer.deterministic",
 )
 
-#: Below :data:`RESUME_KEYS`, but changing nothing that is trained: how data is loaded, and the
-#: pretrained-weights choice (it only affects the initialisation, which the checkpoint replaces).
+#: Below :data:`RESUME_KEYS`, but changing nothing that is trained: how data is loaded, how many
+#: validation windows share a forward pass (the logits are the same; runs before the default
+#: ``null`` recorded 4), and the pretrained-weights choice (it only affects the initialisation,
+#: which the checkpoint replaces).
 RESUME_IGNORED = (
     "model.encoder_weights", "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.validate",
-    "data.num_test",
+    "data.num_test", "data.sliding_window.sw_batch_size",
 )
 
 #: Stands for a key one of the two configs does not have.

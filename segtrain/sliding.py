@@ -4,9 +4,10 @@ Used by validation and test (segtrain/module.py), the prediction pictures and pr
 that all of them see an image the same way. The window inference is MONAI's
 ``sliding_window_inference`` (plain tensors): windows of ``window`` px with ``overlap``,
 ``gaussian`` blending of overlapping windows, ``sw_batch_size`` windows per forward pass (the
-memory bound). Before it, the image is padded (bottom/right, zeros = the mean colour after
-normalisation) to a multiple of the stride, and the window shrinks to the padded image where
-the image is smaller, so one window covering the image is exactly one plain forward pass.
+memory bound; ``None``: :func:`sw_batch_size_for` the image's device). Before it, the image is
+padded (bottom/right, zeros = the mean colour after normalisation) to a multiple of the stride,
+and the window shrinks to the padded image where the image is smaller, so one window covering
+the image is exactly one plain forward pass.
 """
 
 from __future__ import annotations
@@ -14,11 +15,24 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 STRIDE = 32
 MODES = ("gaussian", "constant")
+
+
+def sw_batch_size_for(device: torch.device) -> int:
+    """Windows per forward pass when ``sw_batch_size`` is ``None``: 1 on a CPU, 4 on an accelerator.
+
+    On a CPU one window per pass is the fastest: with 4 windows of 256 px per pass the smp U-Net
+    of conf/model/unet.yaml took 3-27 % longer per window (runs on a shared 2-core machine, 1 or 2
+    threads), with 512 px windows 24-40 %: the activations of 4 windows outgrow the caches
+    (scripts/bench_data.py, docs/benchmarks.md). An accelerator keeps the earlier default of 4,
+    which keeps it busier (not measured here).
+    """
+    return 1 if torch.device(device).type == "cpu" else 4
 
 
 def check_window(options: Mapping[str, Any], stride: int = STRIDE) -> dict[str, Any]:
@@ -37,10 +51,11 @@ def check_window(options: Mapping[str, Any], stride: int = STRIDE) -> dict[str, 
         raise ValueError(f"sliding_window.overlap must be in [0, 1), got {opts['overlap']}")
     if opts.get("mode", "gaussian") not in MODES:
         raise ValueError(f"sliding_window.mode must be one of {MODES}, got {opts['mode']!r}")
-    if int(opts.get("sw_batch_size", 4)) < 1:
-        raise ValueError(f"sliding_window.sw_batch_size must be >= 1, got {opts['sw_batch_size']}")
+    batch = opts.get("sw_batch_size")
+    if batch is not None and int(batch) < 1:
+        raise ValueError(f"sliding_window.sw_batch_size must be >= 1 (or null: by device), got {batch}")
     return {"window": window, "overlap": float(opts.get("overlap", 0.25)), "mode": opts.get("mode", "gaussian"),
-            "sw_batch_size": int(opts.get("sw_batch_size", 4))}
+            "sw_batch_size": None if batch is None else int(batch)}
 
 
 def pad_to_stride(image: Tensor, stride: int = STRIDE) -> Tensor:
@@ -62,8 +77,9 @@ def whole_image_logits(net: Callable[[Tensor], Tensor], image: Tensor, options: 
 
     window = options["window"]
     roi = (min(window, padded.shape[-2]), min(window, padded.shape[-1]))
+    batch = options.get("sw_batch_size") or sw_batch_size_for(padded.device)
     logits = sliding_window_inference(
-        padded, roi_size=roi, sw_batch_size=options["sw_batch_size"], predictor=net,
+        padded, roi_size=roi, sw_batch_size=batch, predictor=net,
         overlap=options["overlap"], mode=options["mode"], progress=False,
     )
     return logits[..., :h, :w]

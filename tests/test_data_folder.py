@@ -398,3 +398,34 @@ def test_different_sizes_without_resize_is_a_clear_error(tmp_path):
     dm.setup("fit")
     with pytest.raises(ValueError, match=r"different sizes after the transforms \(s\d: \(\d+, \d+\).*add a resize"):
         next(iter(dm.train_dataloader()))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_mask_value_checks_agree_with_np_unique(dtype):
+    """The fast checks (one max(), a histogram) accept, map and reject exactly what np.unique-based checks would."""
+    from datamodules.masks import binary_values, distinct_values, index_values
+
+    rng = np.random.default_rng(0)
+    top = 255 if dtype == np.uint8 else 65535 if dtype == np.uint16 else 70000
+    for values in ([0], [1], [0, 1], [0, 255], [0, 1, 255], [0, 3], [2], [0, 65535], [0, 1, top], [-1, 0, 1], [5, 9]):
+        values = [v for v in values if np.iinfo(dtype).min <= v <= np.iinfo(dtype).max]
+        if not values:
+            continue
+        mask = rng.choice(np.array(values, dtype=dtype), size=(13, 17))
+        assert distinct_values(mask).tolist() == np.unique(mask).tolist()
+        present = set(np.unique(mask).tolist())
+        for ignore in (None, 255):
+            labels = present - {ignore}
+            on = 65535 if dtype == np.uint16 else 255
+            if labels <= {0, 1} or labels <= {0, on}:
+                out = binary_values(mask, "m.png", on, ignore)
+                expected = np.where(mask == ignore, ignore, (mask != 0).astype(np.int64)) if ignore else (mask != 0)
+                assert out.dtype == np.uint8 and (out == expected).all()
+            else:
+                with pytest.raises(ValueError, match=r"m.png has values"):
+                    binary_values(mask, "m.png", on, ignore)
+            if all(0 <= v < 10 or v == ignore for v in present):
+                assert index_values(mask, "m.png", 10, ignore) is mask
+            else:
+                with pytest.raises(ValueError, match=r"m.png has values \{"):
+                    index_values(mask, "m.png", 10, ignore)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -88,6 +90,25 @@ def test_one_window_equals_one_pass_and_any_size_comes_back():
     assert out.shape == (1, 1, 301, 457)
 
 
+def test_sw_batch_size_null_is_chosen_by_device_and_every_batch_size_gives_the_same_logits():
+    from segtrain.sliding import sw_batch_size_for
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1))
+    image = torch.randn(1, 3, 301, 457)
+    options = check_window({"window": 64})
+    assert options["sw_batch_size"] is None
+    assert sw_batch_size_for(torch.device("cpu")) == 1 and sw_batch_size_for(torch.device("cuda", 0)) == 4
+    batches = []
+    counting = lambda x: batches.append(x.shape[0]) or net(x)  # noqa: E731
+    reference = whole_image_logits(counting, image, options)
+    assert set(batches) == {1}  # on a CPU: one window per pass
+    for size in (2, 4, 7):
+        torch.testing.assert_close(whole_image_logits(net, image, {**options, "sw_batch_size": size}), reference)
+    with pytest.raises(ValueError, match="sw_batch_size must be >= 1"):
+        check_window({"window": 64, "sw_batch_size": 0})
+
+
 def test_training_on_crops_validates_full_size_masks_and_predicts_input_size(tmp_path, monkeypatch):
     from scripts.predict import PredictArgs, predict
     from segtrain.inference import parse_overrides
@@ -157,3 +178,23 @@ def test_cache_gives_the_same_samples(tmp_path):
         torch.testing.assert_close(plain.val_set[i]["mask"], cached.val_set[i]["mask"])
         torch.testing.assert_close(plain.val_set[i]["image"], cached.val_set[i]["image"])
     assert cached.train_set.load.nbytes > 0
+
+
+def test_bench_data_runs_small_and_prints_its_verdicts(tmp_path, capsys):
+    """scripts/bench_data.py end to end on a tiny case (the verdicts themselves depend on the machine)."""
+    import cv2
+
+    from scripts.bench_data import main
+
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        main([f"out={tmp_path}", "images=4", "size=96x64", "crop=64", "epochs=1", "sliding=200x130",
+              "tiny_rounds=1", "unet=0"])
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
+    out = capsys.readouterr().out
+    assert out.count("training pipeline") == 2 and "mask value check" in out
+    rows = re.findall(r"sw_batch_size=[14]: .* windows (\d+) / \1 in (\d+) / \2 passes, max \|difference\| (\S+)", out)
+    assert len(rows) == 2 and all(float(diff) < 1e-5 for *_, diff in rows)  # same windows, same logits
+    assert len(re.findall(r"-> (PASS|FAIL) \(target <= 10%\)", out)) == 4

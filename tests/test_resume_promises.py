@@ -121,6 +121,17 @@ def test_data_source_change_is_refused(tmp_path):
     assert "num_workers" not in message  # how data is loaded changes nothing that is trained
 
 
+def test_windows_per_pass_change_nothing_trained():
+    """A run from before sliding_window.sw_batch_size=null (it recorded 4) resumes under the new default."""
+    old = {"task": "binary", "num_classes": 1, "model": {"arch": "unet"},
+           "data": {"_target_": "datamodules.FolderDataModule", "root": "/d", "sliding_window": {"overlap": 0.25, "sw_batch_size": 4}}}
+    new = {**old, "data": {**old["data"], "sliding_window": {"overlap": 0.25, "sw_batch_size": None}}}
+    check_resume_config(old, new, "x.ckpt")
+    changed = {**old, "data": {**old["data"], "sliding_window": {"overlap": 0.5, "sw_batch_size": None}}}
+    with pytest.raises(ValueError, match=r"data.sliding_window.overlap: trained with 0.25"):
+        check_resume_config(old, changed, "x.ckpt")
+
+
 def test_resume_command_after_an_interrupt(tmp_path):
     assert "nothing to resume" in interrupted_message(str(tmp_path))
     last = tmp_path / "checkpoints" / "last.ckpt"
