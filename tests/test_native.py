@@ -112,6 +112,10 @@ def test_training_on_crops_validates_full_size_masks_and_predicts_input_size(tmp
     dm.setup("fit")
     expected = sorted(np.array(Image.open(m)).shape for _, (m,) in dm.val_pairs)
     assert sorted(shapes) == expected  # whole validation masks, at their original sizes
+    # The picture shows every validation image whole (one per batch), not only the first batch's.
+    picture = Image.open(tmp_path / "run" / "predictions" / "epoch_000.png")
+    assert sorted(picture.text["images"].splitlines()) == sorted(i.stem for i, _ in dm.val_pairs)
+    assert len(dm.val_pairs) == 2
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["inference"]["window"] == dm.effective_crop
     image = np.random.default_rng(1).integers(0, 255, (301, 457, 3), dtype=np.uint8)
