@@ -276,3 +276,34 @@ def test_crop_size_off_the_stride_fails_from_the_config(tmp_path):
     with pytest.raises(ValueError, match="data.pad"):
         train(cfg)
 
+
+def test_pad_false_run_predicts_with_a_progress_bar_and_refuses_small_images(tmp_path, capsys):
+    from scripts.predict import PredictArgs, PredictionFailed, predict
+    from segtrain.inference import parse_overrides
+    from segtrain.run import train
+
+    root = write_thin_dataset(tmp_path / "d", ODD)
+    cfg = compose_run(["data=folder", f"data.root={root}", "data.pad=false", "data.crop_size=64", "data.num_workers=0",
+                       "data.batch_size=2", "data.val_fraction=0.4", "+trainer.limit_train_batches=1",
+                       "~callbacks.prediction_grid"], tmp_path / "run", synthetic=False)
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["inference"] == {**torch.load(ckpt, weights_only=True)["inference"],
+                                                                 "window": 64, "pad": False}
+    rng = np.random.default_rng(1)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rng.integers(0, 255, (97, 131, 3), dtype=np.uint8)).save(tmp_path / "in" / "big.png")
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+
+    def run(source, *extra):
+        return predict(parse_overrides(PredictArgs, [f"ckpt_path={ckpt}", f"input={source}", f"output={tmp_path / 'out'}",
+                                                     "trainer.accelerator=cpu", "overlay=false", *extra]))
+
+    capsys.readouterr()
+    run(tmp_path / "in", "progress=true")
+    assert np.array_equal(np.array(Image.open(tmp_path / "out" / "masks" / "big.png")).shape, (97, 131))
+    err = capsys.readouterr().err
+    assert "predicting (images)" in err and "1/1" in err  # the per-image bar (forced on: stderr is no terminal here)
+    with pytest.raises(PredictionFailed, match=r"small.png is 50x40 \(WxH\), smaller than the 64x64 px sliding window.*"
+                       r"trained with data.pad=false"):
+        run(tmp_path / "small.png")
