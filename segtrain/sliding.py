@@ -53,6 +53,8 @@ def check_window(options: Mapping[str, Any], stride: int = STRIDE) -> dict[str, 
 
 def pad_to_stride(image: Tensor, stride: int = STRIDE) -> Tensor:
     h, w = image.shape[-2:]
+    if not (h % stride or w % stride):
+        return image  # already a multiple (predict.py's batches are): F.pad would still copy the whole image
     return F.pad(image, (0, -w % stride, 0, -h % stride))
 
 
