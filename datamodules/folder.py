@@ -44,7 +44,15 @@ from PIL import Image
 import albumentations as A
 
 from .base import SegmentationDataModule, SegmentationDataset
-from .crops import check_crop_size, crop_stage, effective_crop, image_sizes, needs_padding
+from .crops import (
+    check_crop_size,
+    check_fits_window,
+    crop_stage,
+    effective_crop,
+    fitting_crop,
+    image_sizes,
+    needs_padding,
+)
 from .masks import binary_values, index_values, mask_dtype, palette_to_index
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -266,7 +274,12 @@ class FolderDataModule(SegmentationDataModule):
             ``None``: no crop stage (your own crops in ``train_transforms``), whole-image validation
             in one pass.
         scale_range: ``[low, high]`` random rescale before cropping, or ``None``.
-        foreground_fraction: share of crops centred on a labelled pixel.
+        foreground_fraction: share of crops centred on a pixel of a class drawn uniformly among
+            those present in the mask (:class:`~datamodules.crops.ClassCentredCrop`).
+        pad: ``True`` (default): images smaller than the crop are padded (the padding marked
+            ``ignore_index``) and the crop shrinks to the largest image; ``False``: no padding --
+            the crop is ``crop_size`` and must fit in every training image, and a validation or
+            test image smaller than the window is an error (both checked in setup()).
         image_suffix, mask_suffix: the file-name ends that pair an image with its mask (Cityscapes:
             ``_leftImg8bit.png`` / ``_gtFine_labelTrainIds.png``); ``""``: by stem, any extension.
         class_names: one name per class (multiclass: the background first): per-class metrics
@@ -293,6 +306,7 @@ class FolderDataModule(SegmentationDataModule):
         crop_size: int | None = 512,
         scale_range: Sequence[float] | None = None,
         foreground_fraction: float = 0.5,
+        pad: bool = True,
         sliding_window: dict[str, Any] | None = None,
         image_suffix: str = "",
         mask_suffix: str = "",
@@ -319,6 +333,9 @@ class FolderDataModule(SegmentationDataModule):
         self.crop_size = check_crop_size(crop_size) if native and crop_size is not None else None
         self.scale_range = None if scale_range is None else [float(v) for v in scale_range]
         self.foreground_fraction = float(foreground_fraction)
+        if not isinstance(pad, bool):
+            raise ValueError(f"data.pad must be true or false, got {pad!r}")
+        self.pad = pad
         self.cache = bool(cache)
         self.image_suffix, self.mask_suffix = str(image_suffix or ""), str(mask_suffix or "")
         #: One name per metric channel (multiclass: incl. the background), for the per-class metric keys.
@@ -422,8 +439,13 @@ class FolderDataModule(SegmentationDataModule):
     def _native_pipeline(self) -> None:
         """Put the crop stage, sized for this data, before the configured training transforms."""
         sizes = image_sizes(p[0] for p in self.train_pairs)
-        crop = effective_crop(sizes, self.crop_size)
-        if needs_padding(sizes, crop, self.scale_range) and self.ignore_index is None:
+        if not self.pad:
+            crop = fitting_crop(sizes, self.crop_size, self.scale_range, [str(p[0]) for p in self.train_pairs],
+                                "ignore_index=255" if self.ignore_index is None else f"ignore_index={self.ignore_index}")
+            self._check_windows(self.val_pairs, "validation", crop)
+        else:
+            crop = effective_crop(sizes, self.crop_size)
+        if self.pad and needs_padding(sizes, crop, self.scale_range) and self.ignore_index is None:
             small = min(sizes, key=min)
             raise ValueError(
                 f"Training images as small as {small[1]}x{small[0]} (WxH) are padded to the {crop} px crop, and padded "
@@ -431,10 +453,16 @@ class FolderDataModule(SegmentationDataModule):
                 "no mask uses), or lower data.crop_size, or resize instead (data.image_size=...)."
             )
         user = self.train_transform.transforms  # ends with ToTensorV2
-        stage = crop_stage(crop, self.ignore_index, self.foreground_fraction, self.scale_range)
+        stage = crop_stage(crop, self.ignore_index, self.foreground_fraction, self.scale_range, pad=self.pad)
         self.train_transform = A.Compose([*stage, *user], seed=self.seed)
         self.effective_crop = crop
-        self.sliding_window = {"window": crop, **self.window_options}
+        self.sliding_window = {"window": crop, **self.window_options, "pad": self.pad}
+
+    @staticmethod
+    def _check_windows(pairs: list[Pair], split: str, window: int) -> None:
+        """``data.pad=false``: every image of ``split`` must be at least the window (header reads only)."""
+        for (path, _), size in zip(pairs, image_sizes(p[0] for p in pairs)):
+            check_fits_window(size, window, f"{split.capitalize()} image {path}")
 
     def _dataset(self, pairs: list[Pair], transform) -> SegmentationDataset:
         source = _FileSource(pairs, self.task, self.num_classes, self.palette, self.ignore_index)
@@ -459,6 +487,8 @@ class FolderDataModule(SegmentationDataModule):
         test = self.root / "test"
         if stage in (None, "test") and self.test_set is None and test.is_dir():
             self.test_pairs = self._pairs(test)
+            if self.sliding_window is not None and not self.pad:
+                self._check_windows(self.test_pairs, "test", self.sliding_window["window"])
             self.test_set = self._dataset(self.test_pairs, self.val_transform)
 
     def val_dataloader(self):

@@ -22,8 +22,13 @@ are listed at the end with their errors, and the exit status is non-zero only wh
 be predicted (``strict=true``: any unreadable image fails the job). A mask that cannot be written
 (full disk, unwritable folder) stops the job with the file's name.
 
+A progress bar counts the images as their masks are written (``progress=null``: shown when
+stderr is a terminal; ``true`` / ``false`` force it on / off). A checkpoint trained with
+``data.pad=false`` refuses an image smaller than its window, as validation did (the image is
+listed with its size and the window, like an unreadable one).
+
 Keys (``key=value``): ckpt_path, input, output, batch_size, num_workers, threshold, overlay,
-strict, trust_checkpoint, trainer.{accelerator,devices,strategy,precision}.
+strict, progress, trust_checkpoint, trainer.{accelerator,devices,strategy,precision}.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import BasePredictionWriter  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from datamodules.crops import check_fits_window  # noqa: E402
 
 from segtrain.inference import (  # noqa: E402
     InferenceModel,
@@ -73,6 +81,7 @@ class PredictArgs:
     threshold: float = 0.5  # probability cut for binary / multilabel
     overlay: bool = True
     strict: bool = False  # any unreadable image fails the job (default: only when none could be predicted)
+    progress: bool | None = None  # per-image progress bar: null = when stderr is a terminal, true / false = always / never
     trust_checkpoint: bool = False  # skip the _target_ allow-list: only for a file whose source you trust
     trainer: TrainerArgs = field(default_factory=TrainerArgs)
 
@@ -85,12 +94,14 @@ class ImageFolderDataset(Dataset):
     """Image files -> network inputs; keeps what is needed to write each mask back.
 
     An image that cannot be decoded or transformed becomes ``{"path", "error"}`` instead of
-    failing the loader, so one corrupt file does not cost the others their masks.
+    failing the loader, so one corrupt file does not cost the others their masks; so does an
+    image smaller than ``window`` (given for a checkpoint trained with ``data.pad=false``).
     """
 
-    def __init__(self, files: list[str], transform: Any) -> None:
+    def __init__(self, files: list[str], transform: Any, window: int | None = None) -> None:
         self.files = files
         self.transform = transform
+        self.window = window
 
     def __len__(self) -> int:
         return len(self.files)
@@ -99,6 +110,10 @@ class ImageFolderDataset(Dataset):
         path = self.files[index]
         try:
             image = read_image(path)
+            if self.window is not None:
+                check_fits_window(image.shape[:2], self.window, f"Image {path}", fix=(
+                    f"the checkpoint was trained with data.pad=false, so it predicts images of at least "
+                    f"{self.window}x{self.window} px only; give larger images, or train with data.pad=true"))
             return {"image": preprocess(image, self.transform), "path": path, "size": image.shape[:2]}
         except Exception as err:  # noqa: BLE001 -- any decoding/transform failure is this image's own
             return {"path": path, "error": f"{type(err).__name__}: {err}"}
@@ -143,10 +158,12 @@ class MaskWriter(BasePredictionWriter):
         num_classes: classes of the task (palette size).
         overlay: also write the colour overlays (with a legend of the class colours).
         class_names: the legend's names (default: "foreground" / "class k").
+        progress: the per-image progress bar (rank 0): ``None`` = when stderr is a terminal.
     """
 
     def __init__(
-        self, output: str, task: str, num_classes: int, overlay: bool = True, class_names: list[str] | None = None
+        self, output: str, task: str, num_classes: int, overlay: bool = True, class_names: list[str] | None = None,
+        progress: bool | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output = output
@@ -157,6 +174,18 @@ class MaskWriter(BasePredictionWriter):
         self.written: list[str] = []
         self.predicted = 0
         self.failed: list[tuple[str, str]] = []
+        self.progress = progress
+        self.bar: Any = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or self.progress is False:
+            return
+        loaders = trainer.predict_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        total = -(-len(loader.dataset) // trainer.world_size)  # rank 0's share (the sampler deals round-robin)
+        desc = "predicting (images)" if trainer.world_size == 1 else "predicting (rank 0's images)"
+        # disable=None: tqdm's own rule, off when stderr is not a terminal.
+        self.bar = tqdm(total=total, desc=desc, unit="image", disable=None if self.progress is None else False)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         self.failed += prediction["failed"]
@@ -171,14 +200,26 @@ class MaskWriter(BasePredictionWriter):
                         self.class_names,
                     )
                 )
+            if self.bar is not None:
+                self.bar.update(1)
+        if self.bar is not None and prediction["failed"]:
+            self.bar.update(len(prediction["failed"]))
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         # Under DDP each rank saw its own share: gather the counts and failures so every rank decides alike.
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             shares: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(shares, (self.predicted, self.failed))
             self.predicted = sum(n for n, _ in shares)
             self.failed = sorted(f for _, failed in shares for f in failed)
+
+
+def no_pad_window(options: dict[str, Any] | None) -> int | None:
+    """The window an image must fill when the checkpoint was trained with ``data.pad=false``, else ``None``."""
+    return None if options is None or options.get("pad", True) else int(options["window"])
 
 
 def check_unique_stems(files: list[str]) -> None:
@@ -200,20 +241,23 @@ def predict(args: Any) -> list[str]:
     check_unique_stems(files)
     model = load_inference_model(args.ckpt_path, trust=bool(args.trust_checkpoint))
     loader = DataLoader(
-        ImageFolderDataset(files, model.transform),
+        ImageFolderDataset(files, model.transform, window=no_pad_window(model.sliding_window)),
         batch_size=int(args.batch_size),
         num_workers=int(args.num_workers),
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
     )
     class_names = (model.config.get("data") or {}).get("class_names")  # as the training pictures named them
-    writer = MaskWriter(os.path.abspath(args.output), model.task, model.num_classes, bool(args.overlay), class_names)
+    progress = None if args.progress is None else bool(args.progress)
+    writer = MaskWriter(os.path.abspath(args.output), model.task, model.num_classes, bool(args.overlay), class_names,
+                        progress)
     trainer = L.Trainer(
         **dict(args.trainer),
         logger=False,
         callbacks=[writer],
         enable_checkpointing=False,
         enable_model_summary=False,
+        enable_progress_bar=False,  # the writer's bar counts images, not batches
     )
     trainer.predict(PredictModule(model, float(args.threshold)), dataloaders=loader, return_predictions=False)
     if trainer.is_global_zero:

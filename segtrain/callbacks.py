@@ -1,14 +1,17 @@
 """PredictionGrid: after each validation, a picture of what the network sees and predicts, readable at a glance.
 
-One row per validation image (the first ``num_images`` of the first validation batch), under a
-title with the image's Dice; four titled columns:
+One row per validation image (the first ``num_images`` validation images, gathered over as many
+validation batches as that takes: at native resolution a batch holds one whole image), under a
+title with the image's name (its file stem, where the data has names) and Dice; four titled
+columns:
 
     image | target | prediction | errors (false positives, false negatives)
 
 and a legend naming every class colour and the two error colours. The masks are drawn over a
 dimmed grey copy of the image, so class colours stand out on coloured scenes; small images are
-enlarged by an integer factor (nearest neighbour: pixels stay sharp) to ``tile_size``. Written
-to ``<dirpath>/epoch_XXX.png`` by rank 0 only, and the same picture goes to TensorBoard
+enlarged by an integer factor (nearest neighbour: pixels stay sharp) to ``tile_size``; whole
+images of different sizes each get their own row size. Written to ``<dirpath>/epoch_XXX.png``
+(its PNG text entry ``images`` lists the rows' names, one per line) by rank 0 only, and the same picture goes to TensorBoard
 (``add_image("val/predictions", ...)``) and MLflow (``predictions/epoch_XXX.png`` artifact) when
 such a logger is attached. Class ``k`` has the colour of the project's one colour table
 (:func:`datamodules.masks.class_palette`), as in predict.py's masks; background is not drawn.
@@ -23,6 +26,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 from torchvision.utils import draw_segmentation_masks
 
@@ -145,7 +149,8 @@ class PredictionGrid(L.Callback):
 
     Args:
         dirpath: folder for ``epoch_XXX.png`` (created on first write).
-        num_images: rows of the grid (taken from the first validation batch).
+        num_images: rows of the grid: the first ``num_images`` validation images, from as many
+            batches as needed.
         every_n_epochs: write every n-th validation epoch.
         alpha: opacity of the mask colours over the dimmed image.
         tile_size: smaller images are enlarged by an integer factor to about this many pixels;
@@ -173,7 +178,10 @@ class PredictionGrid(L.Callback):
         self.alpha = float(alpha)
         self.tile_size = int(tile_size)
         self.class_names = list(class_names) if class_names else None
-        self._batch: tuple[Tensor, Tensor, Tensor] | None = None
+        #: The collected samples: ``(images, masks, logits, names)``, one list entry per image.
+        self._batch: tuple[list[Tensor], list[Tensor], list[Tensor], list[str | None]] | None = None
+        #: The row titles of the last picture written (also in its PNG text entry ``images``).
+        self.last_rows: list[str] = []
 
     def _active(self, trainer: L.Trainer) -> bool:
         return (
@@ -185,15 +193,25 @@ class PredictionGrid(L.Callback):
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if batch_idx != 0 or dataloader_idx != 0 or not self._active(trainer):
+        if dataloader_idx != 0 or not self._active(trainer):
             return
-        n = self.num_images
-        image = batch["image"][:n]
+        if batch_idx == 0 or self._batch is None:
+            self._batch = ([], [], [], [])
+        images, masks, all_logits, names = self._batch
+        need = self.num_images - len(images)
+        if need <= 0:
+            return
+        image = batch["image"][:need]
         with torch.no_grad():
             # Whole images (any size), as validation sees them.
             predict = getattr(pl_module, "predict_logits", pl_module)
             logits = predict(image)
-        self._batch = (image.detach().cpu(), batch["mask"][:n].detach().cpu(), logits.detach().float().cpu())
+        batch_names = list(batch.get("name") or [])[: len(image)] if isinstance(batch, dict) else []
+        for i in range(len(image)):
+            images.append(image[i].detach().cpu())
+            masks.append(batch["mask"][i].detach().cpu())
+            all_logits.append(logits[i].detach().float().cpu())
+            names.append(str(batch_names[i]) if i < len(batch_names) else None)
 
     def render(
         self,
@@ -204,39 +222,51 @@ class PredictionGrid(L.Callback):
         num_classes: int,
         class_names: list[str] | None = None,
         ignore_index: int | None = None,
+        sample_names: list[str | None] | None = None,
     ) -> Tensor:
-        """The grid as a uint8 ``[3, H', W']`` tensor (rows: samples; columns: image, target, prediction, errors)."""
-        pred = logits_to_mask(logits, task)
+        """The grid as a uint8 ``[3, H', W']`` tensor (rows: samples; columns: image, target, prediction, errors).
+
+        ``image``, ``mask``, ``logits``: batched tensors, or sequences of one sample each (whole
+        images of different sizes); ``sample_names``: each row's title (default "val image i").
+        """
         colors = drawing_colors(task, num_classes)
         names = list(class_names or self.class_names or default_class_names(task, num_classes))
-        factor = max(1, round(self.tile_size / image.shape[-2]))
         rows = []
-        for i in range(image.shape[0]):
+        for i in range(len(image)):
+            pred = logits_to_mask(logits[i][None], task)[0]
+            factor = max(1, round(self.tile_size / image[i].shape[-2]))
             img = _to_uint8(image[i])
             grey = (img.float().mean(0, keepdim=True) * 0.6 + 40).clamp(0, 255).to(torch.uint8).expand(3, -1, -1)
             target = mask[i] if ignore_index is None else torch.where(mask[i] == ignore_index, torch.zeros_like(mask[i]), mask[i])
             tiles = [img]
-            for m in (target, pred[i]):
+            for m in (target, pred):
                 tiles.append(draw_segmentation_masks(grey, masks_for_drawing(m, task, num_classes), alpha=self.alpha, colors=colors))
-            errors = error_masks(pred[i], mask[i], task, ignore_index)
+            errors = error_masks(pred, mask[i], task, ignore_index)
             tiles.append(draw_segmentation_masks(grey, errors, alpha=0.9, colors=[FALSE_POSITIVE, FALSE_NEGATIVE]))
-            dice = sample_dice(pred[i], mask[i], task, num_classes, ignore_index)
-            rows.append((f"val image {i}: Dice {dice:.3f}", [_to_pil(t, factor) for t in tiles]))
+            dice = sample_dice(pred, mask[i], task, num_classes, ignore_index)
+            title = sample_names[i] if sample_names and sample_names[i] else f"val image {i}"
+            rows.append((f"{title}: Dice {dice:.3f}", [_to_pil(t, factor) for t in tiles]))
         return _compose(rows, ["image", "target", "prediction", "errors"], [*zip(names, colors),
                         ("false positive", FALSE_POSITIVE), ("false negative", FALSE_NEGATIVE)])
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._batch is None or not self._active(trainer):
             return
-        image, mask, logits = self._batch
+        image, mask, logits, *rest = self._batch
         self._batch = None
+        if len(image) == 0:
+            return
+        sample_names = list(rest[0]) if rest else None
         names = self.class_names or getattr(trainer.datamodule, "class_names", None)
         ignore_index = getattr(pl_module, "hparams", {}).get("ignore_index")
-        grid = self.render(image, mask, logits, pl_module.task, pl_module.num_classes, names, ignore_index)
+        grid = self.render(image, mask, logits, pl_module.task, pl_module.num_classes, names, ignore_index, sample_names)
+        self.last_rows = [n or f"val image {i}" for i, n in enumerate(sample_names or [None] * len(image))]
         path = os.path.join(self.dirpath, f"epoch_{trainer.current_epoch:03d}.png")
+        info = PngInfo()
+        info.add_text("images", "\n".join(self.last_rows))
         with storage_errors(path, "the prediction picture", kept="The checkpoints and metrics saved so far are kept. "):
             os.makedirs(self.dirpath, exist_ok=True)
-            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path, pnginfo=info)
         for logger in trainer.loggers:
             kind = type(logger).__name__
             if kind == "TensorBoardLogger":
@@ -248,24 +278,29 @@ class PredictionGrid(L.Callback):
 def _compose(
     rows: list[tuple[str, list[Image.Image]]], titles: list[str], legend: list[tuple[str, tuple[int, int, int]]]
 ) -> Tensor:
-    """Column titles, one titled row per sample, the legend at the bottom; white background."""
+    """Column titles, one titled row per sample, the legend at the bottom; white background.
+
+    Rows may differ in size (whole images): a column is as wide as its widest tile, each row as
+    tall as its own tiles.
+    """
     pad = 6
-    tile_w, tile_h = rows[0][1][0].size
+    tile_w = max(tiles[0].width for _, tiles in rows)
     font_size = max(12, min(18, tile_w // 10))
     font = _font(font_size)
     text_h = font_size + 2 * pad
     width = pad + len(titles) * (tile_w + pad)
     header = text_h
-    height = header + len(rows) * (text_h + tile_h + pad)
+    height = header + sum(text_h + tiles[0].height + pad for _, tiles in rows)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for c, title in enumerate(titles):
         draw.text((pad + c * (tile_w + pad) + tile_w // 2, text_h // 2), title, fill="black", font=font, anchor="mm")
-    for r, (label, tiles) in enumerate(rows):
-        y = header + r * (text_h + tile_h + pad)
+    y = header
+    for label, tiles in rows:
         draw.text((pad, y + text_h // 2), label, fill="black", font=font, anchor="lm")
         for c, tile in enumerate(tiles):
             canvas.paste(tile, (pad + c * (tile_w + pad), y + text_h))
+        y += text_h + tiles[0].height + pad
     strip = legend_strip(legend, width, font_size)
     full = Image.new("RGB", (width, height + strip.height), "white")
     full.paste(canvas, (0, 0))

@@ -92,9 +92,9 @@ class SegmentationModule(L.LightningModule):
             self.sliding_window = check_window(options)
         self.metric_names = getattr(getattr(self.trainer, "datamodule", None), "metric_class_names", None)
 
-    def predict_logits(self, image: Tensor) -> Tensor:
-        """Logits for whole images of any size, as validation computes them."""
-        return whole_image_logits(self.net, image, self.sliding_window)
+    def predict_logits(self, image: Tensor, names: list[str] | None = None) -> Tensor:
+        """Logits for whole images of any size, as validation computes them (``names``: for errors)."""
+        return whole_image_logits(self.net, image, self.sliding_window, names)
 
     def forward(self, image: Tensor) -> Tensor:
         """Logits ``[B, out_channels, H, W]`` for images ``[B, 3, H, W]``."""
@@ -102,7 +102,7 @@ class SegmentationModule(L.LightningModule):
 
     def _step(self, batch: Mapping[str, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         image, mask = batch["image"], batch["mask"]
-        logits = self(image) if stage == "train" else self.predict_logits(image)
+        logits = self(image) if stage == "train" else self.predict_logits(image, batch.get("name"))
         loss = self.loss(logits, mask)
         n = image.shape[0]
         # Epoch means, weighted by batch size; sync_dist averages them over ranks at epoch end.

@@ -42,6 +42,10 @@ RESUME_IGNORED = (
     "data.num_test", "data.sliding_window.sw_batch_size",
 )
 
+#: Keys added after runs were recorded, with the value an older run used without naming it: a
+#: checkpoint lacking the key matches a run that sets it to this value.
+RESUME_IMPLIED = {"data.pad": True}
+
 #: Stands for a key one of the two configs does not have.
 ABSENT = object()
 
@@ -178,6 +182,8 @@ def resume_differences(ckpt_config: Mapping[str, Any], config: Mapping[str, Any]
         if not _under(key, RESUME_KEYS) or _under(key, RESUME_IGNORED) or key.split(".")[0] not in ckpt_config:
             continue
         old, new = old_flat.get(key, ABSENT), new_flat.get(key, ABSENT)
+        if old is ABSENT and key in RESUME_IMPLIED and new == RESUME_IMPLIED[key]:
+            continue
         if old != new:
             differences[key] = (old, new)
     return differences

@@ -8,16 +8,20 @@ memory bound; ``None``: :func:`sw_batch_size_for` the image's device). Before it
 padded (bottom/right, zeros = the mean colour after normalisation) to a multiple of the stride,
 and the window shrinks to the padded image where the image is smaller, so one window covering
 the image is exactly one plain forward pass.
+With ``pad`` off (``data.pad=false``, option ``pad: False``) an image smaller than the window is
+an error naming the image, instead (:func:`datamodules.crops.check_fits_window`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from datamodules.crops import check_fits_window
 
 STRIDE = 32
 MODES = ("gaussian", "constant")
@@ -36,11 +40,15 @@ def sw_batch_size_for(device: torch.device) -> int:
 
 
 def check_window(options: Mapping[str, Any], stride: int = STRIDE) -> dict[str, Any]:
-    """Validated sliding-window options ``window``, ``overlap``, ``mode``, ``sw_batch_size``."""
+    """Validated sliding-window options ``window``, ``overlap``, ``mode``, ``sw_batch_size``, ``pad``.
+
+    ``pad`` (default ``True``; the folder datamodule sets it from ``data.pad``): whether an image
+    smaller than the window is padded (else refused).
+    """
     opts = dict(options)
-    unknown = set(opts) - {"window", "overlap", "mode", "sw_batch_size"}
+    unknown = set(opts) - {"window", "overlap", "mode", "sw_batch_size", "pad"}
     if unknown:
-        raise ValueError(f"sliding_window has no option(s) {sorted(unknown)}; options: window, overlap, mode, sw_batch_size")
+        raise ValueError(f"sliding_window has no option(s) {sorted(unknown)}; options: window, overlap, mode, sw_batch_size, pad")
     window = int(opts["window"])
     if window < stride or window % stride:
         raise ValueError(
@@ -55,21 +63,31 @@ def check_window(options: Mapping[str, Any], stride: int = STRIDE) -> dict[str, 
     if batch is not None and int(batch) < 1:
         raise ValueError(f"sliding_window.sw_batch_size must be >= 1 (or null: by device), got {batch}")
     return {"window": window, "overlap": float(opts.get("overlap", 0.25)), "mode": opts.get("mode", "gaussian"),
-            "sw_batch_size": None if batch is None else int(batch)}
+            "sw_batch_size": None if batch is None else int(batch), "pad": bool(opts.get("pad", True))}
 
 
 def pad_to_stride(image: Tensor, stride: int = STRIDE) -> Tensor:
     h, w = image.shape[-2:]
+    if not (h % stride or w % stride):
+        return image  # already a multiple (predict.py's batches are): F.pad would still copy the whole image
     return F.pad(image, (0, -w % stride, 0, -h % stride))
 
 
-def whole_image_logits(net: Callable[[Tensor], Tensor], image: Tensor, options: Mapping[str, Any] | None) -> Tensor:
+def whole_image_logits(
+    net: Callable[[Tensor], Tensor],
+    image: Tensor,
+    options: Mapping[str, Any] | None,
+    names: Sequence[str] | None = None,
+) -> Tensor:
     """Logits ``[B, C, H, W]`` for images ``[B, 3, H, W]`` of any ``H, W``.
 
     ``options`` ``None``: one forward pass of the stride-padded batch; else sliding windows
-    (:func:`check_window` options).
+    (:func:`check_window` options). With ``options["pad"]`` false, an image smaller than the
+    window is a ``ValueError`` naming it (``names``: the batch's file stems, for the message).
     """
     h, w = image.shape[-2:]
+    if options is not None and not options.get("pad", True):
+        check_fits_window((h, w), options["window"], f"Image {names[0]}" if names else "An image")
     padded = pad_to_stride(image)
     if options is None:
         return net(padded)[..., :h, :w]

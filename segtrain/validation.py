@@ -64,6 +64,7 @@ RULES: dict[str, tuple[tuple[str, ...], float | None]] = {
     "data.image_size": (("int", "list", "null"), 1),  # null: data=folder at native resolution
     "data.crop_size": (("int", "null"), 32),
     "data.foreground_fraction": (("number",), 0),
+    "data.pad": (("bool",), None),
     "data.val_fraction": (("number",), 0),
     "data.num_samples": (("int",), 1),
     "data.num_test": (("int",), 0),

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from datamodules import FolderDataModule
-from datamodules.crops import crop_stage, effective_crop
+from datamodules.crops import ClassCentredCrop, crop_stage, effective_crop
 from datamodules.thin import write_thin_dataset
 from segtrain.losses import build_loss
 from segtrain.sliding import check_window, whole_image_logits
@@ -133,6 +133,10 @@ def test_training_on_crops_validates_full_size_masks_and_predicts_input_size(tmp
     dm.setup("fit")
     expected = sorted(np.array(Image.open(m)).shape for _, (m,) in dm.val_pairs)
     assert sorted(shapes) == expected  # whole validation masks, at their original sizes
+    # The picture shows every validation image whole (one per batch), not only the first batch's.
+    picture = Image.open(tmp_path / "run" / "predictions" / "epoch_000.png")
+    assert sorted(picture.text["images"].splitlines()) == sorted(i.stem for i, _ in dm.val_pairs)
+    assert len(dm.val_pairs) == 2
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["inference"]["window"] == dm.effective_crop
     image = np.random.default_rng(1).integers(0, 255, (301, 457, 3), dtype=np.uint8)
@@ -198,3 +202,149 @@ def test_bench_data_runs_small_and_prints_its_verdicts(tmp_path, capsys):
     rows = re.findall(r"sw_batch_size=[14]: .* windows (\d+) / \1 in (\d+) / \2 passes, max \|difference\| (\S+)", out)
     assert len(rows) == 2 and all(float(diff) < 1e-5 for *_, diff in rows)  # same windows, same logits
     assert len(re.findall(r"-> (PASS|FAIL) \(target <= 10%\)", out)) == 4
+
+
+# ----------------------------------------------------------------- class-centred crops ------
+
+
+def _two_class_mask(channels: bool = False) -> np.ndarray:
+    """200x300: a large class 1 (top-left quarter, 15000 px) and a tiny class 2 (3x3 px, far corner)."""
+    mask = np.zeros((200, 300), np.uint8)
+    mask[:100, :150] = 1
+    mask[190:193, 290:293] = 2
+    if channels:  # multilabel [H, W, C]: label 0 = the large region, label 1 = the tiny one
+        return np.stack([mask == 1, mask == 2], axis=-1).astype(np.uint8)
+    return mask
+
+
+def _tiny_share(transform, mask: np.ndarray, n: int = 400) -> float:
+    import albumentations as A
+
+    pipeline = A.Compose([transform], seed=0)
+    image = np.zeros((*mask.shape[:2], 3), np.uint8)
+    hits = 0
+    for _ in range(n):
+        out = pipeline(image=image, mask=mask)
+        assert out["image"].shape[:2] == out["mask"].shape[:2] == (32, 32)  # always the crop size
+        tiny = out["mask"][..., 1] == 1 if mask.ndim == 3 else out["mask"] == 2
+        hits += bool(tiny.any())
+    return hits / n
+
+
+def test_class_centred_crop_draws_the_class_uniformly_not_the_pixel():
+    import albumentations as A
+
+    # The tiny class is 9 of 15009 labelled pixels and 100+ px from the large one: a crop holds it only
+    # when centred on it. Drawn per class, that is half the crops; drawn per pixel, almost never.
+    for mask in (_two_class_mask(), _two_class_mask(channels=True)):
+        assert 0.4 < _tiny_share(ClassCentredCrop(32, 32, ignore_index=255), mask) < 0.6
+    assert _tiny_share(A.CropNonEmptyMaskIfExists(32, 32), _two_class_mask()) < 0.05
+    # ignore_index is never a class; a mask without classes gives a random crop; a crop larger than the image says why.
+    only_ignored = np.where(_two_class_mask() == 2, 255, 0).astype(np.uint8)
+    assert _tiny_share(ClassCentredCrop(32, 32, ignore_index=255), only_ignored) == 0.0
+    with pytest.raises(ValueError, match=r"32x32 \(WxH\) crop is larger than the 20x10 image: pad first"):
+        A.Compose([ClassCentredCrop(32, 32)])(image=np.zeros((10, 20, 3), np.uint8), mask=np.zeros((10, 20), np.uint8))
+
+
+def test_class_centred_crop_is_the_crop_stage_and_a_config_target():
+    from hydra.utils import instantiate
+
+    stage = crop_stage(64, 255, foreground_fraction=0.5)
+    crops = stage[-1].transforms
+    assert [type(t).__name__ for t in crops] == ["ClassCentredCrop", "RandomCrop"] and crops[0].p == 0.5
+    made = instantiate({"_target_": "datamodules.crops.ClassCentredCrop", "height": 32, "width": 48, "ignore_index": 255})
+    assert (made.height, made.width, made.ignore_index) == (32, 48, 255)
+    assert "ClassCentredCrop(p=1.0, height=32, width=48, ignore_index=255)" == repr(made)
+
+
+# -------------------------------------------------------------------------- data.pad -------
+
+
+def test_pad_false_keeps_the_crop_and_needs_it_to_fit(tmp_path):
+    sizes = [(101, 157), (75, 130), (140, 90), (97, 97)]
+    root = write_thin_dataset(tmp_path / "d", sizes, split="train")
+    write_thin_dataset(tmp_path / "d", [(80, 120), (64, 200)], split="val")
+    # Every image is at least 64 px: no padding, no ignore_index needed, the crop is crop_size itself.
+    dm = _dm(root, crop_size=64, pad=False, ignore_index=None)
+    dm.setup("fit")
+    assert dm.effective_crop == 64 and dm.sliding_window == {**dm.sliding_window, "window": 64, "pad": False}
+    assert not any(type(t).__name__ == "PadIfNeeded" for t in dm.train_transform.transforms)
+    for i in range(len(dm.train_set)):
+        sample = dm.train_set[i]
+        assert tuple(sample["image"].shape[-2:]) == (64, 64) and set(torch.unique(sample["mask"]).tolist()) <= {0.0, 1.0}
+    # Larger than every image: the crop, the largest image and both fixes.
+    with pytest.raises(ValueError, match=r"data.crop_size=256 is larger than every training image with data.pad=false: "
+                       r"the largest, .*s000.png 157x101 \(WxH\), is smaller than the 256x256 crop. Fix: lower "
+                       r"data.crop_size to 64 or less .*, or set data.pad=true with ignore_index=255"):
+        _dm(root, crop_size=256, pad=False).setup("fit")
+    # Larger than some: the smallest image, named, with the count.
+    with pytest.raises(ValueError, match=r"data.pad=false: training image .*s001.png is 130x75 \(WxH\), smaller than "
+                       r"the 96x96 crop \(2 of 4 training images are\). Fix: lower data.crop_size to 64"):
+        _dm(root, crop_size=96, pad=False).setup("fit")
+    # scale_range shrinks images before the crop: its smallest factor counts.
+    with pytest.raises(ValueError, match=r"130x75 \(WxH\) at the smallest rescale factor 0.7 \(data.scale_range\)"):
+        _dm(root, crop_size=64, pad=False, scale_range=[0.7, 1.0]).setup("fit")
+    # A validation image smaller than the window is found at start-up, not after an epoch.
+    write_thin_dataset(tmp_path / "d", [(50, 70)], split="val", seed=3)  # overwrites val/s000.png
+    with pytest.raises(ValueError, match=r"Validation image .*val/images/s000.png is 70x50 \(WxH\), smaller than the "
+                       r"64x64 px sliding window, and data.pad=false does not pad: lower data.crop_size \(the window\) "
+                       r"to 32 or less, or set data.pad=true"):
+        _dm(root, crop_size=64, pad=False, ignore_index=None).setup("fit")
+    with pytest.raises(ValueError, match="data.pad must be true or false"):
+        _dm(root, pad="no")
+
+
+def test_pad_false_window_refuses_a_small_image_by_name():
+    net = torch.nn.Conv2d(3, 1, 1)
+    options = check_window({"window": 64, "pad": False})
+    assert whole_image_logits(net, torch.randn(1, 3, 64, 90), options).shape == (1, 1, 64, 90)
+    with pytest.raises(ValueError, match=r"Image s007 is 90x40 \(WxH\), smaller than the 64x64 px sliding window"):
+        whole_image_logits(net, torch.randn(1, 3, 40, 90), options, ["s007"])
+    # pad on (the default, and what checkpoints without the key meant): padded, as before.
+    assert whole_image_logits(net, torch.randn(1, 3, 40, 90), {**options, "pad": True}).shape == (1, 1, 40, 90)
+    assert check_window({"window": 64})["pad"] is True
+
+
+def test_crop_size_off_the_stride_fails_from_the_config(tmp_path):
+    from segtrain.run import train
+
+    root = write_thin_dataset(tmp_path / "d", ODD)
+    cfg = compose_run(["data=folder", f"data.root={root}", "ignore_index=255", "data.crop_size=100"],
+                      tmp_path / "run", synthetic=False)
+    with pytest.raises(ValueError, match=r"data.crop_size=100 is not a multiple of the network's stride 32.*Use e.g. 128"):
+        train(cfg)
+    cfg = compose_run(["data=folder", f"data.root={root}", "data.pad=maybe"], tmp_path / "run2", synthetic=False)
+    with pytest.raises(ValueError, match="data.pad"):
+        train(cfg)
+
+
+def test_pad_false_run_predicts_with_a_progress_bar_and_refuses_small_images(tmp_path, capsys):
+    from scripts.predict import PredictArgs, PredictionFailed, predict
+    from segtrain.inference import parse_overrides
+    from segtrain.run import train
+
+    root = write_thin_dataset(tmp_path / "d", ODD)
+    cfg = compose_run(["data=folder", f"data.root={root}", "data.pad=false", "data.crop_size=64", "data.num_workers=0",
+                       "data.batch_size=2", "data.val_fraction=0.4", "+trainer.limit_train_batches=1",
+                       "~callbacks.prediction_grid"], tmp_path / "run", synthetic=False)
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["inference"] == {**torch.load(ckpt, weights_only=True)["inference"],
+                                                                 "window": 64, "pad": False}
+    rng = np.random.default_rng(1)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rng.integers(0, 255, (97, 131, 3), dtype=np.uint8)).save(tmp_path / "in" / "big.png")
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+
+    def run(source, *extra):
+        return predict(parse_overrides(PredictArgs, [f"ckpt_path={ckpt}", f"input={source}", f"output={tmp_path / 'out'}",
+                                                     "trainer.accelerator=cpu", "overlay=false", *extra]))
+
+    capsys.readouterr()
+    run(tmp_path / "in", "progress=true")
+    assert np.array_equal(np.array(Image.open(tmp_path / "out" / "masks" / "big.png")).shape, (97, 131))
+    err = capsys.readouterr().err
+    assert "predicting (images)" in err and "1/1" in err  # the per-image bar (forced on: stderr is no terminal here)
+    with pytest.raises(PredictionFailed, match=r"small.png is 50x40 \(WxH\), smaller than the 64x64 px sliding window.*"
+                       r"trained with data.pad=false"):
+        run(tmp_path / "small.png")

@@ -114,3 +114,21 @@ def test_an_unwritable_picture_folder_names_the_file(tmp_path: Path):
     callback._batch = (torch.randn(1, 3, 16, 16), (torch.rand(1, 1, 16, 16) > 0.5).float(), torch.randn(1, 1, 16, 16))
     with pytest.raises(StorageError, match="the prediction picture .*epoch_000.png"):
         callback.on_validation_epoch_end(trainer, module)
+
+
+def test_whole_images_of_different_sizes_are_gathered_over_one_image_batches(tmp_path: Path):
+    """Native resolution: each validation batch is one whole image; the picture takes the first num_images of them."""
+    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, current_epoch=0, global_step=1,
+                              loggers=[], datamodule=SimpleNamespace(class_names=None))
+    module = SimpleNamespace(task="binary", num_classes=1, hparams={"ignore_index": None},
+                             predict_logits=lambda image: torch.randn(image.shape[0], 1, *image.shape[-2:]))
+    callback = PredictionGrid(dirpath=str(tmp_path), num_images=3, tile_size=1)
+    for i, (h, w) in enumerate([(40, 70), (64, 50), (30, 30), (50, 50)]):
+        batch = {"image": torch.randn(1, 3, h, w), "mask": (torch.rand(1, 1, h, w) > 0.5).float(), "name": [f"s{i}"]}
+        callback.on_validation_batch_end(trainer, module, None, batch, i)
+    callback.on_validation_epoch_end(trainer, module)
+    picture = Image.open(tmp_path / "epoch_000.png")
+    assert picture.text["images"].splitlines() == callback.last_rows == ["s0", "s1", "s2"]
+    # Shown at their own sizes (tile_size=1): columns as wide as the widest image, each row as tall as its own.
+    assert picture.width == 6 + 4 * (70 + 6)
+    assert picture.height > 40 + 64 + 30 + 3 * 20

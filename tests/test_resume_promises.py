@@ -132,6 +132,15 @@ def test_windows_per_pass_change_nothing_trained():
         check_resume_config(old, changed, "x.ckpt")
 
 
+def test_a_run_from_before_data_pad_resumes_with_its_implied_value():
+    """data.pad is newer than some checkpoints: absent there means padding on (what they did)."""
+    old = {"task": "binary", "num_classes": 1, "model": {"arch": "unet"},
+           "data": {"_target_": "datamodules.FolderDataModule", "root": "/d", "crop_size": 512}}
+    check_resume_config(old, {**old, "data": {**old["data"], "pad": True}}, "x.ckpt")
+    with pytest.raises(ValueError, match=r"data.pad: trained with \(not set\) but this run has False"):
+        check_resume_config(old, {**old, "data": {**old["data"], "pad": False}}, "x.ckpt")
+
+
 def test_resume_command_after_an_interrupt(tmp_path):
     assert "nothing to resume" in interrupted_message(str(tmp_path))
     last = tmp_path / "checkpoints" / "last.ckpt"
