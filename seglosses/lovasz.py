@@ -65,10 +65,10 @@ def lovasz_loss(
     x = x.reshape(B, C, -1)
     if mode == "multiclass":
         t, valid = index_target(target.reshape(B, -1), ignore_index)
-        fg = t.unsqueeze(1) == torch.arange(C, device=t.device).view(1, C, 1)  # [B, C, n]
         p = F.softmax(x, dim=1)
-        errors = torch.where(fg, 1.0 - p, p)  # |onehot - p|
-        gt = fg.to(x.dtype)
+        # float ops only: on CPU a bool-mask where (and its backward) costs several float passes
+        gt = torch.zeros_like(p).scatter_(1, t.unsqueeze(1), 1.0)  # one-hot [B, C, n]
+        errors = (gt - p).abs()  # |onehot - p|: 1 - p at the target class, p elsewhere
     else:
         t, valid = dense_target(target.reshape(B, C, -1), ignore_index, x.dtype)
         gt = t
