@@ -11,6 +11,7 @@ import atexit
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,7 +58,14 @@ def popen_script(args: Sequence[str], log: Path) -> subprocess.Popen:
     """Start ``python <args>`` in the background, output to ``log``."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="1")
     out = open(log, "w")  # noqa: SIM115 -- closed by the OS when the process ends
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    # SIGINT at its default in the child: a suite started in the background by a non-interactive
+    # shell (`cmd &`) runs with SIGINT ignored, which a child inherits, and Ctrl+C tests then hang.
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 _SCRATCH = tempfile.mkdtemp(prefix="seg_reliability_")

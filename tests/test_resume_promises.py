@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import shutil
 import signal
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -156,22 +155,13 @@ def test_sigint_prints_how_to_resume(tmp_path):
     """A real Ctrl+C (SIGINT) once the first last.ckpt exists: the run says how to resume it."""
     run = tmp_path / "run"
     log = tmp_path / "console.log"
-    proc = popen_script(["train.py", *TINY, "trainer.max_epochs=1000", f"hydra.run.dir={run}"], log)
+    proc = popen_script(["train.py", *TINY, "trainer.max_epochs=50", f"hydra.run.dir={run}"], log)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None and not (run / "checkpoints" / "last.ckpt").exists():
         time.sleep(0.05)
     assert proc.poll() is None, log.read_text()[-3000:]
-    # A SIGINT that lands while Python runs a finaliser (a __del__, a weakref callback) is printed
-    # as "Exception ignored" and lost -- Python's rule, not ours: like a user, press Ctrl+C again
-    # if the run goes on (Lightning ignores further ones once it shuts down).
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    assert proc.wait(timeout=5) != 0
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) != 0
     text = log.read_text()
     assert "resume with: python train.py" in text and f"ckpt_path={run}/checkpoints/last.ckpt" in text, text[-3000:]
     log_text = (run / "train.log").read_text()
