@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .masks import distinct_values
+
 # albumentations 2.0.8: BaseCrop (a DualTransform that crops image, mask(s), bboxes and keypoints
 # to ``params["crop_coords"] = (x_min, y_min, x_max, y_max)`` with its crops.functional helpers)
 # is not exported at the package's top level. This is the project's one import of that module
@@ -181,11 +183,7 @@ class ClassCentredCrop(BaseCrop):
         if mask.ndim == 3:  # multilabel [H, W, C]: a channel is present when it holds a 1
             return mask, [c for c in range(mask.shape[-1]) if (mask[..., c] == 1).any()]
         flat = mask.ravel()
-        if flat.dtype.kind in "ui" and (flat.dtype.kind == "u" or flat.min() >= 0):
-            values = np.flatnonzero(np.bincount(flat))  # one pass; np.unique would sort every pixel
-        else:
-            values = np.unique(flat)
-        return flat, [int(v) for v in values if v != 0 and v != self.ignore_index]
+        return flat, [int(v) for v in distinct_values(flat) if v != 0 and v != self.ignore_index]
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         if data.get("mask") is None:

@@ -124,6 +124,9 @@ def distinct_values(mask: np.ndarray) -> np.ndarray:
         return np.flatnonzero(hist.ravel()).astype(np.uint8)
     if mask.dtype == np.uint16:
         return np.flatnonzero(np.bincount(mask.ravel(), minlength=1)).astype(np.uint16)
+    if mask.dtype.kind in "ui" and mask.size and 0 <= int(mask.min()) and int(mask.max()) < 1 << 16:
+        # wider integers holding small non-negative values (an int32 mask with ignore_index 255)
+        return np.flatnonzero(np.bincount(mask.ravel())).astype(mask.dtype)
     return np.unique(mask)
 
 
