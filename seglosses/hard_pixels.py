@@ -10,8 +10,9 @@
 Per-class ``weight`` (``pos_weight`` for BCE) and ``label_smoothing`` shape the per-pixel loss
 exactly as in :class:`~seglosses.CrossEntropyLoss` / :class:`~seglosses.BCELoss`; the selected
 pixels are then averaged plainly (as the peers do). Ignored pixels are never selected and
-``k`` percent is of the valid pixels; a batch with no valid pixel costs 0. The selection is a
-sort (no data-dependent shapes), so both work under ``torch.compile(fullgraph=True)``.
+``k`` percent is of the valid pixels; a batch with no valid pixel costs 0. The selection is
+``torch.topk``; under ``torch.compile`` the ignore-aware selection is a sort (no data-dependent
+shapes), so both work with ``fullgraph=True``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ def _topk_mean(loss: Tensor, valid: Tensor | None, k: float) -> Tensor:
         n = max(1, int(flat.numel() * k / 100))
         return torch.topk(flat, n, sorted=False).values.mean()
     v = valid.reshape(-1)
+    if not torch.compiler.is_compiling():
+        # eager: the count read back, then topk (a full sort costs many times more)
+        n_valid = int(v.sum())
+        if n_valid == 0:
+            return flat.sum() * 0.0
+        # ignored pixels rank below every loss (losses are >= 0); k percent never reaches them
+        n = max(1, int(n_valid * k / 100))
+        return torch.topk(flat.masked_fill(~v, -1.0), n, sorted=False).values.mean()
+    # traced: a sort, no data-dependent shapes and no tensor read back
     ranked = torch.where(v, flat, torch.full_like(flat, -1.0)).sort(descending=True).values
     count = torch.floor(v.sum().to(flat.dtype) * (k / 100)).clamp_min(1.0)
     keep = torch.arange(flat.numel(), device=flat.device) < count
