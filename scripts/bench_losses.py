@@ -180,6 +180,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where getrusage is missing: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_once(fn: LossFn, x: torch.Tensor, t: torch.Tensor, device: torch.device, clock=time.perf_counter) -> float:
     xx = x.detach().clone().requires_grad_()
     _sync(device)
@@ -367,22 +376,29 @@ def run(args) -> int:
                 print(f"  (ours-compiled warm-up, including the kernels' compilation: "
                       f"{time.perf_counter() - start:.1f} s)")
         times: dict[str, list[float]] = {k: [] for k in impls}
+        # Page faults per call: at a few ms per call, a fresh buffer's first touch (512 faults
+        # per 2 MiB) can weigh as much as the arithmetic, and which impl pays it depends on the
+        # process's allocation history; the column shows when a ratio is made of that.
+        faults: dict[str, list[int]] = {k: [] for k in impls}
         keys = list(impls)
         for r in range(repeats):
             # Rotate the order every repeat: a call pays for the allocator state (page faults,
             # trimmed heap) its predecessor left, so a fixed order would bias every impl the same way.
             for k in keys[r % len(keys):] + keys[: r % len(keys)]:
                 fn, t = impls[k]
+                before = minor_faults()
                 times[k].append(time_once(fn, x, t, device, clock))
+                faults[k].append(minor_faults() - before)
         mem = {k: peak_memory(fn, x, t, device) for k, (fn, t) in impls.items()}
         med = {k: statistics.median(v) for k, v in times.items()}
         results[case["key"]] = {k: (med[k], mem[k]) for k in impls}
         ours = med["ours"]
         print(f"\n{case['name']}")
-        print(f"  {'impl':<14} {'median ms':>10} {'peak MB':>9} {'vs ours':>8}")
+        print(f"  {'impl':<14} {'median ms':>10} {'peak MB':>9} {'vs ours':>8} {'faults/call':>12}")
         for k in impls:
             ratio = med[k] / ours
-            print(f"  {k:<14} {med[k] * 1e3:>10.2f} {mem[k]:>9.1f} {ratio:>7.2f}x")
+            print(f"  {k:<14} {med[k] * 1e3:>10.2f} {mem[k]:>9.1f} {ratio:>7.2f}x "
+                  f"{statistics.median(faults[k]):>12.0f}")
 
     print("\nTargets (time ratios; other/ours must be >= target, ours/floor <= target):")
     failed = 0

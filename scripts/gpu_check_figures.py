@@ -74,7 +74,7 @@ def losses(log: str, path: str) -> tuple[str, str]:
 
 
 _CASE = re.compile(r"^(binary BCE\+Dice|multiclass CE\+Dice|binary Dice\+Focal) (\S+)$")
-_ROW = re.compile(r"^\s+(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x$")
+_ROW = re.compile(r"^\s+(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x(?:\s+\d+)?$")  # then faults/call
 
 
 def bench_losses(log: str) -> tuple[str, str]:
