@@ -85,11 +85,11 @@ def region_sums(
     x = upcast(logits)
     dims = (2,) if per_image else (0, 2)
     if mode == "multiclass" and from_logits and x.dtype in (torch.float32, torch.float64):
-        from ._fused.region import SoftmaxRegionFn  # here: the _fused package imports this module
+        from ._fused.region import softmax_region_sums  # here: the _fused package imports this module
 
         t, valid = index_target(target.reshape(B, -1), ignore_index)
         v = None if valid is None else valid.to(x.dtype)
-        inter, psum, tsum = SoftmaxRegionFn.apply(x.reshape(B, C, -1), t, v, squared_pred)
+        inter, psum, tsum = softmax_region_sums(x.reshape(B, C, -1), t, v, squared_pred)
         if v is None:
             count = torch.full_like(psum, t.shape[1])
         else:
