@@ -197,6 +197,10 @@ def overlap_loss_from_sums(
         count = count[..., 1:] if isinstance(count, Tensor) else count
         w = None if w is None else w[1:]
 
+    reduction = o.reduction
+    if (reduction == "mean" and not isinstance(count, Tensor) and w is None and not sync_dist
+            and empty_class != "exclude" and not log_loss and gamma == 1.0 and count > 0):
+        return _plain_mean(inter, psum, tsum, count, o)
     present = tsum > 0
     if kind == "dice":
         num, den = 2.0 * inter + smooth, psum + tsum + smooth
@@ -220,7 +224,6 @@ def overlap_loss_from_sums(
         pos = loss > 0
         loss = torch.where(pos, torch.where(pos, loss, 1.0) ** gamma, 0.0 * loss)
 
-    reduction = o.reduction
     if reduction == "mean" and not isinstance(count, Tensor) and w is None and empty_class != "exclude" and not sync_dist:
         # every unit and class counts with weight 1 (or none does: no pixels at all)
         return loss.mean() if counted and loss.numel() else loss.sum() * 0.0
@@ -242,6 +245,27 @@ def overlap_loss_from_sums(
     if sync_dist and per_image:
         numer, denom = all_reduce_sum(torch.stack([numer, denom])).unbind(0)
     return numer / torch.where(denom > 0, denom, 1.0)
+
+
+def _plain_mean(inter: Tensor, psum: Tensor, tsum: Tensor, count: float, o: RegionOptions) -> Tensor:
+    """:func:`overlap_loss_from_sums` for the commonest options (mean, no ignored pixels, no
+    class weights, ``1 - score``, ``empty_class`` zero or penalize_fp), with the absent classes
+    masked by a float instead of bool ``where``s: a third of the ops, which is what a call on a
+    small input (the lower deep-supervision levels) spends its time on. Same values: an absent
+    class's score is finite (``den >= EPS``) and multiplied by 0."""
+    smooth = o.smooth
+    if o.kind == "dice":
+        num, den = 2.0 * inter + smooth, psum + tsum + smooth
+    elif o.kind == "jaccard":
+        num, den = inter + smooth, psum + tsum - inter + smooth
+    else:
+        num = inter + smooth
+        den = inter + o.alpha * (psum - inter) + o.beta * (tsum - inter) + smooth
+    present = (tsum > 0).to(inter.dtype)
+    loss = (1.0 - num / den.clamp_min(EPS)) * present
+    if o.empty_class == "penalize_fp":
+        loss = loss + (1.0 - present) * (psum / count)
+    return loss.mean()
 
 
 def _options_of(options: RegionOptions | str | None, legacy: dict) -> RegionOptions:

@@ -46,7 +46,7 @@ def valid_or_ones(v: Tensor | None, like: Tensor) -> Tensor:
 def region_sums(p: Tensor, t: Tensor, v: Tensor | None, vv: Tensor, pt: Tensor, squared: bool):
     """(I, P, T), each [B, C], of the probabilities ``p`` over valid pixels (``vv``: the valid
     mask, ones without ignore_index; ``v``: the mask or None, for the cheaper sum of p)."""
-    inter = pt.new_zeros(p.shape[0], p.shape[1]).scatter_add(1, t, pt * vv)
+    inter = pt.new_zeros(p.shape[0], p.shape[1]).scatter_add(1, t, pt if v is None else pt * vv)
     tsum = torch.zeros_like(inter).scatter_add(1, t, vv)
     if squared:
         pred = rowdot(p, p) if v is None else torch.einsum("bcn,bcn,bn->bc", p, p, v)
