@@ -191,6 +191,22 @@ def test_deep_supervision_equals_monai_with_normalised_weights():
     torch.testing.assert_close(ds(outs, t), ref(outs, t.unsqueeze(1).float()), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("full, size", [((16, 16), (8, 8)), ((12, 18), (4, 6)), ((16, 16), (4, 4)),
+                                        ((8, 12, 16), (4, 4, 4)), ((15, 16), (6, 8))])
+@pytest.mark.parametrize("channel_dim", [False, True])
+def test_deep_supervision_nearest_is_interpolate_nearest_exact(full, size, channel_dim):
+    """Integer factors take a strided view; it must pick the pixels F.interpolate picks (the last
+    case, 15 -> 6, is no integer factor and goes through interpolate itself)."""
+    from seglosses.deep_supervision import _downsample
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 5, (2, 3, *full) if channel_dim else (2, *full), generator=g)
+    ours = _downsample(t, size, "nearest", channel_dim)
+    ref = F.interpolate((t if channel_dim else t.unsqueeze(1)).float(), size=size, mode="nearest-exact").long()
+    assert ours.dtype == t.dtype
+    assert torch.equal(ours, ref if channel_dim else ref.squeeze(1))
+
+
 def test_deep_supervision_max_pooling_keeps_thin_foreground():
     t = torch.zeros(1, 1, 8, 8)
     t[0, 0, 3, :] = 1.0  # a one-pixel line: nearest sampling at 1/4 drops it
