@@ -251,8 +251,8 @@ def _plain_mean(inter: Tensor, psum: Tensor, tsum: Tensor, count: float, o: Regi
     """:func:`overlap_loss_from_sums` for the commonest options (mean, no ignored pixels, no
     class weights, ``1 - score``, ``empty_class`` zero or penalize_fp), with the absent classes
     masked by a float instead of bool ``where``s: a third of the ops, which is what a call on a
-    small input (the lower deep-supervision levels) spends its time on. Same values: an absent
-    class's score is finite (``den >= EPS``) and multiplied by 0."""
+    small input (the lower deep-supervision levels) spends its time on. The same values up to
+    rounding: an absent class's score is finite (``den >= EPS``) and multiplied by 0."""
     smooth = o.smooth
     if o.kind == "dice":
         num, den = 2.0 * inter + smooth, psum + tsum + smooth

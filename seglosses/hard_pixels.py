@@ -73,8 +73,8 @@ def _ohem_mean(loss: Tensor, p_t: Tensor, valid: Tensor | None, threshold: float
 
 
 def _ce_terms(logits, target, weight, ignore_index, label_smoothing):
-    """Per-pixel cross-entropy and the valid mask (None without ignore_index). The loss at an
-    ignored pixel is unspecified: both selections leave those pixels out by ``valid``."""
+    """Per-pixel cross-entropy (0 at ignored pixels, as ``F.cross_entropy``) and the valid mask
+    (None without ignore_index)."""
     if label_smoothing:
         loss = cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction="none")
         return loss, None if ignore_index is None else target != ignore_index
@@ -88,7 +88,9 @@ def _ce_terms(logits, target, weight, ignore_index, label_smoothing):
     # -log p_t by a gather of log_softmax: F.cross_entropy's nll_loss kernel takes about twice as
     # long as the gather on CPU, for the same values and gradient
     loss = torch.log_softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1).neg()
-    return (loss if w is None else loss * w[t]), valid
+    loss = loss if w is None else loss * w[t]
+    # 0 where ignored whatever the logits there (inf or NaN in padding must not reach a mean)
+    return (loss if valid is None else loss.masked_fill(~valid, 0.0)), valid
 
 
 def _bce_terms(logits, target, pos_weight, ignore_index, label_smoothing):

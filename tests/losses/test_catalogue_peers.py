@@ -118,6 +118,14 @@ def test_topk_with_ignore_index_takes_k_percent_of_the_valid_pixels():
     torch.testing.assert_close(TopKCrossEntropyLoss(k=20.0, ignore_index=IGNORE)(x, t), ref)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_topk_and_ohem_ignore_non_finite_logits_at_ignored_pixels(bad):
+    x, t = make_case("multiclass", (8, 8), ignore=True)
+    y = torch.where((t == IGNORE).unsqueeze(1).expand_as(x), torch.full_like(x, bad), x)
+    for fn in (TopKCrossEntropyLoss(k=20.0, ignore_index=IGNORE), OhemCrossEntropyLoss(min_kept=7, ignore_index=IGNORE)):
+        torch.testing.assert_close(fn(y, t), fn(x, t))
+
+
 @pytest.mark.parametrize("min_kept", [0, 7, 40, 10_000])
 @pytest.mark.parametrize("threshold", [0.3, 0.7])
 def test_ohem_ce_equals_hrnet(min_kept, threshold):
