@@ -197,11 +197,6 @@ def overlap_loss_from_sums(
         count = count[..., 1:] if isinstance(count, Tensor) else count
         w = None if w is None else w[1:]
 
-    reduction = o.reduction
-    if (reduction == "mean" and not isinstance(count, Tensor) and w is None and not sync_dist
-            and empty_class != "exclude" and not log_loss and gamma == 1.0 and count > 0):
-        return _plain_mean(inter, psum, tsum, count, o)
-    present = tsum > 0
     if kind == "dice":
         num, den = 2.0 * inter + smooth, psum + tsum + smooth
     elif kind == "jaccard":
@@ -209,6 +204,11 @@ def overlap_loss_from_sums(
     else:
         num = inter + smooth
         den = inter + o.alpha * (psum - inter) + o.beta * (tsum - inter) + smooth
+    reduction = o.reduction
+    if (reduction == "mean" and not isinstance(count, Tensor) and w is None and not sync_dist
+            and empty_class != "exclude" and not log_loss and gamma == 1.0 and count > 0):
+        return _plain_mean(num, den, psum, tsum, count, empty_class)
+    present = tsum > 0
     # Safe denominators in both branches of every where: a 0/0 in the unused branch would still
     # poison the gradient with NaN.
     score = num / torch.where(present, den.clamp_min(EPS), 1.0)
@@ -247,23 +247,15 @@ def overlap_loss_from_sums(
     return numer / torch.where(denom > 0, denom, 1.0)
 
 
-def _plain_mean(inter: Tensor, psum: Tensor, tsum: Tensor, count: float, o: RegionOptions) -> Tensor:
-    """:func:`overlap_loss_from_sums` for the commonest options (mean, no ignored pixels, no
-    class weights, ``1 - score``, ``empty_class`` zero or penalize_fp), with the absent classes
-    masked by a float instead of bool ``where``s: a third of the ops, which is what a call on a
-    small input (the lower deep-supervision levels) spends its time on. The same values up to
-    rounding: an absent class's score is finite (``den >= EPS``) and multiplied by 0."""
-    smooth = o.smooth
-    if o.kind == "dice":
-        num, den = 2.0 * inter + smooth, psum + tsum + smooth
-    elif o.kind == "jaccard":
-        num, den = inter + smooth, psum + tsum - inter + smooth
-    else:
-        num = inter + smooth
-        den = inter + o.alpha * (psum - inter) + o.beta * (tsum - inter) + smooth
-    present = (tsum > 0).to(inter.dtype)
+def _plain_mean(num: Tensor, den: Tensor, psum: Tensor, tsum: Tensor, count: float, empty_class: str) -> Tensor:
+    """The mean loss of :func:`overlap_loss_from_sums` for the commonest options (no ignored
+    pixels, no class weights, ``1 - score``, ``empty_class`` zero or penalize_fp), with the absent
+    classes masked by a float instead of bool ``where``s: a third of the ops, which is what a call
+    on a small input (the lower deep-supervision levels) spends its time on. The same values up
+    to rounding: an absent class's score is finite (``den >= EPS``) and multiplied by 0."""
+    present = (tsum > 0).to(num.dtype)
     loss = (1.0 - num / den.clamp_min(EPS)) * present
-    if o.empty_class == "penalize_fp":
+    if empty_class == "penalize_fp":
         loss = loss + (1.0 - present) * (psum / count)
     return loss.mean()
 

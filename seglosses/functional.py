@@ -160,9 +160,7 @@ def cross_entropy(
     if ignore_index is None and reduction != "none":
         return F.cross_entropy(x, t, weight=w, label_smoothing=label_smoothing, reduction=reduction)
     ii = -100 if ignore_index is None else ignore_index
-    loss = F.cross_entropy(
-        x, t, weight=w, ignore_index=ii, label_smoothing=label_smoothing, reduction="none"
-    )
+    loss = _pixel_cross_entropy(x, t, w, ignore_index, label_smoothing)
     if reduction == "none":
         return loss
     if reduction == "sum":
@@ -175,6 +173,23 @@ def cross_entropy(
         denom = torch.where(valid, w[safe], torch.zeros((), dtype=w.dtype, device=w.device)).sum()
     # All pixels ignored: the sum is 0, so any non-zero denominator gives 0 (not torch's 0/0).
     return loss.sum() / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def _pixel_cross_entropy(x: Tensor, t: Tensor, w: Tensor | None, ignore_index, label_smoothing: float) -> Tensor:
+    """``F.cross_entropy(reduction="none")``: 0 at ignored pixels, whatever the logits there.
+
+    Without label smoothing ``-log p_t`` is a gather of ``log_softmax``: F.cross_entropy's
+    ``nll_loss`` kernel takes about twice as long as the gather on CPU, for the same values and
+    gradient (TopK and OHEM are little else).
+    """
+    if label_smoothing:
+        ii = -100 if ignore_index is None else ignore_index
+        return F.cross_entropy(x, t, weight=w, ignore_index=ii, label_smoothing=label_smoothing, reduction="none")
+    safe, valid = index_target(t, ignore_index)
+    loss = torch.log_softmax(x, dim=1).gather(1, safe.unsqueeze(1)).squeeze(1).neg()
+    loss = loss if w is None else loss * w[safe]
+    # masked, not multiplied: inf or NaN logits in padding must not reach a sum
+    return loss if valid is None else loss.masked_fill(~valid, 0.0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _checks
-from ._targets import as_vector, index_target, upcast
+from ._targets import upcast
 from .functional import binary_cross_entropy, cross_entropy
 
 
@@ -73,24 +73,9 @@ def _ohem_mean(loss: Tensor, p_t: Tensor, valid: Tensor | None, threshold: float
 
 
 def _ce_terms(logits, target, weight, ignore_index, label_smoothing):
-    """Per-pixel cross-entropy (0 at ignored pixels, as ``F.cross_entropy``) and the valid mask
-    (None without ignore_index)."""
-    if label_smoothing:
-        loss = cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction="none")
-        return loss, None if ignore_index is None else target != ignore_index
-    name = "CrossEntropyLoss"
-    _checks.check_logits(logits, name)
-    _checks.check_multiclass_target(logits, target, ignore_index, name)
-    x = upcast(logits)
-    w = as_vector(weight, x)
-    _checks.check_weight_length(w, x.shape[1], "weight", name)
-    t, valid = index_target(target, ignore_index)
-    # -log p_t by a gather of log_softmax: F.cross_entropy's nll_loss kernel takes about twice as
-    # long as the gather on CPU, for the same values and gradient
-    loss = torch.log_softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1).neg()
-    loss = loss if w is None else loss * w[t]
-    # 0 where ignored whatever the logits there (inf or NaN in padding must not reach a mean)
-    return (loss if valid is None else loss.masked_fill(~valid, 0.0)), valid
+    loss = cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction="none")
+    valid = None if ignore_index is None else target != ignore_index
+    return loss, valid
 
 
 def _bce_terms(logits, target, pos_weight, ignore_index, label_smoothing):
