@@ -178,18 +178,16 @@ def cross_entropy(
 def _pixel_cross_entropy(x: Tensor, t: Tensor, w: Tensor | None, ignore_index, label_smoothing: float) -> Tensor:
     """``F.cross_entropy(reduction="none")``: 0 at ignored pixels, whatever the logits there.
 
-    Without label smoothing ``-log p_t`` is a gather of ``log_softmax``: F.cross_entropy's
-    ``nll_loss`` kernel takes about twice as long as the gather on CPU, for the same values and
-    gradient (TopK and OHEM are little else).
+    Without label smoothing and ignored pixels, ``-log p_t`` is a gather of ``log_softmax``:
+    F.cross_entropy's ``nll_loss`` kernel takes about twice as long as the gather on CPU, for the
+    same values and gradient (TopK and OHEM are little else). With ignored pixels ``nll_loss``
+    stays: zeroing them afterwards takes a bool ``masked_fill``, which costs more than it saves.
     """
-    if label_smoothing:
+    if label_smoothing or ignore_index is not None:
         ii = -100 if ignore_index is None else ignore_index
         return F.cross_entropy(x, t, weight=w, ignore_index=ii, label_smoothing=label_smoothing, reduction="none")
-    safe, valid = index_target(t, ignore_index)
-    loss = torch.log_softmax(x, dim=1).gather(1, safe.unsqueeze(1)).squeeze(1).neg()
-    loss = loss if w is None else loss * w[safe]
-    # masked, not multiplied: inf or NaN logits in padding must not reach a sum
-    return loss if valid is None else loss.masked_fill(~valid, 0.0)
+    loss = torch.log_softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1).neg()
+    return loss if w is None else loss * w[t]
 
 
 # --------------------------------------------------------------------------------------------
