@@ -256,11 +256,11 @@ class PredictionGrid(L.Callback):
         self._batch = None
         if len(image) == 0:
             return
-        sample_names = list(rest[0]) if rest else None
+        sample_names = list(rest[0]) if rest else [None] * len(image)
+        self.last_rows = [n or f"val image {i}" for i, n in enumerate(sample_names)]
         names = self.class_names or getattr(trainer.datamodule, "class_names", None)
         ignore_index = getattr(pl_module, "hparams", {}).get("ignore_index")
-        grid = self.render(image, mask, logits, pl_module.task, pl_module.num_classes, names, ignore_index, sample_names)
-        self.last_rows = [n or f"val image {i}" for i, n in enumerate(sample_names or [None] * len(image))]
+        grid = self.render(image, mask, logits, pl_module.task, pl_module.num_classes, names, ignore_index, self.last_rows)
         path = os.path.join(self.dirpath, f"epoch_{trainer.current_epoch:03d}.png")
         info = PngInfo()
         info.add_text("images", "\n".join(self.last_rows))
