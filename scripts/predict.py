@@ -60,6 +60,7 @@ from segtrain.inference import (  # noqa: E402
     save_mask,
     save_overlay,
 )
+from segtrain.lightning_compat import destroy_process_group_at_exit  # noqa: E402
 from segtrain.sliding import whole_image_logits  # noqa: E402
 
 
@@ -251,6 +252,7 @@ def predict(args: Any) -> list[str]:
     progress = None if args.progress is None else bool(args.progress)
     writer = MaskWriter(os.path.abspath(args.output), model.task, model.num_classes, bool(args.overlay), class_names,
                         progress)
+    destroy_process_group_at_exit()  # Lightning does it for NCCL only; a gloo group left to exit aborts
     trainer = L.Trainer(
         **dict(args.trainer),
         logger=False,

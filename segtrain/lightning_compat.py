@@ -39,10 +39,19 @@ that says so rather than guessing.
    ``_should_skip_saving_checkpoint``, ``_should_save_on_train_epoch_end``,
    ``_monitor_candidates`` and ``_save_last_checkpoint``) and reloads the best score and paths
    whatever the folder (``ModelCheckpoint`` never deletes files outside its own ``dirpath``).
+4. **Gloo process groups at exit** (a private Lightning helper, a torch behaviour). Lightning
+   registers ``destroy_process_group`` at exit only for NCCL (``_init_dist_connection`` in
+   ``lightning.fabric.utilities.distributed``). A gloo group (DDP on CPU) is left to the
+   interpreter's shutdown, where gloo's worker threads die with the process and a rank aborts
+   with ``terminate called without an active exception`` (SIGABRT) after its work is done
+   (pytorch#190489; it failed this project's CI once, in ``scripts/predict.py`` with two CPU
+   ranks). :func:`destroy_process_group_at_exit` registers Lightning's own
+   ``_destroy_dist_connection`` for every backend.
 """
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import json
 import logging
@@ -343,3 +352,24 @@ class _Relocate:
 
 def _as_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Gloo process groups at exit
+# --------------------------------------------------------------------------------------------
+
+_destroy_registered = False
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group at exit, whatever its backend (module docstring, item 4).
+
+    Call it once per process before the Trainer starts (``train``, ``predict``); calling it again
+    does nothing. At exit the handler does nothing when no process group is up.
+    """
+    global _destroy_registered
+    if not _destroy_registered:
+        from lightning.fabric.utilities.distributed import _destroy_dist_connection
+
+        atexit.register(_destroy_dist_connection)
+        _destroy_registered = True

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import AtomicCheckpointIO
-from .lightning_compat import multirun_ddp_scope
+from .lightning_compat import destroy_process_group_at_exit, multirun_ddp_scope
 from .losses import build_loss, check_loss_config
 from .module import SegmentationModule
 from .guards import require_training_batches
@@ -121,6 +121,7 @@ def train(cfg: DictConfig) -> float:
         the best value of ``cfg.monitor`` (e.g. ``val/dice``) as a float, for sweeps.
     """
     quiet_known_noise()
+    destroy_process_group_at_exit()  # Lightning does it for NCCL only; a gloo group left to exit aborts
     with _run_folder(cfg):
         return _train(cfg)
 

@@ -169,3 +169,45 @@ def test_resume_draws_what_the_uninterrupted_run_drew(tmp_path, with_callback):
     assert list(resumed.epochs) == [1]
     same = resumed.epochs[1] == uninterrupted.epochs[1]
     assert same is with_callback, (resumed.epochs[1], uninterrupted.epochs[1])
+
+
+# ----------------------------------------------------------------- 4. gloo process groups at exit -----
+
+
+def test_lightning_destroys_only_nccl_groups_at_exit():
+    """Lightning registers its exit-time ``destroy_process_group`` for NCCL only; if it starts doing
+    so for every backend, :func:`compat.destroy_process_group_at_exit` can go."""
+    from lightning.fabric.utilities import distributed as fabric_distributed
+
+    source = inspect.getsource(fabric_distributed._init_dist_connection)
+    assert 'if torch_distributed_backend == "nccl":' in source
+    assert "atexit.register(_destroy_dist_connection)" in source
+    assert list(inspect.signature(fabric_distributed._destroy_dist_connection).parameters) == []
+
+
+_EXIT_PROBE = """
+import atexit, sys, tempfile
+import torch.distributed as dist
+from segtrain import lightning_compat as compat
+# Registered first, so it runs last (atexit is last in, first out): what the interpreter's shutdown meets.
+atexit.register(lambda: print("group alive at shutdown:", dist.is_initialized(), flush=True))
+store = dist.FileStore(tempfile.mktemp(), 1)
+dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+if sys.argv[1] == "register":
+    compat.destroy_process_group_at_exit()
+    before = atexit._ncallbacks()
+    compat.destroy_process_group_at_exit()
+    assert atexit._ncallbacks() == before, "a second call registered another handler"
+"""
+
+
+@pytest.mark.parametrize("register", [True, False])
+def test_gloo_group_is_destroyed_before_shutdown(register):
+    """With the handler the gloo group is gone before the interpreter shuts down; without it, it is
+    still up there (Lightning leaves it), where gloo's threads can abort the process."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _EXIT_PROBE, "register" if register else "no"], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == f"group alive at shutdown: {not register}"
