@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import statistics
 import sys
@@ -328,19 +329,29 @@ def build_catalogue_cases(quick: bool, device: torch.device) -> list[dict]:
         "monai": None if ml is None else (ml.SoftclDiceLoss(sigmoid=True), tb),
     })
 
+    level_shapes = [(B, C, H // f, W // f) for f in (1, 2, 4)]
+
     class Levels(torch.nn.Module):
-        """Three deep-supervision outputs (full, 1/2, 1/4) from one leaf, so backward reaches it."""
+        """Three deep-supervision outputs (full, 1/2, 1/4), contiguous pieces of one flat leaf.
+
+        One leaf, so the harness's fresh copy and backward reach every level; split (whose backward
+        is one concatenation) rather than pooled from the full output, so that the time is the
+        losses' and not a stand-in network's (average pooling's backward would cost more than the
+        losses it feeds, alike for both sides).
+        """
 
         def __init__(self, fn):
             super().__init__()
             self.fn = fn
 
         def forward(self, x, t):
-            return self.fn([x, F.avg_pool2d(x, 2), F.avg_pool2d(x, 4)], t)
+            pieces = torch.split(x, [math.prod(s) for s in level_shapes])
+            return self.fn([p.view(s) for p, s in zip(pieces, level_shapes)], t)
 
+    x_levels = torch.randn(sum(math.prod(s) for s in level_shapes), generator=g).to(device)
     ds_ours = DeepSupervisionLoss(DiceLoss("multiclass", smooth=1e-5, per_image=True, empty_class="zero"))
     weights = ds_ours.level_weights(3)
-    add("deep_supervision", f"DeepSupervision(Dice) 3 levels {shape_m}", xm, {
+    add("deep_supervision", f"DeepSupervision(Dice) 3 levels {shape_m}", x_levels, {
         "ours": (Levels(ds_ours), tm),
         "monai": None if ml is None else (
             Levels(ml.DeepSupervisionLoss(ml.DiceLoss(softmax=True, to_onehot_y=True), weights=weights)),

@@ -70,6 +70,56 @@ def test_lovasz_binary_and_multiclass_equal_smp(per_image, ignore):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("radix", [True, False])
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_lovasz_at_sizes_sorted_as_integer_keys_equals_smp(monkeypatch, radix, per_image, ignore):
+    """From 32768 errors on, float32 on CPU sorts int64 keys in one 1-D sort (lovasz._sorted_rows):
+    loss and gradient equal smp's, and the per-row float sort's (radix=False)."""
+    from seglosses import lovasz
+
+    if radix and not lovasz._RADIX_SORT:
+        pytest.skip("this PyTorch build has no FBGEMM radix sort; the float sort serves")
+    monkeypatch.setattr(lovasz, "_RADIX_SORT", radix)
+    sorted_dtypes = []
+    real_sort = torch.sort
+    monkeypatch.setattr(torch, "sort", lambda x, *a, **k: sorted_dtypes.append((x.dtype, x.ndim)) or real_sort(x, *a, **k))
+    ii = IGNORE if ignore else None
+    for mode in ("binary", "multiclass"):
+        x, t = make_case(mode, (96, 100), batch=2, classes=4, ignore=ignore, dtype=torch.float32)
+        grads = []
+        for loss in (LovaszLoss(mode, per_image=per_image, ignore_index=ii),
+                     smp_losses.LovaszLoss(mode, per_image=per_image, ignore_index=ii)):
+            xx = x.clone().requires_grad_()
+            value = loss(xx, t)
+            value.backward()
+            grads.append((value.detach(), xx.grad))
+        torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+        # float32 rounding of 1 - I/U (smp) against rank / U (ours), about 1e-7 near 1: atol
+        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=2.5e-7)
+    assert ((torch.int64, 1) in sorted_dtypes) is radix
+
+
+def test_lovasz_integer_keys_order_negative_zero_as_zero():
+    """-0.0 has the sign bit set: read as an int32 it would be the smallest key of the next row."""
+    from seglosses import lovasz
+
+    errors = torch.rand(2, 3, 8192)
+    errors[0, 1, ::7] = -0.0
+    errors[1, 2, :100] = 0.0
+    gt = (torch.rand(2, 3, 8192) > 0.5).float()
+    for per_image in (False, True):
+        keys = lovasz._sorted_rows(errors, gt, per_image)
+        lovasz_float = lovasz._RADIX_SORT
+        try:
+            lovasz._RADIX_SORT = False
+            floats = lovasz._sorted_rows(errors, gt, per_image)
+        finally:
+            lovasz._RADIX_SORT = lovasz_float
+        torch.testing.assert_close(keys[0], floats[0], rtol=0, atol=0)
+        torch.testing.assert_close(lovasz._lovasz_rows(*keys), lovasz._lovasz_rows(*floats))
+
+
 def test_lovasz_equals_kornia():
     # kornia is not in the dev extras (pyproject.toml); only this test needs it
     kornia_losses = pytest.importorskip("kornia.losses")
