@@ -186,12 +186,12 @@ def test_lightning_destroys_only_nccl_groups_at_exit():
 
 
 _EXIT_PROBE = """
-import atexit, sys, tempfile
+import atexit, sys
 import torch.distributed as dist
 from segtrain import lightning_compat as compat
 # Registered first, so it runs last (atexit is last in, first out): what the interpreter's shutdown meets.
 atexit.register(lambda: print("group alive at shutdown:", dist.is_initialized(), flush=True))
-store = dist.FileStore(tempfile.mktemp(), 1)
+store = dist.FileStore(sys.argv[2], 1)
 dist.init_process_group("gloo", store=store, rank=0, world_size=1)
 if sys.argv[1] == "register":
     compat.destroy_process_group_at_exit()
@@ -202,12 +202,13 @@ if sys.argv[1] == "register":
 
 
 @pytest.mark.parametrize("register", [True, False])
-def test_gloo_group_is_destroyed_before_shutdown(register):
+def test_gloo_group_is_destroyed_before_shutdown(register, tmp_path):
     """With the handler the gloo group is gone before the interpreter shuts down; without it, it is
     still up there (Lightning leaves it), where gloo's threads can abort the process."""
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-c", _EXIT_PROBE, "register" if register else "no"], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    args = [sys.executable, "-c", _EXIT_PROBE, "register" if register else "no", str(tmp_path / "store")]
+    proc = subprocess.run(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == f"group alive at shutdown: {not register}"

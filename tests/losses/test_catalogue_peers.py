@@ -75,7 +75,7 @@ def test_lovasz_binary_and_multiclass_equal_smp(per_image, ignore):
 @pytest.mark.parametrize("ignore", [False, True])
 def test_lovasz_at_sizes_sorted_as_integer_keys_equals_smp(monkeypatch, radix, per_image, ignore):
     """From 32768 errors on, float32 on CPU sorts int64 keys in one 1-D sort (lovasz._sorted_rows):
-    loss and gradient equal smp's, and the per-row float sort's (radix=False)."""
+    loss and gradient equal smp's on that path and on the per-row float sort (radix=False)."""
     from seglosses import lovasz
 
     if radix and not lovasz._RADIX_SORT:
@@ -100,7 +100,7 @@ def test_lovasz_at_sizes_sorted_as_integer_keys_equals_smp(monkeypatch, radix, p
     assert ((torch.int64, 1) in sorted_dtypes) is radix
 
 
-def test_lovasz_integer_keys_order_negative_zero_as_zero():
+def test_lovasz_integer_keys_order_negative_zero_as_zero(monkeypatch):
     """-0.0 has the sign bit set: read as an int32 it would be the smallest key of the next row."""
     from seglosses import lovasz
 
@@ -110,12 +110,9 @@ def test_lovasz_integer_keys_order_negative_zero_as_zero():
     gt = (torch.rand(2, 3, 8192) > 0.5).float()
     for per_image in (False, True):
         keys = lovasz._sorted_rows(errors, gt, per_image)
-        lovasz_float = lovasz._RADIX_SORT
-        try:
-            lovasz._RADIX_SORT = False
+        with monkeypatch.context() as m:
+            m.setattr(lovasz, "_RADIX_SORT", False)
             floats = lovasz._sorted_rows(errors, gt, per_image)
-        finally:
-            lovasz._RADIX_SORT = lovasz_float
         torch.testing.assert_close(keys[0], floats[0], rtol=0, atol=0)
         torch.testing.assert_close(lovasz._lovasz_rows(*keys), lovasz._lovasz_rows(*floats))
 
