@@ -159,13 +159,12 @@ def cross_entropy(
     t = target.long()
     if ignore_index is None and reduction != "none":
         return F.cross_entropy(x, t, weight=w, label_smoothing=label_smoothing, reduction=reduction)
-    ii = -100 if ignore_index is None else ignore_index
     loss = _pixel_cross_entropy(x, t, w, ignore_index, label_smoothing)
     if reduction == "none":
         return loss
     if reduction == "sum":
         return loss.sum()
-    valid = t != ii
+    valid = t != ignore_index  # not None here: without it, "mean" and "sum" returned above
     if w is None:
         denom = valid.sum().to(loss.dtype)
     else:
