@@ -12,7 +12,9 @@ exactly as in :class:`~seglosses.CrossEntropyLoss` / :class:`~seglosses.BCELoss`
 pixels are then averaged plainly (as the peers do). Ignored pixels are never selected and
 ``k`` percent is of the valid pixels; a batch with no valid pixel costs 0. The selection is
 ``torch.topk``; under ``torch.compile`` the ignore-aware selection is a sort (no data-dependent
-shapes), so both work with ``fullgraph=True``.
+shapes), so both work with ``fullgraph=True``. Eager multiclass TopK runs as one autograd
+Function with its gradient in closed form (:class:`_TopKCrossEntropy`); compiled, it is the
+plain graph, which the compiler fuses.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from torch.autograd.function import once_differentiable
+
 from . import _checks
-from ._targets import upcast
+from ._targets import as_vector, channel_view, upcast
 from .functional import binary_cross_entropy, cross_entropy
 
 
@@ -36,6 +40,11 @@ def _check_ohem(threshold: float, min_kept: int, name: str) -> None:
         raise ValueError(f"{name}: threshold is a probability in (0, 1], got {threshold!r}")
     if isinstance(min_kept, bool) or not isinstance(min_kept, int) or min_kept < 0:
         raise ValueError(f"{name}: min_kept must be an int >= 0, got {min_kept!r}")
+
+
+def _check_label_smoothing(s, name: str) -> None:
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1:
+        raise ValueError(f"{name}: label_smoothing is a float in [0, 1], got {s!r}")
 
 
 def _topk_mean(loss: Tensor, valid: Tensor | None, k: float) -> Tensor:
@@ -87,13 +96,94 @@ def _bce_terms(logits, target, pos_weight, ignore_index, label_smoothing):
 
 def topk_cross_entropy(logits, target, k=10.0, weight=None, ignore_index=None, label_smoothing=0.0) -> Tensor:
     """Mean cross-entropy of the ``k`` percent hardest valid pixels (multiclass)."""
-    k = _check_k(k, "TopKCrossEntropyLoss")
-    return _topk_mean(*_ce_terms(logits, target, weight, ignore_index, label_smoothing), k)
+    name = "TopKCrossEntropyLoss"
+    k = _check_k(k, name)
+    _check_label_smoothing(label_smoothing, name)
+    if torch.compiler.is_compiling():  # the compiler fuses the plain graph; the sort needs no read-back
+        return _topk_mean(*_ce_terms(logits, target, weight, ignore_index, label_smoothing), k)
+    _checks.check_logits(logits, name)
+    _checks.check_multiclass_target(logits, target, ignore_index, name)
+    x = upcast(logits)
+    w = as_vector(weight, x)
+    _checks.check_weight_length(w, x.shape[1], "weight", name)
+    t = target.long()
+    valid = None if ignore_index is None else t != ignore_index
+    if valid is None:
+        n = max(1, int(t.numel() * k / 100))
+    else:
+        n_valid = int(valid.sum())  # read back: topk takes a count, and a full sort costs many times more
+        if n_valid == 0:  # 0 with a zero gradient, whatever the ignored logits hold (inf * 0 is NaN)
+            return x.reshape(-1)[:1].masked_fill(torch.ones(1, dtype=torch.bool, device=x.device), 0.0).sum()
+        n = max(1, int(n_valid * k / 100))
+        t = torch.where(valid, t, torch.zeros((), dtype=t.dtype, device=t.device))
+    return _TopKCrossEntropy.apply(x, t, valid, n, w, float(label_smoothing))
+
+
+# float32 -> int32, float64 -> int64: the views topk ranks (logits are upcast to one of these)
+_SAME_WIDTH_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+class _TopKCrossEntropy(torch.autograd.Function):
+    r"""TopK cross-entropy with its gradient in closed form (the eager path).
+
+    Autograd through ``log_softmax``, a gather and ``torch.topk`` (nnU-Net's graph) spends most
+    of the backward in zero-filled gradient buffers and the dense ``log_softmax`` backward. With
+    ``a_i = g / n`` at the ``n`` selected pixels and 0 elsewhere, the gradient of
+    ``-(1-s) w_t log p_t - (s/C) sum_c w_c log p_c`` is
+
+    .. math:: a_i \big(p_{ic} ((1-s) w_{t_i} + s \textstyle\sum_c w_c / C)
+              - (1-s) w_{t_i} [c = t_i] - s\, w_c / C\big),
+
+    one ``exp`` of the saved log-probabilities and two in-place updates. The selection runs
+    ``torch.topk`` on the losses' bit patterns: a float ``>= 0`` orders as its integer bits do
+    (the losses are, for the non-negative weights the modules accept), and integer topk is
+    faster than float topk on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x, t, valid, n, w, s):
+        logp = torch.log_softmax(x, dim=1)
+        t1 = t.unsqueeze(1)
+        loss = logp.gather(1, t1).neg_()
+        wt = None if w is None else w[t1]
+        if wt is not None:
+            loss.mul_(wt)
+        if s:
+            smooth = (logp if w is None else logp * channel_view(w, logp.ndim)).sum(1, keepdim=True)
+            loss.mul_(1.0 - s).sub_(smooth, alpha=s / x.shape[1])
+        flat = loss.reshape(-1)
+        # The ranking key, as integers: abs clears the sign bit of -0.0 and of a NaN (which may
+        # carry it), so -0.0 ties with 0 and a NaN ranks first, as torch.topk ranks floats.
+        key = flat.abs()
+        if valid is not None:
+            key.masked_fill_(~valid.reshape(-1), -1.0)  # ignored pixels rank below every loss (>= 0)
+        idx = torch.topk(key.view(_SAME_WIDTH_INT[key.dtype]), n, sorted=False).indices
+        ctx.save_for_backward(logp, t1, idx, wt, w)
+        ctx.n, ctx.s = n, s
+        return flat.take(idx).sum() / n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        logp, t1, idx, wt, w = ctx.saved_tensors
+        n, s, C = ctx.n, ctx.s, logp.shape[1]
+        a = torch.zeros(t1.shape, dtype=logp.dtype, device=logp.device)
+        a.view(-1).index_fill_(0, idx, g / n)
+        at = a if wt is None else a * wt
+        on_p = at * (1.0 - s)
+        if s:
+            on_p = on_p + a * (s if w is None else w.sum() * (s / C))
+        grad = torch.exp(logp).mul_(on_p)
+        grad.scatter_add_(1, t1, at * (s - 1.0))
+        if s:
+            grad.sub_(a * (s / C) if w is None else a * (s / C) * channel_view(w, logp.ndim))
+        return grad, None, None, None, None, None
 
 
 def topk_binary_cross_entropy(logits, target, k=10.0, pos_weight=None, ignore_index=None, label_smoothing=0.0) -> Tensor:
     """Mean BCE of the ``k`` percent hardest valid elements (binary, multilabel)."""
     k = _check_k(k, "TopKBCELoss")
+    _check_label_smoothing(label_smoothing, "TopKBCELoss")
     loss, valid, _ = _bce_terms(logits, target, pos_weight, ignore_index, label_smoothing)
     return _topk_mean(loss, valid, k)
 
@@ -103,6 +193,7 @@ def ohem_cross_entropy(
 ) -> Tensor:
     """OHEM cross-entropy (multiclass); see the module docstring."""
     _check_ohem(threshold, min_kept, "OhemCrossEntropyLoss")
+    _check_label_smoothing(label_smoothing, "OhemCrossEntropyLoss")
     loss, valid = _ce_terms(logits, target, weight, ignore_index, label_smoothing)
     t = target.long() if valid is None else torch.where(valid, target.long(), torch.zeros_like(target.long()))
     with torch.no_grad():
@@ -115,6 +206,7 @@ def ohem_binary_cross_entropy(
 ) -> Tensor:
     """OHEM BCE per element (binary, multilabel); see the module docstring."""
     _check_ohem(threshold, min_kept, "OhemBCELoss")
+    _check_label_smoothing(label_smoothing, "OhemBCELoss")
     loss, valid, target = _bce_terms(logits, target, pos_weight, ignore_index, label_smoothing)
     with torch.no_grad():
         p = torch.sigmoid(upcast(logits.detach())).reshape(loss.shape)
@@ -139,6 +231,7 @@ class _HardPixelLoss(nn.Module):
             _check_k(options["k"], type(self).__name__)
         else:
             _check_ohem(options["threshold"], options["min_kept"], type(self).__name__)
+        _check_label_smoothing(options["label_smoothing"], type(self).__name__)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return type(self)._fn(logits, target, **{n: getattr(self, n) for n in self._names})

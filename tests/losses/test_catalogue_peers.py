@@ -165,6 +165,63 @@ def test_topk_with_ignore_index_takes_k_percent_of_the_valid_pixels():
     torch.testing.assert_close(TopKCrossEntropyLoss(k=20.0, ignore_index=IGNORE)(x, t), ref)
 
 
+def _autograd_topk(x, t, k, weight, ignore, smoothing):
+    """TopK CE by autograd through F.cross_entropy and torch.topk (nnU-Net's graph, ignore-aware):
+    the reference for TopK's closed-form backward."""
+    loss = F.cross_entropy(x, t, weight=weight, ignore_index=-100 if ignore is None else ignore,
+                           label_smoothing=smoothing, reduction="none").reshape(-1)
+    if ignore is not None:
+        loss = loss[t.reshape(-1) != ignore]
+    return torch.topk(loss, max(1, int(loss.numel() * k / 100))).values.mean()
+
+
+@pytest.mark.parametrize("spatial", [(6, 7), (3, 4, 5)])
+@pytest.mark.parametrize("weight", [None, [1.0, 2.0, 0.5]])
+@pytest.mark.parametrize("ignore", [None, IGNORE])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("k", [10.0, 100.0])
+def test_topk_ce_closed_form_gradient_equals_autograd(spatial, weight, ignore, smoothing, k):
+    x, t = make_case("multiclass", spatial, ignore=ignore is not None)
+    w = None if weight is None else torch.tensor(weight, dtype=x.dtype)
+    ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    loss = TopKCrossEntropyLoss(k=k, weight=weight, ignore_index=ignore, label_smoothing=smoothing)(ours, t)
+    expected = _autograd_topk(ref, t, k, w, ignore, smoothing)
+    (loss * 3.0).backward()  # an upstream gradient other than 1
+    (expected * 3.0).backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(ours.grad, ref.grad)
+
+
+def test_topk_ranks_zero_losses_above_ignored_pixels():
+    # Confident pixels have a loss of exactly -0.0 (-log 1), whose sign bit would rank it below
+    # the ignored pixels' -1 in the integer ranking; here k percent reaches past the one hard pixel.
+    x = torch.zeros(1, 3, 4, 4)
+    x[:, 0] = 200.0
+    x[0, :, 1, 0] = torch.tensor([0.0, 1.0, 0.0])
+    t = torch.zeros(1, 4, 4, dtype=torch.long)
+    t[0, 0] = IGNORE
+    x[0, :, 0] = torch.tensor([0.0, 200.0, 0.0]).unsqueeze(1)  # wrong by far, were they counted
+    assert torch.signbit(-torch.log_softmax(x, 1)[:, 0]).any()  # the -0.0 losses are there
+    loss = TopKCrossEntropyLoss(k=50.0, ignore_index=IGNORE)(x, t)
+    torch.testing.assert_close(loss, _autograd_topk(x, t, 50.0, None, IGNORE, 0.0))
+    assert loss > 0
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_topk_of_an_all_ignored_batch_is_zero_whatever_the_logits(bad):
+    x = torch.full((2, 3, 4, 4), bad, requires_grad=True)
+    loss = TopKCrossEntropyLoss(ignore_index=IGNORE)(x, torch.full((2, 4, 4), IGNORE))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(x.grad == 0)
+
+
+def test_topk_ce_propagates_nan_logits_at_valid_pixels_as_the_peer_does():
+    x, t = make_case("multiclass", (8, 8), dtype=torch.float32)
+    x[0, :, 1, 1] = float("nan")
+    assert torch.isnan(_nnunet_topk(x, t, 10.0))
+    assert torch.isnan(TopKCrossEntropyLoss(k=10.0)(x, t))
+
+
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
 def test_topk_and_ohem_ignore_non_finite_logits_at_ignored_pixels(bad):
     x, t = make_case("multiclass", (8, 8), ignore=True)
