@@ -150,13 +150,8 @@ def cross_entropy(
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
     """
     name = "CrossEntropyLoss"
-    _checks.check_logits(logits, name)
     _checks.check_reduction(reduction, name)
-    _checks.check_multiclass_target(logits, target, ignore_index, name)
-    x = upcast(logits)
-    w = as_vector(weight, x)
-    _checks.check_weight_length(w, x.shape[1], "weight", name)
-    t = target.long()
+    x, t, w = _multiclass_inputs(logits, target, weight, ignore_index, name)
     if ignore_index is None and reduction != "none":
         return F.cross_entropy(x, t, weight=w, label_smoothing=label_smoothing, reduction=reduction)
     loss = _pixel_cross_entropy(x, t, w, ignore_index, label_smoothing)
@@ -172,6 +167,17 @@ def cross_entropy(
         denom = torch.where(valid, w[safe], torch.zeros((), dtype=w.dtype, device=w.device)).sum()
     # All pixels ignored: the sum is 0, so any non-zero denominator gives 0 (not torch's 0/0).
     return loss.sum() / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def _multiclass_inputs(logits, target, weight, ignore_index, name: str) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The checks and conversions of the cross-entropy losses: logits ``[B, C, *]`` upcast from
+    half precision, the target as ``long``, ``weight`` as a vector on the logits' device."""
+    _checks.check_logits(logits, name)
+    _checks.check_multiclass_target(logits, target, ignore_index, name)
+    x = upcast(logits)
+    w = as_vector(weight, x)
+    _checks.check_weight_length(w, x.shape[1], "weight", name)
+    return x, target.long(), w
 
 
 def _pixel_cross_entropy(x: Tensor, t: Tensor, w: Tensor | None, ignore_index, label_smoothing: float) -> Tensor:

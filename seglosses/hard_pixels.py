@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
 from torch.autograd.function import once_differentiable
 
 from . import _checks
-from ._targets import as_vector, channel_view, upcast
-from .functional import binary_cross_entropy, cross_entropy
+from ._targets import channel_view, upcast
+from .functional import _multiclass_inputs, binary_cross_entropy, cross_entropy
 
 
 def _check_k(k: float, name: str) -> float:
@@ -101,12 +100,7 @@ def topk_cross_entropy(logits, target, k=10.0, weight=None, ignore_index=None, l
     _check_label_smoothing(label_smoothing, name)
     if torch.compiler.is_compiling():  # the compiler fuses the plain graph; the sort needs no read-back
         return _topk_mean(*_ce_terms(logits, target, weight, ignore_index, label_smoothing), k)
-    _checks.check_logits(logits, name)
-    _checks.check_multiclass_target(logits, target, ignore_index, name)
-    x = upcast(logits)
-    w = as_vector(weight, x)
-    _checks.check_weight_length(w, x.shape[1], "weight", name)
-    t = target.long()
+    x, t, w = _multiclass_inputs(logits, target, weight, ignore_index, name)
     valid = None if ignore_index is None else t != ignore_index
     if valid is None:
         n = max(1, int(t.numel() * k / 100))
