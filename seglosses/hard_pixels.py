@@ -164,9 +164,7 @@ class _TopKCrossEntropy(torch.autograd.Function):
         a = torch.zeros(t1.shape, dtype=logp.dtype, device=logp.device)
         a.view(-1).index_fill_(0, idx, g / n)
         at = a if wt is None else a * wt
-        on_p = at * (1.0 - s)
-        if s:
-            on_p = on_p + a * (s if w is None else w.sum() * (s / C))
+        on_p = at if not s else at * (1.0 - s) + a * (s if w is None else w.sum() * (s / C))
         grad = torch.exp(logp).mul_(on_p)
         grad.scatter_add_(1, t1, at * (s - 1.0))
         if s:
