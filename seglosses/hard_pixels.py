@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import _checks
-from ._targets import channel_view, upcast
+from ._targets import channel_view, index_target, upcast
 from .functional import _multiclass_inputs, binary_cross_entropy, cross_entropy
 
 
@@ -46,19 +46,26 @@ def _check_label_smoothing(s, name: str) -> None:
         raise ValueError(f"{name}: label_smoothing is a float in [0, 1], got {s!r}")
 
 
+def _topk_count(numel: int, valid: Tensor | None, k: float) -> int:
+    """How many pixels TopK averages: ``k`` percent of the valid ones, at least 1; 0 when none is
+    valid. Eager only: the valid count is read back, because topk takes a count and a full sort
+    costs many times more."""
+    if valid is None:
+        return max(1, int(numel * k / 100))
+    n_valid = int(valid.sum())
+    return max(1, int(n_valid * k / 100)) if n_valid else 0
+
+
 def _topk_mean(loss: Tensor, valid: Tensor | None, k: float) -> Tensor:
     flat = loss.reshape(-1)
     if valid is None:
-        n = max(1, int(flat.numel() * k / 100))
-        return torch.topk(flat, n, sorted=False).values.mean()
+        return torch.topk(flat, _topk_count(flat.numel(), None, k), sorted=False).values.mean()
     v = valid.reshape(-1)
     if not torch.compiler.is_compiling():
-        # eager: the count read back, then topk (a full sort costs many times more)
-        n_valid = int(v.sum())
-        if n_valid == 0:
+        n = _topk_count(flat.numel(), v, k)
+        if n == 0:
             return flat.sum() * 0.0
         # ignored pixels rank below every loss (losses are >= 0); k percent never reaches them
-        n = max(1, int(n_valid * k / 100))
         return torch.topk(flat.masked_fill(~v, -1.0), n, sorted=False).values.mean()
     # traced: a sort, no data-dependent shapes and no tensor read back
     ranked = torch.where(v, flat, torch.full_like(flat, -1.0)).sort(descending=True).values
@@ -101,15 +108,10 @@ def topk_cross_entropy(logits, target, k=10.0, weight=None, ignore_index=None, l
     if torch.compiler.is_compiling():  # the compiler fuses the plain graph; the sort needs no read-back
         return _topk_mean(*_ce_terms(logits, target, weight, ignore_index, label_smoothing), k)
     x, t, w = _multiclass_inputs(logits, target, weight, ignore_index, name)
-    valid = None if ignore_index is None else t != ignore_index
-    if valid is None:
-        n = max(1, int(t.numel() * k / 100))
-    else:
-        n_valid = int(valid.sum())  # read back: topk takes a count, and a full sort costs many times more
-        if n_valid == 0:  # 0 with a zero gradient, whatever the ignored logits hold (inf * 0 is NaN)
-            return x.reshape(-1)[:1].masked_fill(torch.ones(1, dtype=torch.bool, device=x.device), 0.0).sum()
-        n = max(1, int(n_valid * k / 100))
-        t = torch.where(valid, t, torch.zeros((), dtype=t.dtype, device=t.device))
+    t, valid = index_target(t, ignore_index)
+    n = _topk_count(t.numel(), valid, k)
+    if n == 0:  # 0 with a zero gradient, whatever the ignored logits hold (inf * 0 is NaN)
+        return x.reshape(-1)[:1].masked_fill(torch.ones(1, dtype=torch.bool, device=x.device), 0.0).sum()
     return _TopKCrossEntropy.apply(x, t, valid, n, w, float(label_smoothing))
 
 
