@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from segtrain.distributed import startup_argv
+from segtrain.errors import readable_errors
 from segtrain.run import train
 from segtrain.run_log import record_failed_run
 from segtrain.sweep import sweep_safe
@@ -18,7 +19,9 @@ from segtrain.sweep import sweep_safe
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     # A failed job is recorded (failure.yaml); inside a multirun it reports the worst value (segtrain/sweep.py).
-    return sweep_safe(record_failed_run(train), cfg)
+    # A single run's data or config error prints its message, its traceback goes to train.log (segtrain/errors.py).
+    with readable_errors():
+        return sweep_safe(record_failed_run(train), cfg)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
 **A study** (a storage URL, an SQLite/journal file, or the folder of a sweep run by
 ``hparams_search=optuna``, whose ``optimization_results.yaml`` names the study): one row per
 trial with its state, value, parameters, duration, validations reported and run folder, best
-first (complete, then pruned, then failed and unfinished trials), written into ``--out``
+first (complete, then pruned, then failed and unfinished trials; trials refused at start-up
+listed apart, see below), written into ``--out``
 (default: the sweep folder, or ``<study>_summary/`` next to a study file) as ``summary.md``,
 ``summary.csv`` and three plots: ``history.png`` (value per trial and best so far),
 ``importances.png`` (which parameters mattered) and ``parallel.png`` (parameters of every
@@ -30,6 +31,14 @@ multirun folder):
 
 The monitored metric and its direction default to the ones in the jobs' config (top-level
 ``monitor``/``monitor_mode``, else a checkpoint callback's ``monitor``/``mode``), else val/dice, max.
+
+**Refused at start-up**: a job (or trial) whose ``failure.yaml`` says ``stage: startup`` never
+trained -- its config or data was refused (a bad key swept over all jobs, a missing folder). It
+is not ranked among the failed jobs, so that a sweep over a bad key does not read as 20 diverged
+runs: ``summary.md`` (also printed) lists it under the table as ``refused at start-up (config or
+data error): <job>: <first line of the message>``; ``summary.csv`` keeps it as a last row with
+status ``refused`` (``REFUSED`` for a trial) and that line's message as its error; the plots
+leave it out.
 """
 
 from __future__ import annotations
@@ -45,6 +54,24 @@ from typing import Any
 import yaml
 
 FAILURE_FILE = "failure.yaml"  # written by segtrain.sweep.record_failure
+REFUSED = "refused at start-up (config or data error)"
+
+
+def startup_failure(job_dir: Path | str) -> str | None:
+    """The first line of the message in ``job_dir``'s ``failure.yaml`` if it says ``stage: startup``; else None."""
+    failure = Path(job_dir) / FAILURE_FILE
+    if not failure.is_file():
+        return None
+    info = yaml.safe_load(failure.read_text()) or {}
+    if info.get("stage") != "startup":
+        return None
+    lines = str(info.get("message") or info.get("error_type") or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def refused_lines(refused: list[tuple[str, str]]) -> list[str]:
+    """``refused at start-up (config or data error): <job>: <message>`` for each ``(job, message)``."""
+    return [f"{REFUSED}: {name}: {message}" for name, message in refused]
 
 
 @dataclass
@@ -54,7 +81,7 @@ class Job:
     name: str
     path: Path
     overrides: dict[str, str]
-    status: str = "ok"  # ok | failed | incomplete
+    status: str = "ok"  # ok | failed | incomplete | refused (failed at start-up)
     error: str = ""
     best: dict[str, float] = field(default_factory=dict)  # val metrics at the best epoch (+ "epoch")
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, monitored value)
@@ -129,6 +156,9 @@ def load_job(job_dir: Path, root: Path, metric: str, mode: str) -> Job:
         info = yaml.safe_load(failure.read_text()) or {}
         job.status = "failed"
         job.error = f"{info.get('error_type', 'Error')}: {info.get('message', '')}".strip()
+        if (refused := startup_failure(job_dir)) is not None:
+            job.status, job.error = "refused", refused
+            return job
     metrics = read_metrics(job_dir, metric, mode)
     if metrics is not None:
         job.best, job.curve = metrics
@@ -139,11 +169,13 @@ def load_job(job_dir: Path, root: Path, metric: str, mode: str) -> Job:
 
 
 def sort_jobs(jobs: list[Job], metric: str, mode: str) -> list[Job]:
-    """Finished jobs best first by ``metric``; failed and incomplete jobs after them, in job order."""
+    """Finished jobs best first by ``metric``; failed and incomplete jobs after them, in job order;
+    jobs refused at start-up last."""
     sign = -1.0 if mode == "max" else 1.0
     done = [j for j in jobs if j.status == "ok"]
-    rest = [j for j in jobs if j.status != "ok"]
-    return sorted(done, key=lambda j: sign * j.best[metric]) + rest
+    rest = [j for j in jobs if j.status not in ("ok", "refused")]
+    refused = [j for j in jobs if j.status == "refused"]
+    return sorted(done, key=lambda j: sign * j.best[metric]) + rest + refused
 
 
 def _fmt(value: Any) -> str:
@@ -172,16 +204,21 @@ def table(jobs: list[Job], metric: str, all_keys: bool) -> tuple[list[str], list
     return header, rows, shared
 
 
-def to_markdown(header: list[str], rows: list[list[Any]], shared: dict[str, str], metric: str, mode: str) -> str:
-    """The Markdown report: title line, shared overrides, the table."""
-    lines = [f"Sweep summary: {len(rows)} jobs, sorted by {metric} ({mode}).", ""]
+def to_markdown(header: list[str], rows: list[list[Any]], shared: dict[str, str], metric: str, mode: str,
+                refused: list[tuple[str, str]] = ()) -> str:
+    """The Markdown report: title line, shared overrides, the table, the jobs refused at start-up."""
+    title = f"Sweep summary: {len(rows)} jobs, sorted by {metric} ({mode})"
+    lines = [title + (f"; {len(refused)} more refused at start-up, listed below." if refused else "."), ""]
     if shared:
         lines += ["Shared overrides: " + " ".join(f"`{k}={v}`" for k, v in shared.items()), ""]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" for _ in header) + "|")
+    if rows:
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" for _ in header) + "|")
     for row in rows:
         cells = [_fmt(c).replace("|", "\\|").replace("\n", " ") for c in row]
         lines.append("| " + " | ".join(cells) + " |")
+    if refused:
+        lines += ["", *(f"- {line}" for line in refused_lines(list(refused)))]
     return "\n".join(lines) + "\n"
 
 
@@ -258,12 +295,14 @@ def summarize(multirun_dir: Path, out_dir: Path | None = None, metric: str | Non
     if mode not in ("max", "min"):
         raise ValueError(f"--mode must be max or min, got {mode!r}")
     jobs = sort_jobs([load_job(d, multirun_dir, metric, mode) for d in job_dirs], metric, mode)
+    ranked = [j for j in jobs if j.status != "refused"]
+    refused = [(j.name, j.error) for j in jobs if j.status == "refused"]
     out_dir = Path(out_dir) if out_dir is not None else multirun_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "summary.md", "csv": out_dir / "summary.csv", "png": out_dir / "summary.png"}
-    header, rows, shared = table(jobs, metric, all_keys=False)
-    paths["md"].write_text(to_markdown(header, rows, shared, metric, mode))
-    plot(jobs, metric, mode, paths["png"], keys=[k for k in header if k not in shared])
+    header, rows, shared = table(ranked, metric, all_keys=False) if ranked else ([], [], {})
+    paths["md"].write_text(to_markdown(header, rows, shared, metric, mode, refused))
+    plot(ranked, metric, mode, paths["png"], keys=[k for k in header if k not in shared])
     header, rows, _ = table(jobs, metric, all_keys=True)
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.writer(f)
@@ -274,7 +313,7 @@ def summarize(multirun_dir: Path, out_dir: Path | None = None, metric: str | Non
 
 # --------------------------------------------------------------------- Optuna studies -----
 
-_STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
+_STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4, "REFUSED": 5}
 
 
 def _open_study(storage: str, study: str | None) -> Any:
@@ -297,27 +336,37 @@ def _open_study(storage: str, study: str | None) -> Any:
 
 
 def study_rows(study: Any) -> tuple[list[str], list[list[Any]], dict[str, int]]:
-    """Header and rows (best first) of a study's trials, and the count of each state."""
+    """Header and rows (best first) of a study's trials, and the count of each state.
+
+    A failed trial whose run folder's ``failure.yaml`` says ``stage: startup`` gets the state
+    ``REFUSED`` (last), with the first line of that message as its error.
+    """
     from segtrain.optuna_trial import ATTR_ERROR, ATTR_JOB_DIR, ATTR_RETRY_OF, ATTR_SURPLUS
 
     trials = [t for t in study.get_trials(deepcopy=False) if ATTR_SURPLUS not in t.user_attrs]
     retried = {t.user_attrs[ATTR_RETRY_OF]: t.number for t in trials if ATTR_RETRY_OF in t.user_attrs}
+    refused = {t.number: message for t in trials if t.state.name == "FAIL" and t.user_attrs.get(ATTR_JOB_DIR)
+               and (message := startup_failure(t.user_attrs[ATTR_JOB_DIR])) is not None}
+
+    def state(t: Any) -> str:
+        return "REFUSED" if t.number in refused else t.state.name
+
     sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
-    trials.sort(key=lambda t: (_STATE_ORDER.get(t.state.name, 9),
+    trials.sort(key=lambda t: (_STATE_ORDER.get(state(t), 9),
                                sign * t.value if t.value is not None else 0.0, t.number))
     params = list(dict.fromkeys(k for t in trials for k in t.params))
     header = ["trial", "state", "value", *params, "duration_s", "validations", "run_folder", "error"]
     rows = []
     for t in trials:
-        error = t.user_attrs.get(ATTR_ERROR, "")
+        error = refused.get(t.number, t.user_attrs.get(ATTR_ERROR, ""))
         if t.state.name == "FAIL" and not error:
             error = f"interrupted (redone as trial {retried[t.number]})" if t.number in retried else "interrupted"
         duration = t.duration.total_seconds() if t.duration is not None else None
-        rows.append([t.number, t.state.name, t.value, *(t.params.get(p) for p in params), duration,
+        rows.append([t.number, state(t), t.value, *(t.params.get(p) for p in params), duration,
                      len(t.intermediate_values), t.user_attrs.get(ATTR_JOB_DIR, ""), error])
     counts: dict[str, int] = {}
     for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        counts[state(t)] = counts.get(state(t), 0) + 1
     return header, rows, counts
 
 
@@ -381,12 +430,17 @@ def summarize_study(storage: str, study_name: str | None = None, out_dir: Path |
     complete = [r for r in rows if r[1] == "COMPLETE"]
     if complete:
         lines += [f"Best: trial {complete[0][0]}, value {complete[0][2]:.4f}.", ""]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
+    ranked = [r for r in rows if r[1] != "REFUSED"]
+    if ranked:
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" for _ in header) + "|")
+    for row in ranked:
         cells = [_fmt(f"{c:.4g}" if isinstance(c, float) and header[i] not in ("value",) else c)
                  for i, c in enumerate(row)]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    refused = [(f"trial {r[0]}", r[-1]) for r in rows if r[1] == "REFUSED"]
+    if refused:
+        lines += ["", *(f"- {line}" for line in refused_lines(refused))]
     lines.append("")
     for name, result in plots.items():
         lines.append(f"![{name}]({result.name})" if isinstance(result, Path) else f"{name}: not drawn ({result})")

@@ -7,7 +7,8 @@ tees ``sys.stdout`` and ``sys.stderr`` (and the logging handlers already bound t
 file for the duration of the run, without ANSI colour codes, and takes Hydra's file handler off
 the root logger meanwhile (its lines reach the file through the console). A run that fails
 writes its traceback into the file too, and :func:`record_failed_run` leaves ``failure.yaml``
-(error, traceback, overrides) in the folder of a failed single run, as failed sweep jobs do.
+(error, traceback, overrides, start-up or training) in the folder of a failed single run, as
+failed sweep jobs do.
 
 :func:`quiet_known_noise` turns off, where it starts, what a user cannot act on. Only messages
 without a switch are filtered, each by its exact text.
@@ -25,6 +26,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
+
+from .errors import note_traceback_file, reset_training_started
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +152,10 @@ def console_log(path: str) -> Iterator[TextIO]:
         yield file
     except BaseException as error:
         if not isinstance(error, (KeyboardInterrupt, SystemExit)):
-            # Hydra prints the traceback on the console after the block; the file gets it here.
+            # The console shows the traceback after the block (Hydra), or, for a data or config
+            # error, the message and this file's name (segtrain/errors.py); the file gets it here.
             file.write("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+            note_traceback_file(error, path)
         raise
     finally:
         sys.stdout, sys.stderr = out, err
@@ -168,7 +173,8 @@ def record_failed_run(train_fn: Callable[[Any], float]) -> Callable[[Any], float
 
     A sweep job's failure is recorded by ``segtrain.sweep.run_sweep_job`` instead. Not recorded:
     a refused run folder (:class:`segtrain.run_folder.RunFolderError`) -- the folder belongs to
-    another run.
+    another run. The record's ``stage`` says whether the run failed at start-up or while training
+    (``segtrain.errors.failure_stage``), counted from this call.
     """
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -177,13 +183,15 @@ def record_failed_run(train_fn: Callable[[Any], float]) -> Callable[[Any], float
     from .sweep import record_failure
 
     def run(cfg: Any) -> float:
+        reset_training_started()
         try:
             return train_fn(cfg)
         except Exception as error:
             # DDP ranks > 0 share rank 0's folder: rank 0 records the failure.
             if not is_multirun() and not isinstance(error, RunFolderError) and rank_zero_only.rank == 0:
                 try:
-                    path = record_failure(str(cfg.paths.output_dir), error, _overrides(), error_type=type(error).__name__)
+                    path = record_failure(str(cfg.paths.output_dir), error, _overrides())
+                    note_traceback_file(error, path)
                     log.error("Failure recorded in %s", path)
                 except OSError:
                     pass  # an unwritable run folder: the console has the error

@@ -10,8 +10,11 @@ batch size that runs out of memory), so inside a multirun :func:`run_sweep_job`:
   and treats a non-finite returned metric, or a NaN/inf loss in the job's ``metrics.csv`` (a
   diverged run that no guard stopped), the same way;
 - logs it with the traceback and writes ``failure.yaml`` in the job's folder (error type,
-  message, traceback, the job's overrides, the value returned) -- ``scripts/summarize_sweep.py``
-  lists such jobs as failed;
+  message, traceback, the job's overrides, the value returned, and ``stage``: ``startup`` when
+  the job was refused before a training batch ended, a config or data error, else
+  ``training``) -- ``scripts/summarize_sweep.py`` lists such jobs as failed, or as refused at
+  start-up; an error raised in a DataLoader worker is reported with its own message
+  (``segtrain.errors.unwrap_worker_error``), not torch's wrapper;
 - frees cached GPU memory (after an out-of-memory error the next job would otherwise start with
   the failed job's cache);
 - returns the worst value for the optimisation direction (``-inf`` when maximising, ``+inf`` when
@@ -44,6 +47,7 @@ import lightning as L
 import torch
 import yaml
 
+from .errors import TRAINING, failure_stage, reset_training_started, unwrap_worker_error
 from .optuna_trial import SweepJobFailed, TrialLink, record_job_dir
 
 log = logging.getLogger(__name__)
@@ -71,25 +75,30 @@ def record_failure(
     overrides: Sequence[str] = (),
     returned: float | None = None,
     error_type: str = "NonFiniteMetric",
+    stage: str | None = None,
 ) -> Path:
     """Write ``failure.yaml`` into ``output_dir`` and return its path.
 
     Args:
         output_dir: the job's folder.
-        error: the exception the job raised, or a message (e.g. for a NaN metric).
+        error: the exception the job raised, or a message (e.g. for a NaN metric). An error
+            re-raised from a DataLoader worker is recorded with its own message; the traceback
+            keeps torch's whole text (the worker's traceback included).
         overrides: the job's overrides (``hydra.overrides.task``), to reproduce it.
         returned: the value reported to the sweeper instead.
         error_type: the type recorded when ``error`` is a message.
+        stage: ``"startup"`` or ``"training"``; default :func:`segtrain.errors.failure_stage`.
     """
     if isinstance(error, BaseException):
         info = {
             "error_type": type(error).__name__,
-            "message": str(error),
+            "message": str(unwrap_worker_error(error)),
             "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
         }
     else:
         info = {"error_type": error_type, "message": str(error), "traceback": ""}
-    record = {"status": "failed", **info, "overrides": list(overrides), "returned": returned}
+    record = {"status": "failed", "stage": stage or failure_stage(), **info, "overrides": list(overrides),
+              "returned": returned}
     path = Path(output_dir) / FAILURE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     # Plain floats: yaml writes -inf as -.inf, which yaml.safe_load reads back as float.
@@ -158,14 +167,15 @@ def run_sweep_job(
         return train_fn(cfg)
     returned = None if optuna_trial else worst
     reported = "failing the trial" if optuna_trial else f"reporting {worst} to the sweeper"
+    reset_training_started()  # this job's stage, not an earlier job's of the same process
     try:
         value = train_fn(cfg)
     except Exception as err:  # noqa: BLE001 -- a sweep must survive any failure of one job
-        log.error("Sweep job failed (%s: %s); %s. Overrides: %s",
-                  type(err).__name__, err, reported, " ".join(overrides), exc_info=err)
+        # A DataLoader worker's error by its own message; the logged traceback keeps torch's whole text.
+        message = f"{type(err).__name__}: {unwrap_worker_error(err)}"
+        log.error("Sweep job failed (%s); %s. Overrides: %s", message, reported, " ".join(overrides), exc_info=err)
         path = record_failure(output_dir, err, overrides, returned)
         log.error("Failure recorded in %s", path)
-        message = f"{type(err).__name__}: {err}"
         del err  # drop the traceback's frames (and their tensors) before freeing memory
         _free_memory()
         if optuna_trial:
@@ -178,7 +188,8 @@ def run_sweep_job(
         message, kind = diverged, "NonFiniteLoss"
     if message is not None:
         log.error("Sweep job failed: %s; %s. Overrides: %s", message, reported, " ".join(overrides))
-        record_failure(output_dir, message, overrides, returned, error_type=kind)
+        # It returned a metric: it trained (whether or not TrainingStarted watched).
+        record_failure(output_dir, message, overrides, returned, error_type=kind, stage=TRAINING)
         if optuna_trial:
             raise SweepJobFailed(f"{kind}: {message}")
         return worst

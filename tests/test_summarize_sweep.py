@@ -113,10 +113,10 @@ def real_multirun(tmp_path_factory):
 
 @pytest.mark.slow
 def test_summary_of_a_real_multirun(real_multirun, tmp_path):
-    """train.py -m loss=bce,dice,ce: two trained jobs sorted by val/dice, the ce job failed."""
+    """train.py -m loss=bce,dice,ce: two trained jobs sorted by val/dice, the ce job refused at start-up."""
     assert summarize_sweep.main([str(real_multirun), "--out", str(tmp_path)]) == 0
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
-    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "refused"]
     assert sorted(r["loss"] for r in rows[:2]) == ["bce", "dice"] and rows[2]["loss"] == "ce"
     dice = [float(r["val/dice"]) for r in rows[:2]]
     assert dice == sorted(dice, reverse=True) and all(0.0 <= d <= 1.0 for d in dice)
@@ -126,9 +126,9 @@ def test_summary_of_a_real_multirun(real_multirun, tmp_path):
                   if x.get("val/dice")]
         assert float(r["val/dice"]) == pytest.approx(max(logged))
         assert r["val/iou"] != "" and r["val/loss"] != ""
-    assert "ValueError" in rows[2]["error"]
+    assert "cannot serve task=binary" in rows[2]["error"]
     md = (tmp_path / "summary.md").read_text()
-    assert "sorted by val/dice (max)" in md and "| failed |" in md
+    assert "sorted by val/dice (max)" in md and "refused at start-up (config or data error): 2: " in md
     assert "`data.image_size=32`" in md  # the overrides shared by all jobs, listed once
     assert (tmp_path / "summary.png").stat().st_size > 5000
 

@@ -133,12 +133,15 @@ def test_failing_trial_is_fail_and_the_grid_goes_on(tmp_path):
         job_dir = Path(t.user_attrs["job_dir"])
         assert _overrides(job_dir)["loss"] == t.params["loss"]
     assert (Path(failed.user_attrs["job_dir"]) / "failure.yaml").exists()
-    # scripts/summarize_sweep.py finds the study from the sweep folder: best first, the failure last.
+    # scripts/summarize_sweep.py finds the study from the sweep folder: best first, the trial refused at
+    # start-up (failure.yaml says stage: startup) last, listed apart.
     assert summarize_sweep.main([str(tmp_path / "grid")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "grid" / "summary.csv")))
-    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE", "FAIL"] and rows[2]["loss"] == "ce"
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE", "REFUSED"] and rows[2]["loss"] == "ce"
     assert float(rows[0]["value"]) >= float(rows[1]["value"]) and float(rows[0]["duration_s"]) > 0
-    assert rows[2]["error"].startswith("ValueError:") and Path(rows[0]["run_folder"]).is_dir()
+    assert "cannot serve task=binary" in rows[2]["error"] and Path(rows[0]["run_folder"]).is_dir()
+    md = (tmp_path / "grid" / "summary.md").read_text()
+    assert f"refused at start-up (config or data error): trial {failed.number}: " in md
 
 
 def test_bad_setting_fails_before_any_trial(tmp_path):
