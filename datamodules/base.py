@@ -154,6 +154,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_transform = build_transforms(val_transforms, seed=self.seed)
         self.train_set: SegmentationDataset | None = None
         self.val_set: SegmentationDataset | None = None
+        #: What a network input is (``channels``, ``channel_select``, ``dtype``, ``normalization``: the
+        #: spec of datamodules/normalization.py, ``None`` when the configured transforms normalise);
+        #: set in setup() by datamodules that read files, stored in every checkpoint.
+        self.preprocessing: dict[str, Any] | None = None
 
     def _loader(self, dataset: SegmentationDataset | None, train: bool, batch_size: int | None = None) -> DataLoader:
         if dataset is None:

@@ -4,8 +4,9 @@ The crop stage runs before the configured ``train_transforms`` (flips, colour, n
 
 1. optional random rescale (``scale_range = [lo, hi]``: the image is scaled by a factor drawn
    from that range, as mmseg's RandomResize);
-2. ``PadIfNeeded`` to the crop size; padded mask pixels get ``ignore_index``, so no loss or
-   metric counts them (they are never background);
+2. ``PadIfNeeded`` to the crop size; padded mask pixels get the files' ``ignore_index``, or a
+   reserved value no class uses (:func:`datamodules.masks.reserved_pad_value`), which the harness
+   hands to the losses and metrics: no loss or metric counts them (they are never background);
 3. a random crop; a fraction ``foreground_fraction`` of the crops is class-centred
    (:class:`ClassCentredCrop`: a class drawn uniformly among those present in the mask, then a
    pixel of that class, as nnU-Net's foreground oversampling), so rare, small and thin classes
@@ -27,8 +28,8 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
-from PIL import Image
 
+from .io import read_header
 from .masks import distinct_values
 
 # albumentations 2.0.8: BaseCrop (a DualTransform that crops image, mask(s), bboxes and keypoints
@@ -47,11 +48,7 @@ def round_up(n: int, multiple: int = STRIDE) -> int:
 
 def image_sizes(paths: Iterable[Path]) -> list[tuple[int, int]]:
     """``(height, width)`` of each image file, read from the header only (no decoding)."""
-    sizes = []
-    for path in paths:
-        with Image.open(path) as image:
-            sizes.append((image.height, image.width))
-    return sizes
+    return [read_header(path).size for path in paths]
 
 
 def effective_crop(sizes: Sequence[tuple[int, int]], crop_size: int, stride: int = STRIDE) -> int:
@@ -88,7 +85,6 @@ def fitting_crop(
     crop_size: int,
     scale_range: Sequence[float] | None = None,
     names: Sequence[str] | None = None,
-    ignore_hint: str = "ignore_index=255",
 ) -> int:
     """The crop side with padding off (``data.pad=false``): ``crop_size``, which must fit in every image.
 
@@ -107,7 +103,7 @@ def fitting_crop(
     fits = round_down(min(sides))
     shrink = (f"lower data.crop_size to {fits} or less (the largest multiple of 32 that fits every training image)"
               if fits >= STRIDE else "no multiple of 32 fits the smallest training image")
-    pad_fix = f"or set data.pad=true with {ignore_hint} (images are then padded to the crop, the padding ignored)"
+    pad_fix = "or set data.pad=true (images are then padded to the crop, the padding counted by no loss or metric)"
     if max(sides) < crop:
         big = max(range(len(sizes)), key=lambda i: sides[i])
         h, w = sizes[big]

@@ -1,89 +1,55 @@
 """Your own data: a folder of images and masks matched by file stem.
 
-Layouts (``root`` = ``data.root``)::
+Layouts and pairing: datamodules/layout.py (``images/`` + ``masks/``, ``train/`` + ``val/``, or
+``data.images_dir`` / ``data.masks_dir`` holding split folders, as Cityscapes is downloaded).
 
-    root/images/<stem>.<ext>   root/masks/<stem>.<ext>           split by val_fraction (seeded)
-    root/train/images/ ...     root/train/masks/ ...             split by the subfolders
-    root/val/images/ ...       root/val/masks/ ...
-
-``<ext>`` is png, jpg/jpeg or tif/tiff (any case). Images may be grayscale, RGB(A) or palette;
-they always become 3-channel uint8 (16-bit images are scaled to 8 bits).
+Images are read as they are (datamodules/io.py): any channel count (grey, RGB, RGBA, RGB+NIR, 13
+bands ...) and bit depth (8/16-bit, int16, float32) in PNG, JPEG, TIFF (tifffile) and ``.npy``.
+Nothing is squeezed to 8 bits; ``data.normalize`` turns values into network inputs
+(datamodules/normalization.py: ImageNet's mean/std for 8-bit RGB, the dataset's per-channel
+percentiles and z-score for every other image) at the end of both pipelines, and
+``data.channels=[...]`` keeps some channels of every file. Augmentations that only make sense on
+8-bit RGB (ColorJitter ...) are left out for other images, with a log line.
 
 Masks per task:
 
 * binary: one channel holding 0/1 or 0/255 (0/65535 in 16-bit files); or an RGB mask with a
   two-colour ``palette`` (background, foreground).
-* multiclass: an index mask with values ``0 .. num_classes-1`` (8- or 16-bit grayscale, or a
-  'P'-mode palette PNG, whose pixel values are the indices); or an RGB colour mask with
-  ``palette`` = the RGB colour of each class, ``palette[k]`` for class ``k``.
+* multiclass: an index mask with values ``0 .. num_classes-1`` (8- or 16-bit grayscale, a
+  'P'-mode palette PNG, whose pixel values are the indices, or an integer ``.npy``); or an RGB
+  colour mask with ``palette`` = the RGB colour of each class, ``palette[k]`` for class ``k``.
 * multilabel: one binary mask per class, ``masks/<stem>_<k>.<ext>`` for ``k = 0 .. num_classes-1``
   (0/1 or 0/255 each); the channels may overlap.
 
-``ignore_index`` (the top-level config key, e.g. 255) may additionally appear in any mask and is
-passed through unchanged for the losses and metrics to skip (binary masks then use 0/1 for the
-classes when ``ignore_index`` is 255).
+``ignore_index`` (the top-level config key, e.g. 255) is a value *of the mask files* meaning "not
+labelled", passed through for the losses and metrics to skip. Padding needs none: padded mask
+pixels get a value no class uses (:func:`datamodules.masks.reserved_pad_value`), which the harness
+hands to the losses and metrics as their ignore value.
 
-An optional ``root/test/images`` + ``root/test/masks`` is the test split (``trainer.test``).
-
-Masks should be lossless (PNG/TIF): a JPEG mask blurs class borders into values that fit no class.
-
-Every image must have its mask(s): setup() checks that for all files (fast, no reading). Values
-and sizes are checked when a sample is read, naming the file; ``validate=True`` reads all
-pairs in setup() to find every problem before training starts.
+Before anything trains, the harness fingerprints the data (``fingerprint/``: every header and
+mask, sampled intensities) and checks the config against it; the datamodule takes that
+fingerprint (``fingerprint=``) for the crop planning and the dataset normalisation. Used alone,
+it reads the training images' headers itself and computes a fingerprint only where
+``normalize=dataset`` needs its statistics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 import albumentations as A
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
 
 from .base import SegmentationDataModule, SegmentationDataset
-from .crops import (
-    check_crop_size,
-    check_fits_window,
-    crop_stage,
-    effective_crop,
-    fitting_crop,
-    image_sizes,
-    needs_padding,
-)
-from .masks import binary_values, index_values, mask_dtype, palette_to_index
-
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-Pair = tuple[Path, tuple[Path, ...]]
-
-
-def _open(path: Path) -> Image.Image:
-    """Open and fully decode an image file; ValueError naming the file when that fails."""
-    try:
-        # The with-block closes the file (also on failure); the decoded pixels stay in `image`.
-        with Image.open(path) as image:
-            image.load()  # decoding happens here: a truncated file fails now, not in a transform
-    except Exception as e:  # PIL raises OSError, SyntaxError, zlib.error... depending on format
-        raise ValueError(f"Cannot read {path}: {type(e).__name__}: {e} (is the file truncated or not an image?)") from e
-    return image
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an image file as uint8 ``[H, W, 3]`` (grayscale is repeated, alpha dropped, 16-bit scaled)."""
-    image = _open(path)
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
-        a = np.asarray(image).astype(np.float32)
-        if image.mode == "F" and a.max() <= 1.0:
-            a = a * 255.0
-        elif a.max() > 255:
-            a = a / 257.0  # 0..65535 -> 0..255
-        gray = np.clip(np.round(a), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
-    return np.array(image.convert("RGB"))  # a copy: writable, as torch.from_numpy wants
+from .crops import check_crop_size, check_fits_window, crop_stage, effective_crop, fitting_crop
+from .io import adapt_channels, read_header, read_image, read_mask_file
+from .layout import EXTENSIONS, Pair, discover_splits, find_pairs  # noqa: F401 -- re-exported
+from .masks import binary_values, index_values, mask_dtype, reserved_pad_value
+from .normalization import RGB_ONLY, contains_normalize, dataset_spec, normalization_transform, resolve_mode
 
 
 def read_mask(
@@ -105,139 +71,26 @@ def read_mask(
     Raises:
         ValueError: naming ``path``: unreadable file, colour mask without palette, values that fit no class.
     """
-    image = _open(path)
-    mode = image.mode
-    sixteen_bit = mode in _SIXTEEN_BIT_MODES
-    if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-        rgb = np.array(image.convert("RGB"))
-        if palette is not None:
-            mask = palette_to_index(rgb, palette, str(path))
-        elif (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-            mask = rgb[..., 0]  # a gray mask saved as RGB
-        else:
-            raise ValueError(
-                f"Mask {path} is a colour (RGB) image: give data.palette (a list of [r, g, b], "
-                "palette[k] = colour of class k) or save masks as single-channel index images."
-            )
-    elif mode == "LA":
-        mask = np.array(image.getchannel("L"))
-    elif mode == "F":
-        raise ValueError(f"Mask {path} is a floating-point image: save masks as 8- or 16-bit integer images.")
-    else:  # "1", "L", "P" (pixel values are the indices), 16-bit
-        mask = np.array(image)
-    if mask.dtype == bool:
-        mask = mask.astype(np.uint8)
+    raw = read_mask_file(path, palette)
     if task == "multiclass":
-        return index_values(mask, str(path), num_classes, ignore_index).astype(
+        return index_values(raw.values, str(path), num_classes, ignore_index).astype(
             mask_dtype(task, num_classes, ignore_index), copy=False
         )
-    if palette is not None and mode in ("RGB", "RGBA"):
-        return binary_values(mask, str(path))  # palette indices 0/1
-    return binary_values(mask, str(path), 65535 if sixteen_bit else 255, ignore_index)
-
-
-def _key(path: Path, folder: Path, suffix: str) -> str | None:
-    """The pairing key of a file: its path below ``folder`` without ``suffix`` (or the extension)."""
-    rel = path.relative_to(folder).as_posix()
-    if suffix:
-        return rel[: -len(suffix)] if rel.lower().endswith(suffix.lower()) else None
-    return rel[: -len(path.suffix)] if path.suffix.lower() in EXTENSIONS else None
-
-
-def _index_files(folder: Path, what: str, suffix: str = "") -> dict[str, Path]:
-    """Map key -> file for the image files below ``folder`` (searched recursively, e.g. Cityscapes' cities).
-
-    The key is the path below ``folder`` without ``suffix`` (``data.image_suffix`` /
-    ``data.mask_suffix``, e.g. ``_leftImg8bit.png``), or without the extension when no suffix is
-    given: ``city/a_leftImg8bit.png`` and ``city/a_gtFine_labelTrainIds.png`` both give ``city/a``.
-    Errors on a missing folder, duplicate keys, or a suffix that matches no file.
-    """
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {folder} does not exist")
-    files: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        key = _key(path, folder, suffix)
-        if key is None:
-            continue
-        if key in files:
-            raise ValueError(
-                f"Two {what.lower()} files share the stem '{key}': {files[key]} and {path}; "
-                "keep one (files are matched by stem)."
-            )
-        files[key] = path
-    if suffix and not files:
-        raise FileNotFoundError(
-            f"No file below {folder} ends with the suffix {suffix!r} (data.{'image' if what == 'Images' else 'mask'}"
-            f"_suffix): fix the suffix, or set it to '' to match by stem."
-        )
-    return files
-
-
-def find_pairs(
-    images_dir: Path, masks_dir: Path, task: str, num_classes: int, image_suffix: str = "", mask_suffix: str = ""
-) -> list[Pair]:
-    """Match every image below ``images_dir`` with its mask(s) below ``masks_dir`` by stem (:func:`_index_files`).
-
-    Returns:
-        ``[(image_path, (mask_path, ...)), ...]`` sorted by stem; one mask per image, or
-        ``num_classes`` masks ``<stem>_<k>`` per image for multilabel.
-
-    Raises:
-        FileNotFoundError: a missing folder, no images, an image without its mask (named).
-    """
-    images = _index_files(images_dir, "Images", image_suffix)
-    if not images:
-        raise FileNotFoundError(f"No images ({', '.join(EXTENSIONS)}) in {images_dir}")
-    masks = _index_files(masks_dir, "Masks", mask_suffix)
-    pairs: list[Pair] = []
-    missing: list[str] = []
-    for stem, image_path in images.items():
-        keys = [f"{stem}_{k}" for k in range(num_classes)] if task == "multilabel" else [stem]
-        absent = [k for k in keys if k not in masks]
-        if absent:
-            expected = f"{absent[0]}{mask_suffix}" if mask_suffix else f"{absent[0]}.png or .jpg/.tif"
-            missing.append(f"{image_path} (expected {masks_dir / expected})")
-            continue
-        pairs.append((image_path, tuple(masks[k] for k in keys)))
-    if task == "multilabel":
-        _refuse_extra_labels(images, masks, masks_dir, num_classes)
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        layout = " (multilabel: one mask <stem>_<k> per class k)" if task == "multilabel" else ""
-        listed = "".join(f"\n  {m}" for m in missing[1:10])
-        raise FileNotFoundError(f"No mask for image {missing[0]}{more}{layout}{listed}")
-    return pairs
-
-
-def _refuse_extra_labels(images: dict[str, Path], masks: dict[str, Path], masks_dir: Path, num_classes: int) -> None:
-    """A multilabel mask ``<stem>_<k>`` with ``k >= num_classes`` would be ignored without a word: refuse it."""
-    extra = []
-    for key, path in masks.items():
-        stem, _, label = key.rpartition("_")
-        if stem in images and label.isdigit() and int(label) >= num_classes:
-            extra.append((int(label), path))
-    extra.sort()
-    if extra:
-        top, path = extra[-1]
-        raise ValueError(
-            f"{masks_dir} holds label masks up to <stem>_{top} (e.g. {path}) but num_classes={num_classes} "
-            f"reads labels 0..{num_classes - 1} only, so label {top} would be ignored. Set num_classes={top + 1}, "
-            "or remove the masks of the labels you do not train."
-        )
+    return binary_values(raw.values, str(path), raw.full, ignore_index)
 
 
 class _FileSource:
     """Picklable sample source reading image/mask files (DataLoader workers call it)."""
 
-    def __init__(self, pairs: list[Pair], task: str, num_classes: int, palette, ignore_index) -> None:
+    def __init__(self, pairs: list[Pair], task: str, num_classes: int, palette, ignore_index,
+                 channels: int | None = None, select: list[int] | None = None) -> None:
         self.pairs, self.task, self.num_classes = pairs, task, num_classes
         self.palette, self.ignore_index = palette, ignore_index
+        self.channels, self.select = channels, select
 
     def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         image_path, mask_paths = self.pairs[index]
-        image = read_image(image_path)
+        image = adapt_channels(read_image(image_path), self.channels, self.select, image_path)
         channels = [read_mask(p, self.task, self.num_classes, self.palette, self.ignore_index) for p in mask_paths]
         for path, m in zip(mask_paths, channels):
             if m.shape[:2] != image.shape[:2]:
@@ -261,11 +114,35 @@ class _CachedSource:
         return image, mask, name  # the transforms return new arrays: the cached ones stay untouched
 
 
+def _majority(counts: Mapping[str, int]) -> str:
+    return max(counts.items(), key=lambda kv: kv[1])[0]
+
+
+def input_format(fingerprint: Mapping[str, Any] | None, train_pairs: Sequence[Pair]) -> tuple[int, str]:
+    """``(channels, dtype)`` of the training images: from the fingerprint, else from their headers.
+
+    The majority over the files (the fingerprint reports images that differ); one-channel 8-bit images
+    among 3-channel ones count as 3 (they are repeated, :func:`~datamodules.io.adapt_channels`).
+    """
+    if fingerprint is not None:
+        channels = {str(k): int(v) for k, v in fingerprint["images"]["channels"].items()}
+        dtypes = {str(k): int(v) for k, v in fingerprint["images"]["dtypes"].items()}
+    else:
+        infos = [read_header(p[0]) for p in train_pairs]
+        channels = dict(Counter(str(i.channels) for i in infos))
+        dtypes = dict(Counter(i.dtype for i in infos))
+    dtype = _majority(dtypes)
+    if set(channels) == {"1", "3"} and dtype == "uint8":
+        return 3, dtype
+    return int(_majority(channels)), dtype
+
+
 class FolderDataModule(SegmentationDataModule):
-    """Images and masks from a folder, matched by file stem (layouts and mask formats: module doc).
+    """Images and masks from a folder, matched by file stem (layouts and formats: module doc).
 
     Args:
-        root: the dataset folder (``images/`` + ``masks/``, or ``train/`` + ``val/`` each holding both).
+        root: the dataset folder (``images/`` + ``masks/``, ``train/`` + ``val/`` each holding both, or
+            the folders named by ``images_dir`` / ``masks_dir``).
         image_size: ``None`` (default): native resolution -- training on random crops of
             ``crop_size`` (datamodules/crops.py), validation on whole images by sliding-window
             inference. An int: every image is resized to ``image_size`` x ``image_size`` (train
@@ -276,12 +153,26 @@ class FolderDataModule(SegmentationDataModule):
         scale_range: ``[low, high]`` random rescale before cropping, or ``None``.
         foreground_fraction: share of crops centred on a pixel of a class drawn uniformly among
             those present in the mask (:class:`~datamodules.crops.ClassCentredCrop`).
-        pad: ``True`` (default): images smaller than the crop are padded (the padding marked
-            ``ignore_index``) and the crop shrinks to the largest image; ``False``: no padding --
-            the crop is ``crop_size`` and must fit in every training image, and a validation or
-            test image smaller than the window is an error (both checked in setup()).
+        pad: ``True`` (default): images smaller than the crop are padded (the padded mask pixels get
+            a reserved value that no loss or metric counts) and the crop shrinks to the largest
+            image; ``False``: no padding -- the crop is ``crop_size`` and must fit in every training
+            image, and a validation or test image smaller than the window is an error (both
+            checked in setup()).
+        images_dir, masks_dir: folders below ``root`` each holding ``train/`` and ``val/`` (and
+            optionally ``test/``) split folders, searched recursively (Cityscapes: ``leftImg8bit`` /
+            ``gtFine``); ``None``: the ``images/`` + ``masks/`` layouts.
         image_suffix, mask_suffix: the file-name ends that pair an image with its mask (Cityscapes:
             ``_leftImg8bit.png`` / ``_gtFine_labelTrainIds.png``); ``""``: by stem, any extension.
+        normalize: ``auto`` | ``imagenet`` | ``dataset`` | ``image`` | ``none``
+            (datamodules/normalization.py). ``auto``: ImageNet's for 8-bit RGB, ``dataset`` for the
+            rest. When the configured transforms already hold an ``albumentations.Normalize``
+            (older configs), ``auto`` leaves normalising to them, for 8-bit RGB images only.
+        normalize_percentiles: ``[low, high]`` clip of ``normalize=dataset``, in percent.
+        channels: indices of the channels to keep from every image file (e.g. ``[0, 1, 2]`` drops
+            an alpha channel), or ``None``: all.
+        fingerprint: the dataset fingerprint (``fingerprint.compute_fingerprint``) -- image sizes,
+            channels and intensity statistics; the harness passes it. ``None``: headers are read
+            here, and ``normalize=dataset`` computes one (uncached).
         class_names: one name per class (multiclass: the background first): per-class metrics
             are logged as ``val/dice_<name>`` and the pictures' legends use them.
         cache: decode every image and mask once in setup() and keep them in memory (the size is
@@ -289,7 +180,7 @@ class FolderDataModule(SegmentationDataModule):
         sliding_window: validation/test options ``overlap``, ``mode`` (``gaussian`` | ``constant``),
             ``sw_batch_size`` (windows per forward pass: bounds the memory; ``None``, the default: 1 on a
             CPU, where it is the fastest, 4 on an accelerator -- segtrain.sliding.sw_batch_size_for).
-        val_fraction: share of ``root/images`` held out for validation (ignored with train/ + val/).
+        val_fraction: share of ``root/images`` held out for validation (ignored with split folders).
         palette: for RGB colour masks, ``palette[k] = [r, g, b]`` of class k (binary: 2 colours).
         ignore_index: a mask value meaning "not labelled" (e.g. 255), passed through unchanged.
         validate: read every pair in setup() and check sizes and values (slower; for small datasets).
@@ -308,8 +199,14 @@ class FolderDataModule(SegmentationDataModule):
         foreground_fraction: float = 0.5,
         pad: bool = True,
         sliding_window: dict[str, Any] | None = None,
+        images_dir: str | None = None,
+        masks_dir: str | None = None,
         image_suffix: str = "",
         mask_suffix: str = "",
+        normalize: str = "auto",
+        normalize_percentiles: Sequence[float] = (0.5, 99.5),
+        channels: Sequence[int] | None = None,
+        fingerprint: Mapping[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
         cache: bool = False,
         val_fraction: float = 0.2,
@@ -324,7 +221,6 @@ class FolderDataModule(SegmentationDataModule):
         for key in ("train_transforms", "val_transforms"):  # the defaults resize only in resize mode
             if base_options.get(key) is None:
                 base_options[key] = {"hflip": A.HorizontalFlip(p=0.5)} if key == "train_transforms" else {}
-                base_options[key]["normalize"] = A.Normalize()
         # Files are decoded while training runs: smaller batches and two workers by default.
         super().__init__(
             image_size=image_size or crop_size or 1, batch_size=batch_size, num_workers=num_workers, **base_options
@@ -337,7 +233,19 @@ class FolderDataModule(SegmentationDataModule):
             raise ValueError(f"data.pad must be true or false, got {pad!r}")
         self.pad = pad
         self.cache = bool(cache)
+        self.images_dir = None if images_dir in (None, "") else str(images_dir)
+        self.masks_dir = None if masks_dir in (None, "") else str(masks_dir)
         self.image_suffix, self.mask_suffix = str(image_suffix or ""), str(mask_suffix or "")
+        resolve_mode(str(normalize), 3, "uint8")  # an unknown mode fails now; the rest needs the data (setup)
+        self.normalize = str(normalize)
+        self.normalize_percentiles = [float(v) for v in normalize_percentiles]
+        if len(self.normalize_percentiles) != 2 or not 0 <= self.normalize_percentiles[0] < self.normalize_percentiles[1] <= 100:
+            raise ValueError(f"data.normalize_percentiles must be [low, high] with 0 <= low < high <= 100, "
+                             f"got {list(normalize_percentiles)}")
+        self.channel_select = None if channels is None else [int(c) for c in channels]
+        if self.channel_select is not None and (not self.channel_select or min(self.channel_select) < 0):
+            raise ValueError(f"data.channels must list channel indices >= 0 (e.g. [0, 1, 2]), got {list(channels)}")
+        self.fingerprint = fingerprint
         #: One name per metric channel (multiclass: incl. the background), for the per-class metric keys.
         self.metric_class_names = None if class_names is None else [str(n) for n in class_names]
         self.class_names = self._check_class_names(class_names)
@@ -363,11 +271,14 @@ class FolderDataModule(SegmentationDataModule):
                 f"ignore_index={ignore_index} is a class value of task={task} (0..{labels - 1}); use e.g. 255"
             )
         self.ignore_index = None if ignore_index is None else int(ignore_index)
+        #: The mask value of padded pixels: the files' "not labelled" value, else one no class uses.
+        self.pad_value = self.ignore_index if self.ignore_index is not None else reserved_pad_value(task, num_classes)
         self.validate = bool(validate)
         self.train_pairs: list[Pair] = []
         self.val_pairs: list[Pair] = []
         self.test_pairs: list[Pair] = []
         self.test_set: SegmentationDataset | None = None
+        self._splits: dict[str, list[Pair]] | None = None
 
     def _check_class_names(self, names):
         """``data.class_names``: every class's name (multiclass: incl. background), shown in metrics and pictures."""
@@ -401,59 +312,93 @@ class FolderDataModule(SegmentationDataModule):
             raise ValueError(f"data.palette repeats a colour: {colors}")
         return colors
 
-    def _pairs(self, split: Path) -> list[Pair]:
-        return find_pairs(split / "images", split / "masks", self.task, self.num_classes, self.image_suffix, self.mask_suffix)
+    def splits(self) -> dict[str, list[Pair]]:
+        """The pairs of every split (datamodules/layout.py), listed once."""
+        if self._splits is None:
+            self._splits = discover_splits(
+                self.root, task=self.task, num_classes=self.num_classes, images_dir=self.images_dir,
+                masks_dir=self.masks_dir, image_suffix=self.image_suffix, mask_suffix=self.mask_suffix,
+                val_fraction=self.val_fraction, seed=self.seed,
+            )
+        return self._splits
 
-    def _split(self) -> tuple[list[Pair], list[Pair]]:
-        root = self.root
-        if not root.is_dir():
-            raise FileNotFoundError(
-                f"data.root {root} does not exist (or is not a folder): pass "
-                "data.root=/path/to/dataset, a folder holding images/ and masks/ (or train/ and val/)"
-            )
-        if (root / "train").is_dir():
-            if not (root / "val").is_dir():
-                raise FileNotFoundError(f"{root} has train/ but no val/: add {root / 'val'} (images/ + masks/)")
-            train = self._pairs(root / "train")
-            val = self._pairs(root / "val")
-            return train, val
-        if not (root / "images").is_dir():
-            raise FileNotFoundError(
-                f"{root} holds neither images/ + masks/ nor train/ + val/ subfolders (each with images/ + masks/): "
-                "put the images in images/ and their masks, same file stem, in masks/"
-            )
-        pairs = self._pairs(root)
-        n_val = int(round(len(pairs) * self.val_fraction))
-        if self.val_fraction > 0:
-            n_val = max(n_val, 1)
-        if len(pairs) - n_val < 1:
-            raise ValueError(
-                f"{root / 'images'} holds {len(pairs)} image(s): too few for val_fraction={self.val_fraction}"
-            )
-        order = np.random.default_rng(self.seed).permutation(len(pairs))
-        val_idx = set(order[:n_val].tolist())
-        train = [p for i, p in enumerate(pairs) if i not in val_idx]
-        val = [p for i, p in enumerate(pairs) if i in val_idx]
-        return train, val
+    def _normalization(self, channels: int, dtype: str) -> dict[str, Any] | None:
+        """The resolved ``data.normalize`` spec; ``None`` when the configured transforms normalise themselves."""
+        rgb8 = channels == 3 and dtype == "uint8"
+        if contains_normalize(self.train_transform) or contains_normalize(self.val_transform):
+            if self.normalize != "auto" or not rgb8:
+                raise ValueError(
+                    f"data.train_transforms / data.val_transforms hold a normalisation (albumentations.Normalize: "
+                    f"x / 255 with ImageNet's three means), and these images are {channels}-channel {dtype} with "
+                    f"data.normalize={self.normalize}. Remove the normalize entries from the transforms: "
+                    "data.normalize normalises at the end of both pipelines (auto: ImageNet's for 8-bit RGB, "
+                    "the dataset's statistics otherwise)."
+                )
+            return None
+        mode = resolve_mode(self.normalize, channels, dtype)
+        if mode != "dataset":
+            return {"mode": mode}
+        if self.fingerprint is None:
+            # Used alone (train.py passes it): the statistics need a fingerprint, computed here, not cached.
+            from fingerprint import compute_fingerprint  # fingerprint/ reads files through datamodules/: no import cycle at load
+
+            rank_zero_info("data.normalize=dataset: computing the dataset fingerprint (train.py passes a cached one)")
+            self.fingerprint = compute_fingerprint(self.splits(), palette=self.palette,
+                                                   percentiles=tuple(self.normalize_percentiles), seed=self.seed)
+        clip = self.fingerprint["intensity"]["clip"]
+        if [float(v) for v in clip["percentiles"]] != self.normalize_percentiles:
+            raise ValueError(f"The fingerprint clips at percentiles {clip['percentiles']}, data.normalize_percentiles "
+                             f"is {self.normalize_percentiles}: compute the fingerprint with the same percentiles.")
+        spec = dataset_spec(clip)
+        if self.channel_select is not None:
+            spec.update({k: [spec[k][c] for c in self.channel_select] for k in ("lower", "upper", "mean", "std")})
+        return spec
+
+    def _with_input_stage(self, pipeline: A.Compose, normalize: A.BasicTransform | None, rgb8: bool) -> A.Compose:
+        """``pipeline`` without the 8-bit RGB-only transforms (for other images), with the normalisation before ToTensorV2."""
+        *user, to_tensor = pipeline.transforms
+        if not rgb8:
+            dropped = [type(t).__name__ for t in user if type(t).__name__ in RGB_ONLY]
+            if dropped:
+                rank_zero_info(f"Left out {', '.join(dropped)}: they work on 8-bit RGB images only, and these are not.")
+            user = [t for t in user if type(t).__name__ not in RGB_ONLY]
+        tail = [normalize] if normalize is not None else []
+        return A.Compose([*user, *tail, to_tensor], seed=self.seed)
+
+    def _plan_input(self) -> None:
+        """Channels, dtype and normalisation of the network input, from the fingerprint or the headers."""
+        channels, dtype = input_format(self.fingerprint, self.train_pairs)
+        if self.channel_select is not None:
+            channels = len(self.channel_select)
+        if channels == 1 and dtype == "uint8" and (contains_normalize(self.train_transform)
+                                                   or contains_normalize(self.val_transform)):
+            channels = 3  # transforms with ImageNet's Normalize (older configs): grey is read as RGB, as it was
+        spec = self._normalization(channels, dtype)
+        rgb8 = channels == 3 and dtype == "uint8"
+        normalize = None if spec is None else normalization_transform(spec)
+        self.train_transform = self._with_input_stage(self.train_transform, normalize, rgb8)
+        self.val_transform = self._with_input_stage(self.val_transform, normalize, rgb8)
+        #: What a network input is: stored with every checkpoint, read back by predict.py and export.py.
+        self.preprocessing = {"channels": channels, "channel_select": self.channel_select, "dtype": dtype,
+                              "normalization": spec}
+
+    def _train_sizes(self) -> list[tuple[int, int]]:
+        sizes = ((self.fingerprint or {}).get("images") or {}).get("sizes_by_split", {}).get("train")
+        if sizes is not None and len(sizes) == len(self.train_pairs):
+            return [(int(h), int(w)) for h, w in sizes]
+        return [read_header(p[0]).size for p in self.train_pairs]
 
     def _native_pipeline(self) -> None:
         """Put the crop stage, sized for this data, before the configured training transforms."""
-        sizes = image_sizes(p[0] for p in self.train_pairs)
+        sizes = self._train_sizes()
         if not self.pad:
-            crop = fitting_crop(sizes, self.crop_size, self.scale_range, [str(p[0]) for p in self.train_pairs],
-                                "ignore_index=255" if self.ignore_index is None else f"ignore_index={self.ignore_index}")
+            crop = fitting_crop(sizes, self.crop_size, self.scale_range, [str(p[0]) for p in self.train_pairs])
             self._check_windows(self.val_pairs, "validation", crop)
         else:
             crop = effective_crop(sizes, self.crop_size)
-        if self.pad and needs_padding(sizes, crop, self.scale_range) and self.ignore_index is None:
-            small = min(sizes, key=min)
-            raise ValueError(
-                f"Training images as small as {small[1]}x{small[0]} (WxH) are padded to the {crop} px crop, and padded "
-                "mask pixels must be ignored, not counted as background: set ignore_index=255 (top-level; a value "
-                "no mask uses), or lower data.crop_size, or resize instead (data.image_size=...)."
-            )
         user = self.train_transform.transforms  # ends with ToTensorV2
-        stage = crop_stage(crop, self.ignore_index, self.foreground_fraction, self.scale_range, pad=self.pad)
+        # Padded mask pixels get pad_value, never a class: the crop centring skips it too.
+        stage = crop_stage(crop, self.pad_value, self.foreground_fraction, self.scale_range, pad=self.pad)
         self.train_transform = A.Compose([*stage, *user], seed=self.seed)
         self.effective_crop = crop
         self.sliding_window = {"window": crop, **self.window_options, "pad": self.pad}
@@ -461,15 +406,15 @@ class FolderDataModule(SegmentationDataModule):
     @staticmethod
     def _check_windows(pairs: list[Pair], split: str, window: int) -> None:
         """``data.pad=false``: every image of ``split`` must be at least the window (header reads only)."""
-        for (path, _), size in zip(pairs, image_sizes(p[0] for p in pairs)):
-            check_fits_window(size, window, f"{split.capitalize()} image {path}")
+        for path, _ in pairs:
+            check_fits_window(read_header(path).size, window, f"{split.capitalize()} image {path}")
 
     def _dataset(self, pairs: list[Pair], transform) -> SegmentationDataset:
-        source = _FileSource(pairs, self.task, self.num_classes, self.palette, self.ignore_index)
+        select = self.channel_select
+        source = _FileSource(pairs, self.task, self.num_classes, self.palette, self.ignore_index,
+                             self.preprocessing["channels"], select)
         if self.cache and pairs:
             source = _CachedSource(source, len(pairs))
-            from lightning.pytorch.utilities import rank_zero_info
-
             rank_zero_info(f"data.cache: {len(pairs)} decoded samples hold {source.nbytes / 2**20:.1f} MiB in memory")
         elif self.validate:
             for i in range(len(pairs)):
@@ -479,14 +424,18 @@ class FolderDataModule(SegmentationDataModule):
     def setup(self, stage: str | None = None) -> None:
         """List (and with ``validate`` read) the pairs of the splits ``stage`` needs."""
         if stage in (None, "fit", "validate") and self.train_set is None:
-            self.train_pairs, self.val_pairs = self._split()
+            splits = self.splits()
+            self.train_pairs, self.val_pairs = splits["train"], splits["val"]
+            self._plan_input()
             if self.crop_size is not None:
                 self._native_pipeline()
             self.train_set = self._dataset(self.train_pairs, self.train_transform)
             self.val_set = self._dataset(self.val_pairs, self.val_transform)
-        test = self.root / "test"
-        if stage in (None, "test") and self.test_set is None and test.is_dir():
-            self.test_pairs = self._pairs(test)
+        if stage in (None, "test") and self.test_set is None and self.splits()["test"]:
+            if self.preprocessing is None:
+                self.train_pairs = self.splits()["train"]
+                self._plan_input()
+            self.test_pairs = self.splits()["test"]
             if self.sliding_window is not None and not self.pad:
                 self._check_windows(self.test_pairs, "test", self.sliding_window["window"])
             self.test_set = self._dataset(self.test_pairs, self.val_transform)
@@ -496,8 +445,10 @@ class FolderDataModule(SegmentationDataModule):
         return self._loader(self.val_set, train=False, batch_size=1 if self.native else None)
 
     def test_dataloader(self):
-        if self.test_set is None and not (self.root / "test").is_dir():
+        if self.test_set is None:
             raise FileNotFoundError(
                 f"No test split: add {self.root / 'test' / 'images'} and {self.root / 'test' / 'masks'}"
+                + (f" (or test/ folders in data.images_dir={self.images_dir} and data.masks_dir={self.masks_dir})"
+                   if self.images_dir else "")
             )
         return self._loader(self.test_set, train=False, batch_size=1 if self.native else None)

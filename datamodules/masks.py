@@ -90,6 +90,17 @@ def mask_dtype(task: str, num_classes: int, ignore_index: int | None = None) -> 
     return np.dtype(np.uint8) if fits else np.dtype(np.int32)
 
 
+def reserved_pad_value(task: str, num_classes: int) -> int:
+    """The mask value of padded pixels when the files have no ``ignore_index``: one no class uses.
+
+    255 (it fits the uint8 masks) unless a multiclass task has a class 255; then ``num_classes``.
+    Binary and multilabel masks are 0/1 once decoded, so a 0/255 file's 255 is never confused with it.
+    The harness gives the losses and metrics this value as their ``ignore_index`` when padding occurs.
+    """
+    top = num_classes - 1 if task == "multiclass" else 1
+    return 255 if top < 255 else top + 1
+
+
 def encode_mask(mask: torch.Tensor, task: str) -> torch.Tensor:
     """Give an augmented mask tensor its per-task dtype and layout.
 

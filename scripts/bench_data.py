@@ -1,7 +1,8 @@
 """Throughput of the native-resolution data path against plain loops making the same calls.
 
     PYTHONPATH=. python scripts/bench_data.py [images=32] [size=700x500] [crop=256] [epochs=10]
-        [sliding=1500x1000] [tiny_rounds=10] [rounds=3] [unet=1]
+        [sliding=1500x1000] [tiny_rounds=10] [rounds=3] [unet=1] [fingerprint=1000x512] [steps=3]
+        [only=fingerprint,training,sliding]
 
 One thread (torch and OpenCV, as in a DataLoader worker). Harness and plain loop run side by
 side, interleaved (harness, plain, plain, harness, ...): a burst of background load hits both,
@@ -13,6 +14,13 @@ and the overhead is the median of the per-round time ratios: ``epochs`` rounds w
    loop that opens the same files with PIL, runs the same albumentations Compose and stacks the
    tensors -- without and with ``data.cache``. The plain loop checks no mask values (the harness
    refuses a mask whose values fit no class): the overhead is the stricter one. Target <= 10 %.
+   The same for 4-channel uint16 TIFFs (RGB+NIR, read with tifffile on both sides, normalised by
+   the dataset's statistics): its overhead must stay within 10 % as the uint8 RGB path's does.
+0. The dataset fingerprint (``fingerprint=NxS``: N generated S x S RGB PNGs with 0/255 masks):
+   the first computation, a cached re-start, and one training epoch over the same images with the
+   default settings (conf/data/folder.yaml, conf/model/unet.yaml: batch 8, crop 512 -- estimated
+   from ``steps`` timed optimizer steps of the harness's own module, times N / 8). Targets: the
+   fingerprint below one epoch, the cached re-start below one second.
 2. Sliding-window validation, seconds per megapixel: segtrain.sliding.whole_image_logits
    (MONAI's sliding_window_inference) against a plain loop doing the same work: stride padding,
    the same windows (counted on both sides), the same number of windows per forward pass, one
@@ -80,21 +88,35 @@ def bench_mask_check(pairs) -> None:
     print(f"mask value check: {check:.3f} ms per mask (np.unique alone: {unique:.3f} ms); PIL decode {decode:.3f} ms")
 
 
-def bench_training(root: Path, crop: int, epochs: int) -> None:
+def _read_rgb(path: Path) -> np.ndarray:
+    return np.array(Image.open(path).convert("RGB"))
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+def bench_training(root: Path, crop: int, epochs: int, label: str = "uint8 RGB PNG", reader=_read_rgb) -> dict[bool, float]:
+    """Overhead % of the harness's training pipeline against the plain loop, without and with the cache."""
     from torch.utils.data import default_collate
 
     from datamodules import FolderDataModule
     from datamodules.masks import encode_mask
+    from fingerprint import compute_fingerprint
 
+    overheads = {}
     for cache in (False, True):
         dm = FolderDataModule(root, task="binary", num_classes=1, crop_size=crop, ignore_index=255, batch_size=8,
                               num_workers=0, val_fraction=0.0, cache=cache)
+        dm.fingerprint = compute_fingerprint(dm.splits(), progress=False)
         dm.setup("fit")
         loader = dm.train_dataloader()
         pairs, transform = dm.train_pairs, dm.train_transform
-        if not cache:
+        if not cache and reader is _read_rgb:
             bench_mask_check(pairs)
-        decoded = [(np.array(Image.open(i).convert("RGB")), np.array(Image.open(m))) for i, (m,) in pairs]
+        decoded = [(reader(i), np.array(Image.open(m))) for i, (m,) in pairs]
 
         def harness():
             for _ in loader:
@@ -108,7 +130,7 @@ def bench_training(root: Path, crop: int, epochs: int) -> None:
                     if cache:
                         image, mask = decoded[k]
                     else:
-                        image = np.array(Image.open(pairs[k][0]).convert("RGB"))
+                        image = reader(pairs[k][0])
                         mask = np.array(Image.open(pairs[k][1][0]))
                     out = transform(image=image, mask=mask)
                     samples.append({"image": out["image"].float(), "mask": encode_mask(out["mask"], "binary")})
@@ -117,8 +139,69 @@ def bench_training(root: Path, crop: int, epochs: int) -> None:
         rounds = 4 * epochs if cache else epochs
         th, tp, overhead = interleaved(harness, plain, rounds)
         n = len(pairs)
-        print(f"training pipeline (cache={cache}, {rounds} interleaved epochs): harness {n / th:.1f} images/s, "
-              f"plain loop {n / tp:.1f} images/s, overhead {overhead:+.1f}% -> {verdict(overhead)}")
+        print(f"training pipeline, {label} (cache={cache}, {rounds} interleaved epochs): harness {n / th:.1f} "
+              f"images/s, plain loop {n / tp:.1f} images/s, overhead {overhead:+.1f}% -> {verdict(overhead)}")
+        overheads[cache] = overhead
+    return overheads
+
+
+def bench_fingerprint(n: int, size: int, steps: int, out: Path) -> None:
+    """The fingerprint of ``n`` ``size`` px images: first, cached, against one default training epoch."""
+    import tempfile
+
+    from datamodules.layout import discover_splits
+    from datamodules.sensor import write_sensor_dataset
+    from fingerprint import compute_fingerprint
+
+    root = out / f"fingerprint_{n}x{size}"
+    if not (root / "images").is_dir():
+        write_sensor_dataset(root, [(size, size)] * n, channels=3, dtype="uint8", background=100, contrast=60,
+                             noise=12, image_format="png", val_every=0)
+    cache = Path(tempfile.mkdtemp(prefix="bench_fp_cache_"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # start-up runs with every core, as train.py does
+    start = time.perf_counter()
+    splits = discover_splits(root, task="binary", num_classes=1, val_fraction=0.0)
+    compute_fingerprint(splits, cache_dir=cache, progress=False)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    splits = discover_splits(root, task="binary", num_classes=1, val_fraction=0.0)
+    compute_fingerprint(splits, cache_dir=cache, progress=False)
+    cached = time.perf_counter() - start
+    step = default_step_seconds(root, steps)
+    torch.set_num_threads(threads)
+    epoch = step * n / 8
+    print(f"fingerprint of {n} images of {size}x{size}: {first:.1f} s first, {cached:.3f} s cached; one training "
+          f"epoch with the defaults (batch 8, crop 512, conf/model/unet.yaml) ~ {epoch:.0f} s ({step:.2f} s per step "
+          f"x {n / 8:.0f} steps) -> {'PASS' if first < epoch else 'FAIL'} (fingerprint < one epoch), "
+          f"{'PASS' if cached < 1 else 'FAIL'} (cached < 1 s)")
+
+
+def default_step_seconds(root: Path, steps: int) -> float:
+    """Median seconds of one optimizer step of the default run (network, loss, batch) on this data."""
+    from datamodules import FolderDataModule
+    from fingerprint import compute_fingerprint
+    from segtrain.losses import build_loss
+    from segtrain.network import build_network
+
+    dm = FolderDataModule(root, task="binary", num_classes=1, batch_size=8, num_workers=0, val_fraction=0.0)
+    dm.fingerprint = compute_fingerprint(dm.splits(), progress=False)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    net = build_network("unet", "tu-resnet18", "binary", 1, encoder_depth=4, decoder_channels=(64, 32, 16, 16))
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        loss = build_loss(compose("train").loss, "binary", 1)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        loss(net(batch["image"]), batch["mask"]).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
 
 def plain_sliding(net, image: torch.Tensor, window: int, overlap: float, sw_batch_size: int, counter: list[int]):
@@ -198,14 +281,31 @@ def main(argv: list[str]) -> None:
     n, crop, epochs = int(opts.get("images", 32)), int(opts.get("crop", 256)), int(opts.get("epochs", 10))
     w, h = (int(v) for v in opts.get("size", "700x500").split("x"))
     sw, sh = (int(v) for v in opts.get("sliding", "1500x1000").split("x"))
+    from datamodules.sensor import write_sensor_dataset
+
+    only = set(opts.get("only", "fingerprint,training,sliding").split(","))
+    if "fingerprint" in only:
+        fn, fs = (int(v) for v in opts.get("fingerprint", "1000x512").split("x"))
+        bench_fingerprint(fn, fs, int(opts.get("steps", 3)), Path(opts.get("out", "/tmp/bench_data")))
     root = Path(opts.get("out", "/tmp/bench_data")) / f"{w}x{h}_{n}"
     if not root.is_dir():
         write_thin_dataset(root, [(h, w)] * n, seed=0)
+    tiff = Path(opts.get("out", "/tmp/bench_data")) / f"{w}x{h}_{n}_uint16x4"
+    if not tiff.is_dir():
+        write_sensor_dataset(tiff, [(h, w)] * n, channels=4, dtype="uint16", object_channel=3, val_every=0,
+                             mask_values=(0, 1))
     torch.set_num_threads(1)
     cv2.setNumThreads(0)  # as in a DataLoader worker (datamodules/transforms.py, init_worker)
-    bench_training(root, crop, epochs)
-    bench_sliding(crop, sh, sw, int(opts.get("tiny_rounds", 10)), int(opts.get("rounds", 3)),
-                  opts.get("unet", "1") != "0")
+    if "training" in only:
+        rgb = bench_training(root, crop, epochs)
+        nir = bench_training(tiff, crop, epochs, "uint16 4-channel TIFF", _read_tiff)
+        for cache in (False, True):
+            gap = nir[cache] - rgb[cache]
+            print(f"uint16 4-channel TIFF against uint8 RGB (cache={cache}): overhead {nir[cache]:+.1f}% vs "
+                  f"{rgb[cache]:+.1f}% -> {verdict(nir[cache])}, {gap:+.1f} points apart")
+    if "sliding" in only:
+        bench_sliding(crop, sh, sw, int(opts.get("tiny_rounds", 10)), int(opts.get("rounds", 3)),
+                      opts.get("unet", "1") != "0")
 
 
 if __name__ == "__main__":

@@ -148,13 +148,14 @@ def export(args: Any) -> dict[str, str]:
     written: dict[str, str] = {}
     if args.weights_dir not in (None, "", "null"):
         folder = os.path.splitext(args.output)[0] + "-weights" if args.weights_dir == "auto" else args.weights_dir
-        written["weights"] = save_pretrained(net, model.config, folder)
+        written["weights"] = save_pretrained(net, model.config, folder, model.preprocessing)
     dynamic = bool(model.sliding_window is not None if args.dynamic_size is None else args.dynamic_size)
     window = None if model.sliding_window is None else model.sliding_window["window"]
     h, w = input_size(model.config, args.image_size if args.image_size is not None else window)
     if dynamic:
         h, w = max(h, 2 * SIZE_MULTIPLE), max(w, 2 * SIZE_MULTIPLE)
-    example = torch.randn(2, 3, h, w)
+    channels = int((model.preprocessing or {}).get("channels") or 3)
+    example = torch.randn(2, channels, h, w)
     written["onnx"] = export_onnx(net, example, args.output, args.exporter, args.opset, dynamic)
     if args.torchscript not in (None, "", "null"):
         ts = args.torchscript
@@ -169,7 +170,7 @@ def export(args: Any) -> dict[str, str]:
         else:
             # A batch size (and, if dynamic, an image size) the example did not have: proves the axes are dynamic.
             size = (h + SIZE_MULTIPLE, w + 2 * SIZE_MULTIPLE) if dynamic else (h, w)
-            err = onnx_max_error(written["onnx"], net, torch.randn(3, 3, *size))
+            err = onnx_max_error(written["onnx"], net, torch.randn(3, channels, *size))
             print(f"onnxruntime vs PyTorch: max |diff| = {err:.2e} on a batch of 3 at {size[0]}x{size[1]}")
             if not err <= float(args.atol):
                 raise ValueError(f"The exported ONNX model differs from PyTorch by {err:.2e} > atol={args.atol}; try exporter=legacy")

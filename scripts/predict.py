@@ -99,10 +99,12 @@ class ImageFolderDataset(Dataset):
     image smaller than ``window`` (given for a checkpoint trained with ``data.pad=false``).
     """
 
-    def __init__(self, files: list[str], transform: Any, window: int | None = None) -> None:
+    def __init__(self, files: list[str], transform: Any, window: int | None = None,
+                 preprocessing: dict[str, Any] | None = None) -> None:
         self.files = files
         self.transform = transform
         self.window = window
+        self.preprocessing = preprocessing
 
     def __len__(self) -> int:
         return len(self.files)
@@ -110,7 +112,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
         try:
-            image = read_image(path)
+            image = read_image(path, self.preprocessing)
             if self.window is not None:
                 check_fits_window(image.shape[:2], self.window, f"Image {path}", fix=(
                     f"the checkpoint was trained with data.pad=false, so it predicts images of at least "
@@ -164,7 +166,7 @@ class MaskWriter(BasePredictionWriter):
 
     def __init__(
         self, output: str, task: str, num_classes: int, overlay: bool = True, class_names: list[str] | None = None,
-        progress: bool | None = None,
+        progress: bool | None = None, preprocessing: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output = output
@@ -176,6 +178,7 @@ class MaskWriter(BasePredictionWriter):
         self.predicted = 0
         self.failed: list[tuple[str, str]] = []
         self.progress = progress
+        self.preprocessing = preprocessing
         self.bar: Any = None
 
     def on_predict_start(self, trainer, pl_module) -> None:
@@ -197,7 +200,7 @@ class MaskWriter(BasePredictionWriter):
             if self.overlay:
                 self.written.append(
                     save_overlay(
-                        read_image(path), mask, self.task, self.num_classes, os.path.join(self.output, "overlays"), stem,
+                        read_image(path, self.preprocessing), mask, self.task, self.num_classes, os.path.join(self.output, "overlays"), stem,
                         self.class_names,
                     )
                 )
@@ -242,7 +245,8 @@ def predict(args: Any) -> list[str]:
     check_unique_stems(files)
     model = load_inference_model(args.ckpt_path, trust=bool(args.trust_checkpoint))
     loader = DataLoader(
-        ImageFolderDataset(files, model.transform, window=no_pad_window(model.sliding_window)),
+        ImageFolderDataset(files, model.transform, window=no_pad_window(model.sliding_window),
+                           preprocessing=model.preprocessing),
         batch_size=int(args.batch_size),
         num_workers=int(args.num_workers),
         collate_fn=collate,
@@ -251,7 +255,7 @@ def predict(args: Any) -> list[str]:
     class_names = (model.config.get("data") or {}).get("class_names")  # as the training pictures named them
     progress = None if args.progress is None else bool(args.progress)
     writer = MaskWriter(os.path.abspath(args.output), model.task, model.num_classes, bool(args.overlay), class_names,
-                        progress)
+                        progress, model.preprocessing)
     destroy_process_group_at_exit()  # Lightning does it for NCCL only; a gloo group left to exit aborts
     trainer = L.Trainer(
         **dict(args.trainer),

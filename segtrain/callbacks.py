@@ -37,7 +37,11 @@ from .task import logits_to_mask
 
 
 def _to_uint8(image: Tensor) -> Tensor:
-    """A normalised float image ``[3, H, W]`` stretched to uint8 for display (per-image min-max)."""
+    """A normalised float image ``[C, H, W]`` as uint8 RGB for display (per-image min-max).
+
+    The first three channels are shown (an RGB+NIR image as its RGB); fewer than three: the first, as grey.
+    """
+    image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
     lo, hi = image.amin(), image.amax()
     return ((image - lo) / (hi - lo).clamp_min(1e-6) * 255).round().to(torch.uint8)
 

@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from datamodules.folder import read_image as read_training_image
+from datamodules.io import IMAGE_EXTENSIONS, adapt_channels, read_image as read_image_file, to_display
 from datamodules.masks import class_palette
+from datamodules.normalization import normalization_transform
 from datamodules.transforms import build_transforms
 
 from .atomic import atomic_write_bytes, storage_errors
@@ -48,8 +49,8 @@ from .task import logits_to_mask
 from .trust import load_checkpoint as trusted_load
 from .utils import build
 
-#: Image suffixes predict.py picks up in a folder (case-insensitive).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: Image suffixes predict.py picks up in a folder (case-insensitive): what training reads.
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS
 
 #: smp encoders halve the resolution 5 times: inputs must be multiples of 32.
 SIZE_MULTIPLE = 32
@@ -67,6 +68,9 @@ class InferenceModel:
         config: the training run's resolved config (plain dict).
         sliding_window: the window options validation used (segtrain/sliding.py), ``None`` when
             the network saw whole (resized) images in one pass.
+        preprocessing: the training input (``channels``, ``channel_select``, ``dtype``,
+            ``normalization`` spec of datamodules/normalization.py, already part of ``transform``);
+            ``None`` for checkpoints whose transforms normalise themselves (older runs, synthetic data).
     """
 
     net: nn.Module
@@ -75,6 +79,7 @@ class InferenceModel:
     transform: Any
     config: dict[str, Any]
     sliding_window: dict[str, Any] | None = None
+    preprocessing: dict[str, Any] | None = None
 
 
 def load_checkpoint(
@@ -120,17 +125,20 @@ def network_state(state_dict: Mapping[str, torch.Tensor], prefix: str = "net.") 
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def build_val_transform(config: Mapping[str, Any]) -> Any:
-    """The training run's validation pipeline (resize, normalise ..., then ToTensorV2)."""
+def build_val_transform(config: Mapping[str, Any], preprocessing: Mapping[str, Any] | None = None) -> Any:
+    """The training run's validation pipeline (resize, ..., the stored normalisation, then ToTensorV2)."""
+    import albumentations as A
+
     data = config.get("data") or {}
     transform = build_transforms(data.get("val_transforms"), seed=0)
+    *user, to_tensor = transform.transforms
     if str(data.get("_target_", "")).endswith("FolderDataModule") and data.get("image_size"):
-        import albumentations as A
-
         # The folder datamodule's resize mode puts its Resize before the configured pipeline.
         size = int(data["image_size"])
-        transform = A.Compose([A.Resize(size, size), *transform.transforms], seed=0)
-    return transform
+        user = [A.Resize(size, size), *user]
+    spec = (preprocessing or {}).get("normalization")
+    tail = [normalization_transform(spec)] if spec is not None else []
+    return A.Compose([*user, *tail, to_tensor], seed=0)
 
 
 def recorded_sliding_window(checkpoint: Mapping[str, Any] | None, config: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -160,6 +168,7 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device = "
             )
         net, config = read_pretrained(path, trust=trust)
         sliding = recorded_sliding_window(None, config)
+        preprocessing = config.get("preprocessing")
     else:
         checkpoint = load_checkpoint(path, trust=trust)
         config = dict(checkpoint["config"])
@@ -170,14 +179,16 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device = "
         net = build(model_config)
         net.load_state_dict(network_state(checkpoint["state_dict"]))
         sliding = recorded_sliding_window(checkpoint, config)
+        preprocessing = checkpoint.get("preprocessing")
     net.eval().to(device)
     return InferenceModel(
         net=net,
         task=str(config["task"]),
         num_classes=int(config["num_classes"]),
-        transform=build_val_transform(config),
+        transform=build_val_transform(config, preprocessing),
         config=config,
         sliding_window=sliding,
+        preprocessing=preprocessing,
     )
 
 
@@ -216,19 +227,29 @@ def list_images(input_path: str | os.PathLike) -> list[str]:
     return files
 
 
-def read_image(path: str) -> np.ndarray:
-    """An image file as uint8 RGB ``[H, W, 3]``, read exactly as the folder datamodule reads training images.
+def read_image(path: str, preprocessing: Mapping[str, Any] | None = None) -> np.ndarray:
+    """An image file as ``[H, W, C]``, read exactly as the folder datamodule reads training images.
 
-    Grayscale is repeated to 3 channels, alpha dropped, 16-bit scaled to 8 bits.
+    Every channel in the file's own dtype (datamodules/io.py), then the training run's channel
+    selection (``preprocessing["channel_select"]``) and count: a greyscale image for an RGB model is
+    repeated to 3 channels.
 
     Raises:
-        ValueError: the file cannot be decoded (naming it).
+        ValueError: the file cannot be decoded, or has another channel count than the model takes
+            (naming the file and both counts).
     """
-    return read_training_image(Path(path))
+    image = read_image_file(Path(path))
+    if preprocessing is None:  # older checkpoints and synthetic data: 8-bit RGB
+        preprocessing = {"channels": 3, "channel_select": None, "dtype": "uint8"}
+    try:
+        return adapt_channels(image, preprocessing.get("channels"), preprocessing.get("channel_select"), path)
+    except ValueError as err:
+        raise ValueError(f"{err} The model was trained on {preprocessing.get('channels')}-channel "
+                         f"{preprocessing.get('dtype')} images.") from None
 
 
 def preprocess(image: np.ndarray, transform: Any) -> torch.Tensor:
-    """Apply the validation pipeline: uint8 ``[H, W, 3]`` -> float32 ``[3, h, w]``."""
+    """Apply the validation pipeline: ``[H, W, C]`` -> float32 ``[C, h, w]``."""
     return transform(image=image)["image"].float()
 
 
@@ -306,7 +327,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, al
     prediction grid (segtrain/callbacks.py), so a class has the same colour in both.
 
     Args:
-        image: uint8 RGB ``[H, W, 3]`` at the original size.
+        image: ``[H, W, C]`` at the original size, as read (shown as RGB by ``datamodules.io.to_display``).
         mask: as returned by :func:`predicted_mask`.
         task: decides how ``mask`` is read.
         num_classes: classes of the task.
@@ -327,7 +348,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, task: str, num_classes: int, al
         m = (m > 0).float()
     layers = masks_for_drawing(m, task, num_classes)
     colors = drawing_colors(task, num_classes)
-    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    img = torch.from_numpy(to_display(image)).permute(2, 0, 1)
     return draw_segmentation_masks(img, layers, alpha=alpha, colors=colors).permute(1, 2, 0).numpy()
 
 
@@ -371,7 +392,8 @@ def _save_png(img: Image.Image, path: str) -> None:
 
 @torch.no_grad()
 def predict_images(model: InferenceModel, images: Sequence[np.ndarray], threshold: float = 0.5) -> list[np.ndarray]:
-    """Masks for a list of uint8 RGB images in one batch (the in-process API; predict.py batches via Lightning).
+    """Masks for a list of ``[H, W, C]`` images (as :func:`read_image` gives them) in one batch (the in-process API;
+    predict.py batches via Lightning).
 
     Returns:
         One mask per image at its original size (see :func:`predicted_mask`).

@@ -31,7 +31,7 @@ class SegmentationModule(L.LightningModule):
     """LightningModule for binary, multiclass and multilabel segmentation.
 
     Args:
-        net: network mapping images ``[B, 3, H, W]`` to logits ``[B, out_channels, H, W]``.
+        net: network mapping images ``[B, in_channels, H, W]`` to logits ``[B, out_channels, H, W]``.
         loss: a ``seglosses.CombinedLoss`` (anything with ``forward(logits, target)`` and a
             ``last_values`` dict of per-term values).
         optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``).
@@ -47,7 +47,8 @@ class SegmentationModule(L.LightningModule):
     sliding windows when the datamodule has a ``sliding_window`` (the folder datamodule at native
     resolution, set in its setup()), else in one pass padded to the stride. The options go into
     every checkpoint as ``checkpoint["inference"]`` (``None``: the images were resized), so
-    predict.py infers as validation did.
+    predict.py infers as validation did; the datamodule's ``preprocessing`` (input channels, dtype,
+    normalisation spec: datamodules/normalization.py) goes in as ``checkpoint["preprocessing"]``.
     """
 
     def __init__(
@@ -84,6 +85,8 @@ class SegmentationModule(L.LightningModule):
         self.test_iou = torchmetrics.JaccardIndex(**kwargs)
         self.sliding_window: dict[str, Any] | None = None
         self.metric_names: list[str] | None = None  # data.class_names: per-class keys by name
+        #: The input's channels, dtype and normalisation spec (the datamodule's), for predict and export.
+        self.preprocessing: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
         # Lightning sets the datamodule up first: its sliding_window is known here.
@@ -91,13 +94,16 @@ class SegmentationModule(L.LightningModule):
         if options is not None:
             self.sliding_window = check_window(options)
         self.metric_names = getattr(getattr(self.trainer, "datamodule", None), "metric_class_names", None)
+        preprocessing = getattr(getattr(self.trainer, "datamodule", None), "preprocessing", None)
+        if preprocessing is not None:
+            self.preprocessing = dict(preprocessing)
 
     def predict_logits(self, image: Tensor, names: list[str] | None = None) -> Tensor:
         """Logits for whole images of any size, as validation computes them (``names``: for errors)."""
         return whole_image_logits(self.net, image, self.sliding_window, names)
 
     def forward(self, image: Tensor) -> Tensor:
-        """Logits ``[B, out_channels, H, W]`` for images ``[B, 3, H, W]``."""
+        """Logits ``[B, out_channels, H, W]`` for images ``[B, in_channels, H, W]``."""
         return self.net(image)
 
     def _step(self, batch: Mapping[str, Tensor], stage: str) -> tuple[Tensor, Tensor]:
@@ -166,6 +172,7 @@ class SegmentationModule(L.LightningModule):
         if self.config is not None:
             checkpoint["config"] = self.config
         checkpoint["inference"] = self.sliding_window
+        checkpoint["preprocessing"] = self.preprocessing
         checkpoint["versions"] = recorded_versions()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ def build_network(
     task: str,
     num_classes: int,
     encoder_weights: str | None = None,
-    in_channels: int = 3,
+    in_channels: int | None = 3,
     **kwargs: Any,
 ) -> nn.Module:
     """Build ``smp.create_model(arch, encoder_name, encoder_weights, in_channels, classes, **kwargs)``.
@@ -34,7 +34,7 @@ def build_network(
         num_classes: classes of the task (1 for binary).
         encoder_weights: ``None`` (random init, works offline) or a pretrained set such as
             ``imagenet`` (downloaded on first use: needs internet).
-        in_channels: image channels (3: the datamodules always give RGB).
+        in_channels: image channels; the harness sets it from the data (its fingerprint), ``None``: 3.
         **kwargs: passed to the architecture (``encoder_depth``, ``decoder_channels`` ...).
 
     Returns:
@@ -56,7 +56,7 @@ def build_network(
         arch,
         encoder_name=encoder_name,
         encoder_weights=encoder_weights,
-        in_channels=int(in_channels),
+        in_channels=3 if in_channels is None else int(in_channels),
         classes=out_channels(task, num_classes),
         **kwargs,
     )

@@ -10,7 +10,8 @@ also loads it, and it can be uploaded to a model page as is:
   ``in_channels``, ``classes``, decoder options; ``encoder_weights`` is null because the
   weights are in the file) plus this project's ``_segtrain`` entry, which smp ignores
   (it drops keys starting with ``_``): ``task``, ``num_classes``, ``image_size``,
-  ``preprocessing`` (the validation transforms as albumentations configs) and ``versions``;
+  ``preprocessing`` (the validation transforms as albumentations configs), ``input`` (channels,
+  dtype and the normalisation applied after those transforms) and ``versions``;
 * ``README.md``: smp's model card.
 
 ``config.json`` is data from elsewhere like a checkpoint: its transforms pass the same
@@ -40,13 +41,15 @@ def is_pretrained_folder(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(os.path.join(path, WEIGHTS_FILE))
 
 
-def save_pretrained(net: nn.Module, config: Mapping[str, Any], folder: str | os.PathLike) -> str:
+def save_pretrained(net: nn.Module, config: Mapping[str, Any], folder: str | os.PathLike,
+                    preprocessing: Mapping[str, Any] | None = None) -> str:
     """Write ``net`` (an smp model) and what rebuilding it needs into ``folder``.
 
     Args:
         net: the trained network (built by segtrain.network.build_network).
         config: the training run's resolved config (``checkpoint["config"]``).
         folder: destination, created if missing.
+        preprocessing: the input's channels, dtype and normalisation spec (``checkpoint["preprocessing"]``).
 
     Returns:
         ``folder``.
@@ -69,6 +72,9 @@ def save_pretrained(net: nn.Module, config: Mapping[str, Any], folder: str | os.
         "num_classes": int(config["num_classes"]),
         "image_size": data.get("image_size"),
         "preprocessing": data.get("val_transforms"),
+        # channels, channel_select, dtype and the normalisation spec (datamodules/normalization.py):
+        # what a user outside the project needs to turn an image file into the network's input.
+        "input": None if preprocessing is None else dict(preprocessing),
         "versions": recorded_versions(),
     }
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -132,5 +138,6 @@ def read_pretrained(folder: str | os.PathLike, trust: bool = False) -> tuple[nn.
         "num_classes": num_classes,
         "model": model,
         "data": {"image_size": meta.get("image_size"), "val_transforms": meta.get("preprocessing")},
+        "preprocessing": meta.get("input"),
     }
     return net, config

@@ -20,6 +20,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import AtomicCheckpointIO
+from .data_plan import leaves_to_data, plan_data, save_fingerprint
+from .errors import TrainingStarted
 from .lightning_compat import destroy_process_group_at_exit, multirun_ddp_scope
 from .losses import build_loss, check_loss_config
 from .module import SegmentationModule
@@ -41,8 +43,9 @@ def validate_config(cfg: DictConfig) -> None:
     Raises ``ValueError`` naming the key and the fix.
     """
     check_types(cfg)  # first: a string where a number belongs must not reach the checks below
-    validate_task(cfg.task, cfg.num_classes)
-    check_loss_config(cfg.loss, cfg.task, cfg.num_classes)
+    if not leaves_to_data(cfg):  # task=auto / num_classes=auto: checked once plan_data has read the masks
+        validate_task(cfg.task, cfg.num_classes)
+        check_loss_config(cfg.loss, cfg.task, cfg.num_classes)
     if cfg.monitor_mode not in ("min", "max"):
         raise ValueError(f"monitor_mode must be 'min' or 'max', got {cfg.monitor_mode!r}")
     check_data_keys(cfg)
@@ -86,7 +89,8 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
     size = cfg.data.get("image_size")
     if isinstance(size, int):
         # The model summary measures FLOPs and tensor sizes on this input (without one it prints "Total FLOPs: 0").
-        module.example_input_array = torch.zeros(1, 3, size, size)
+        channels = cfg.model.get("in_channels") or 3
+        module.example_input_array = torch.zeros(1, int(channels), size, size)
     return module
 
 
@@ -156,6 +160,10 @@ def _fit(trainer: L.Trainer, module: SegmentationModule, datamodule: Any, ckpt_p
 def _train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True)
     validate_config(cfg)
+    # The data, fingerprinted and checked against the config; auto keys resolved (segtrain/data_plan.py).
+    fingerprint = plan_data(cfg)
+    validate_task(cfg.task, cfg.num_classes)
+    check_loss_config(cfg.loss, cfg.task, cfg.num_classes)
     output_dir = str(cfg.paths.output_dir)
     # ckpt_path: a file, a run folder or "latest" (segtrain/resume.py); checked before any data is read.
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), runs_root=cfg.paths.get("log_dir"), current_run_dir=output_dir)
@@ -167,13 +175,18 @@ def _train(cfg: DictConfig) -> float:
         log.info("Resuming from %s", ckpt_path)
     module = build_module(cfg)
     datamodule = build(cfg.data)
+    if fingerprint is not None:
+        # Set as an attribute, not a constructor argument: Hydra would turn the large dict into a DictConfig.
+        datamodule.fingerprint = fingerprint
     # + a trial's pruning callback inside an Optuna sweep with a pruner (segtrain/optuna_trial.py).
-    callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks") + trial_callbacks(cfg)
+    # TrainingStarted: a failure records whether any step ran (failure.yaml stage: startup | training).
+    callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks") + trial_callbacks(cfg) + [TrainingStarted()]
     loggers = _instantiate_dict(cfg.get("logger"), "logger")
     # Checkpoints via temp file + fsync + os.replace: a crash never leaves half a last.ckpt (segtrain/atomic.py).
     plugins = [*(build(p) for p in cfg.trainer.get("plugins") or []), AtomicCheckpointIO()]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     _save_config(cfg, output_dir)
+    save_fingerprint(fingerprint, output_dir)
     log.info("Run folder: %s", os.path.abspath(output_dir))
     # Inside a multirun, DDP children re-run this job (not the sweep); cleaned up after (lightning_compat.py).
     with multirun_ddp_scope(trainer):

@@ -74,6 +74,12 @@ RULES: dict[str, tuple[tuple[str, ...], float | None]] = {
     "data.min_contrast": (("number",), 0),
     "data.drop_last": (("bool",), None),
     "data.validate": (("bool",), None),
+    "data.normalize": (("str",), None),
+    "data.normalize_percentiles": (("list",), None),
+    "data.channels": (("list", "null"), 0),
+    "data.images_dir": (("str", "null"), None),
+    "data.masks_dir": (("str", "null"), None),
+    "model.in_channels": (("int", "null"), 1),
     "data.pin_memory": (("bool", "null"), None),
     "data.persistent_workers": (("bool", "null"), None),
     # optimizer
@@ -167,8 +173,11 @@ def check_data_keys(config: Any) -> None:
             "or a root/train + root/val layout with data=folder), or monitor nothing: "
             "callbacks.early_stopping=null callbacks.model_checkpoint.monitor=null."
         )
+    # data.ignore_index is the files' "not labelled" value; the top-level one is what losses and metrics
+    # skip. They may differ only one way: the losses also skip the padding's reserved value
+    # (segtrain/data_plan.py) where the files have none.
     data_ignore, ignore = _lookup(config, "data.ignore_index"), _lookup(config, "ignore_index")
-    if data_ignore is not _MISSING and data_ignore != (None if ignore is _MISSING else ignore):
+    if data_ignore not in (_MISSING, None) and data_ignore != (None if ignore is _MISSING else ignore):
         raise ValueError(
             f"data.ignore_index={data_ignore!r} differs from the top-level ignore_index="
             f"{None if ignore is _MISSING else ignore!r}, which the losses and metrics read: the loss would see "

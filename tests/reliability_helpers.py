@@ -90,6 +90,8 @@ def compose_run(
 
     first = (TINY if synthetic else TINY_TRAINER) if tiny else ()
     last = () if output_dir is None else (f"paths.output_dir={Path(output_dir).as_posix()}",)
+    # Dataset fingerprints are cached in the session's scratch folder, not in the checkout's logs/.
+    last = (*last, f"paths.cache_dir={Path(_SCRATCH).as_posix()}/cache")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=[*first, *overrides, *last])
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = [*sorted((ROOT / "segtrain").glob("*.py")), *sorted((ROOT / "datamodules").glob("*.py")),
+           *sorted((ROOT / "fingerprint").glob("*.py")),
            *sorted((ROOT / "scripts").glob("*.py")), ROOT / "train.py"]
 
 
@@ -39,6 +40,17 @@ def test_datamodules_never_import_segtrain():
         if module == "segtrain" or module.startswith("segtrain.")
     ]
     assert not offending, f"datamodules must not depend on the harness (segtrain imports datamodules): {offending}"
+
+
+def test_fingerprint_reads_through_datamodules_and_never_imports_the_harness():
+    """data -> fingerprint -> train: fingerprint/ may use datamodules' readers, never segtrain, Lightning or Hydra."""
+    offending = [
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in sorted((ROOT / "fingerprint").glob("*.py"))
+        for module, _ in _imports(path)
+        if module.split(".")[0] in ("segtrain", "lightning", "hydra", "omegaconf")
+    ]
+    assert not offending, offending
 
 
 def test_importing_datamodules_loads_no_segtrain_module():

@@ -40,10 +40,13 @@ def test_crop_shrinks_to_largest_image_and_pads_with_ignore(tmp_path):
     assert set(torch.unique(sample["mask"]).tolist()) <= {0.0, 1.0, 255.0}
 
 
-def test_padding_needs_ignore_index_and_crop_multiple_of_stride(tmp_path):
+def test_padding_needs_no_ignore_index_and_crop_multiple_of_stride(tmp_path):
     root = write_thin_dataset(tmp_path / "d", ODD)
-    with pytest.raises(ValueError, match="ignore_index=255"):
-        _dm(root, ignore_index=None).setup("fit")
+    dm = _dm(root, ignore_index=None)
+    dm.setup("fit")  # padding no longer needs the user's ignore_index: the padded pixels get the reserved value
+    assert dm.pad_value == 255
+    pads = [t for t in dm.train_transform.transforms if type(t).__name__ == "PadIfNeeded"]
+    assert pads and pads[0].fill_mask == 255
     with pytest.raises(ValueError, match="multiple of the network's stride 32"):
         _dm(root, crop_size=100)
     with pytest.raises(ValueError, match="multiple of the network's stride 32"):
@@ -193,15 +196,17 @@ def test_bench_data_runs_small_and_prints_its_verdicts(tmp_path, capsys):
     threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     try:
         main([f"out={tmp_path}", "images=4", "size=96x64", "crop=64", "epochs=1", "sliding=200x130",
-              "tiny_rounds=1", "unet=0"])
+              "tiny_rounds=1", "unet=0", "fingerprint=6x64", "steps=1"])
     finally:
         torch.set_num_threads(threads)
         cv2.setNumThreads(cv_threads)
     out = capsys.readouterr().out
-    assert out.count("training pipeline") == 2 and "mask value check" in out
+    assert out.count("training pipeline") == 4 and "mask value check" in out  # uint8 RGB and uint16 4-channel
+    assert re.search(r"fingerprint of 6 images of 64x64: \S+ s first, \S+ s cached; one training epoch", out)
+    assert out.count("uint16 4-channel TIFF against uint8 RGB") == 2
     rows = re.findall(r"sw_batch_size=[14]: .* windows (\d+) / \1 in (\d+) / \2 passes, max \|difference\| (\S+)", out)
     assert len(rows) == 2 and all(float(diff) < 1e-5 for *_, diff in rows)  # same windows, same logits
-    assert len(re.findall(r"-> (PASS|FAIL) \(target <= 10%\)", out)) == 4
+    assert len(re.findall(r"-> (PASS|FAIL) \(target <= 10%\)", out)) == 8  # 4 pipelines, 2 TIFF-vs-RGB, 2 sliding
 
 
 # ----------------------------------------------------------------- class-centred crops ------
@@ -275,7 +280,7 @@ def test_pad_false_keeps_the_crop_and_needs_it_to_fit(tmp_path):
     # Larger than every image: the crop, the largest image and both fixes.
     with pytest.raises(ValueError, match=r"data.crop_size=256 is larger than every training image with data.pad=false: "
                        r"the largest, .*s000.png 157x101 \(WxH\), is smaller than the 256x256 crop. Fix: lower "
-                       r"data.crop_size to 64 or less .*, or set data.pad=true with ignore_index=255"):
+                       r"data.crop_size to 64 or less .*, or set data.pad=true \(images are then padded"):
         _dm(root, crop_size=256, pad=False).setup("fit")
     # Larger than some: the smallest image, named, with the count.
     with pytest.raises(ValueError, match=r"data.pad=false: training image .*s001.png is 130x75 \(WxH\), smaller than "

@@ -32,7 +32,7 @@ HARNESS_MODULES = (
     "segmentation_models_pytorch", "albumentations", "torchmetrics", "tensorboard", "matplotlib",
     "torchvision", "monai", "onnx", "onnxruntime", "PIL", "rich",
     # the harness itself must not travel in the wheel either
-    "segtrain", "datamodules",
+    "segtrain", "datamodules", "fingerprint", "tifffile",
 )
 # Build outputs and local state that a copy of the checkout leaves out.
 COPY_IGNORE = shutil.ignore_patterns(

@@ -148,7 +148,7 @@ def test_unreadable_images_are_listed_and_the_rest_predicted(tmp_path, capsys):
     masks = sorted(p.name for p in (tmp_path / "out" / "masks").iterdir())
     assert len(masks) == 19 and "broken.png" not in masks
     out = capsys.readouterr().out
-    assert "1 image(s) could not be read" in out and "broken.png: ValueError: Cannot read" in out
+    assert "1 image(s) could not be read" in out and "broken.png: ImageReadError: Cannot read" in out
 
     with pytest.raises(SystemExit) as exit_info:
         script.main([*common, f"output={tmp_path / 'strict'}", "strict=true"])
