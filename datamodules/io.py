@@ -235,6 +235,12 @@ def _read_npy(path: Path) -> np.ndarray:
 # --- public ------------------------------------------------------------------------------------------
 
 
+def _format(path: Path) -> str:
+    """``tiff``, ``npy`` or ``pil``: which reader a file goes to, by its extension."""
+    suffix = path.suffix.lower()
+    return "tiff" if suffix in _TIFF else "npy" if suffix == ".npy" else "pil"
+
+
 def read_header(path: str | Path) -> ImageInfo:
     """Size, channels and dtype of an image file from its header (no pixel decoding).
 
@@ -242,12 +248,7 @@ def read_header(path: str | Path) -> ImageInfo:
         ImageReadError: (a ``ValueError``) naming the file when it cannot be read or is no 2D image.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in _TIFF:
-        return _tiff_header(path)
-    if suffix == ".npy":
-        return _npy_header(path)
-    return _pil_header(path)
+    return {"tiff": _tiff_header, "npy": _npy_header, "pil": _pil_header}[_format(path)](path)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -257,12 +258,7 @@ def read_image(path: str | Path) -> np.ndarray:
         ImageReadError: (a ``ValueError``) naming the file when it cannot be decoded.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in _TIFF:
-        return _read_tiff(path)
-    if suffix == ".npy":
-        return _read_npy(path)
-    return _read_pil(path)
+    return {"tiff": _read_tiff, "npy": _read_npy, "pil": _read_pil}[_format(path)](path)
 
 
 def adapt_channels(image: np.ndarray, channels: int | None, select: list[int] | None, path: str | Path) -> np.ndarray:

@@ -167,7 +167,7 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device = "
                 "scripts/export.py, or a .ckpt file (e.g. <run folder>/checkpoints/last.ckpt)."
             )
         net, config = read_pretrained(path, trust=trust)
-        sliding = recorded_sliding_window(None, config)
+        sliding = config["inference"] if config.get("inference") is not None else recorded_sliding_window(None, config)
         preprocessing = config.get("preprocessing")
     else:
         checkpoint = load_checkpoint(path, trust=trust)

@@ -11,7 +11,8 @@ also loads it, and it can be uploaded to a model page as is:
   weights are in the file) plus this project's ``_segtrain`` entry, which smp ignores
   (it drops keys starting with ``_``): ``task``, ``num_classes``, ``image_size``,
   ``preprocessing`` (the validation transforms as albumentations configs), ``input`` (channels,
-  dtype and the normalisation applied after those transforms) and ``versions``;
+  dtype and the normalisation applied after those transforms), ``inference`` (the sliding window
+  validation used) and ``versions``;
 * ``README.md``: smp's model card.
 
 ``config.json`` is data from elsewhere like a checkpoint: its transforms pass the same
@@ -42,7 +43,7 @@ def is_pretrained_folder(path: str | os.PathLike) -> bool:
 
 
 def save_pretrained(net: nn.Module, config: Mapping[str, Any], folder: str | os.PathLike,
-                    preprocessing: Mapping[str, Any] | None = None) -> str:
+                    preprocessing: Mapping[str, Any] | None = None, inference: Mapping[str, Any] | None = None) -> str:
     """Write ``net`` (an smp model) and what rebuilding it needs into ``folder``.
 
     Args:
@@ -50,6 +51,8 @@ def save_pretrained(net: nn.Module, config: Mapping[str, Any], folder: str | os.
         config: the training run's resolved config (``checkpoint["config"]``).
         folder: destination, created if missing.
         preprocessing: the input's channels, dtype and normalisation spec (``checkpoint["preprocessing"]``).
+        inference: how validation inferred (``checkpoint["inference"]``: sliding window, overlap, blending,
+            padding), ``None`` for whole (resized) images in one pass.
 
     Returns:
         ``folder``.
@@ -75,6 +78,7 @@ def save_pretrained(net: nn.Module, config: Mapping[str, Any], folder: str | os.
         # channels, channel_select, dtype and the normalisation spec (datamodules/normalization.py):
         # what a user outside the project needs to turn an image file into the network's input.
         "input": None if preprocessing is None else dict(preprocessing),
+        "inference": None if inference is None else dict(inference),
         "versions": recorded_versions(),
     }
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -139,5 +143,6 @@ def read_pretrained(folder: str | os.PathLike, trust: bool = False) -> tuple[nn.
         "model": model,
         "data": {"image_size": meta.get("image_size"), "val_transforms": meta.get("preprocessing")},
         "preprocessing": meta.get("input"),
+        "inference": meta.get("inference"),
     }
     return net, config

@@ -44,7 +44,13 @@ RESUME_IGNORED = (
 
 #: Keys added after runs were recorded, with the value an older run used without naming it: a
 #: checkpoint lacking the key matches a run that sets it to this value.
-RESUME_IMPLIED = {"data.pad": True}
+RESUME_IMPLIED = {
+    "data.pad": True,
+    # the data issue's options: an older run read images/ + masks/ layouts and every channel the
+    # 8-bit RGB reader gave (its normalisation lives in its transforms, compared as they are)
+    "data.images_dir": None, "data.masks_dir": None, "data.channels": None, "data.normalize": "auto",
+    "data.normalize_percentiles": [0.5, 99.5],
+}
 
 #: Stands for a key one of the two configs does not have.
 ABSENT = object()

@@ -25,6 +25,7 @@ import pytest
 import torch
 from reliability_helpers import TINY, compose_run, popen_script
 
+from segtrain.data_plan import plan_data
 from segtrain.lightning_compat import ResumableModelCheckpoint
 from segtrain.resume import check_resume_config, config_as_resumed, interrupted_message, resume_differences
 from segtrain.run import train
@@ -101,6 +102,7 @@ def test_resume_with_other_data_is_refused_naming_the_keys(first_run, tmp_path):
 def test_allowed_keys_and_their_derived_values_pass(first_run):
     ckpt_config = _ckpt(first_run / "checkpoints" / "last.ckpt")["config"]
     cfg = compose_run([*NOT_IMPROVING, "trainer.max_epochs=5"], first_run)
+    plan_data(cfg)  # as train() does before comparing: model.in_channels follows the data (3)
     # scheduler.scheduler.T_max is ${trainer.max_epochs}: a difference of its own without the allowance ...
     assert "scheduler.scheduler.T_max" in resume_differences(ckpt_config, config_as_resumed(cfg, ckpt_config, []))
     # ... and none with it.

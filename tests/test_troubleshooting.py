@@ -162,7 +162,7 @@ def test_truncated_image_file(tmp_path):
 
 
 def test_image_mask_size_mismatch_through_training(tmp_path):
-    """Without validate=true the error comes from inside the training loop -- still the same message."""
+    """Through train(): the fingerprint finds it before the first step, naming both files and both sizes."""
     root = _dataset(tmp_path / "data")
     _png(root / "masks" / "s2.png", np.zeros((16, 32), np.uint8))
     cfg = compose_run(
@@ -170,7 +170,7 @@ def test_image_mask_size_mismatch_through_training(tmp_path):
          "data.val_fraction=0.25"],
         tmp_path / "run", synthetic=False,
     )
-    with pytest.raises(ValueError, match=r"Size mismatch: image .*s2.png is 32x32 .* mask .*s2.png is 32x16"):
+    with pytest.raises(ValueError, match=r"differ in size .*image .*s2.png is 32x32 but mask .*s2.png is 16x32"):
         train(cfg)
 
 

@@ -209,3 +209,99 @@ def test_trains_past_the_predict_everything_level(tmp_path, kind):
     assert best > floor + 0.15, f"best val/dice {best:.3f} vs predict-everything {floor:.3f}"
     fingerprint = json.loads((run / "fingerprint.json").read_text())
     assert fingerprint["images"]["count"] == 16
+
+
+# --- layouts users already have --------------------------------------------------------------------------
+
+
+def _write_cityscapes(root: Path) -> Path:
+    """Cityscapes as downloaded: leftImg8bit/<split>/<city>/*_leftImg8bit.png + gtFine/.../*_gtFine_labelTrainIds.png."""
+    rng = np.random.default_rng(0)
+    for split, cities in (("train", ("aachen", "bochum")), ("val", ("frankfurt",))):
+        for city in cities:
+            for k in range(2):
+                name = f"{city}_{k:06d}_000019"
+                for folder in ("leftImg8bit", "gtFine"):
+                    (root / folder / split / city).mkdir(parents=True, exist_ok=True)
+                labels = rng.integers(0, 19, (6, 8), dtype=np.uint8).repeat(12, 0).repeat(12, 1)  # 72 x 96
+                labels[:4] = 255  # the ego vehicle's bonnet: not evaluated
+                image = (labels[..., None] * 12 + rng.integers(0, 20, (72, 96, 3))).astype(np.uint8)
+                Image.fromarray(image).save(root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png")
+                Image.fromarray(labels).save(root / "gtFine" / split / city / f"{name}_gtFine_labelTrainIds.png")
+                # The other files of the download, which the suffix leaves out.
+                Image.fromarray(labels).save(root / "gtFine" / split / city / f"{name}_gtFine_labelIds.png")
+    return root
+
+
+@pytest.mark.slow
+def test_cityscapes_as_downloaded_trains_with_the_preset(tmp_path):
+    root = _write_cityscapes(tmp_path / "cityscapes")
+    run = tmp_path / "run"
+    cfg = compose_run(["data=cityscapes", f"data.root={root}", "loss=ce_dice", "data.crop_size=64",
+                       "data.num_workers=0", "data.batch_size=2", "callbacks.prediction_grid=null"], run, synthetic=False)
+    assert (cfg.task, cfg.num_classes, cfg.ignore_index, cfg.data.images_dir) == ("multiclass", 19, 255, "leftImg8bit")
+    train(cfg)
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert "val/dice_road" in header and "val/dice_bicycle" in header
+    fingerprint = json.loads((run / "fingerprint.json").read_text())
+    assert fingerprint["splits"] == {"train": 4, "val": 2, "test": 0}
+    # The same layout by hand, without the preset (the command in docs/training.md).
+    cfg = compose_run(["data=folder", f"data.root={root}", "data.images_dir=leftImg8bit", "data.masks_dir=gtFine",
+                       "data.image_suffix=_leftImg8bit.png", "data.mask_suffix=_gtFine_labelTrainIds.png",
+                       "task=multiclass", "num_classes=19", "ignore_index=255"], tmp_path / "run2", synthetic=False)
+    from segtrain.data_plan import plan_data
+
+    assert plan_data(cfg)["splits"]["train"] == 4
+
+
+def test_split_folders_missing_is_a_clear_error(tmp_path):
+    from datamodules.layout import discover_splits
+
+    root = _write_cityscapes(tmp_path / "cs")
+    with pytest.raises(FileNotFoundError, match=r"(?s)data.masks_dir=gtFin.*does not exist.*train/ and val/"):
+        discover_splits(root, task="multiclass", num_classes=19, images_dir="leftImg8bit", masks_dir="gtFin")
+    with pytest.raises(FileNotFoundError, match=r"holds neither images/.*it holds gtFine, leftImg8bit.*data.images_dir"):
+        discover_splits(root, task="multiclass", num_classes=19)
+
+
+# --- predict and export apply the stored normalisation -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_predict_and_export_apply_the_stored_normalisation(tmp_path):
+    from datamodules.normalization import ClipZScore
+    from scripts.predict import PredictArgs, predict
+    from segtrain.inference import load_inference_model, parse_overrides, predict_images, read_image as read_input
+
+    root = write_sensor_dataset(tmp_path / "d", ODD, channels=4, object_channel=3)
+    run = tmp_path / "run"
+    train(compose_run(["data=folder", f"data.root={root}", *FAST], run, synthetic=False))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    stored = torch.load(ckpt, weights_only=True)["preprocessing"]
+    assert stored["channels"] == 4 and stored["dtype"] == "uint16" and stored["normalization"]["mode"] == "dataset"
+    model = load_inference_model(ckpt)
+    (norm,) = [t for t in model.transform.transforms if isinstance(t, ClipZScore)]
+    assert norm.mean == stored["normalization"]["mean"] and norm.upper == stored["normalization"]["upper"]
+
+    images = tmp_path / "in"
+    images.mkdir()
+    nir = root / "val" / "images" / "s003.tif"
+    (images / "s003.tif").write_bytes(nir.read_bytes())
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(images / "rgb.png")  # 3 channels for a 4-channel model
+    args = parse_overrides(PredictArgs, [f"ckpt_path={ckpt}", f"input={images}", f"output={tmp_path / 'out'}",
+                                         "trainer.accelerator=cpu"])
+    predict(args)  # the RGB image is listed as failed, the TIFF predicted
+    written = np.array(Image.open(tmp_path / "out" / "masks" / "s003.png"))
+    assert written.shape == (88, 100) and not (tmp_path / "out" / "masks" / "rgb.png").exists()
+    with pytest.raises(ValueError, match=r"rgb.png has 3 channel\(s\), but the model takes 4.*4-channel uint16"):
+        read_input(str(images / "rgb.png"), model.preprocessing)
+    assert Image.open(tmp_path / "out" / "overlays" / "s003.png").mode == "RGB"  # a 16-bit 4-band image, shown
+
+    from scripts.export import ExportArgs, export
+
+    out = export(parse_overrides(ExportArgs, [f"ckpt_path={ckpt}", f"output={tmp_path / 'm.onnx'}", "torchscript=null"]))
+    config = json.loads((Path(out["weights"]) / "config.json").read_text())
+    assert config["in_channels"] == 4 and config["_segtrain"]["input"]["normalization"] == stored["normalization"]
+    exported = load_inference_model(out["weights"])
+    image = read_input(str(images / "s003.tif"), exported.preprocessing)
+    np.testing.assert_array_equal(predict_images(exported, [image])[0], written)  # same transform, same mask
