@@ -38,7 +38,8 @@ from .masks import distinct_values
 # path; ClassCentredCrop below is the only user. tests/test_native.py fails if it moves.
 from albumentations.augmentations.crops.transforms import BaseCrop
 
-#: smp encoders halve the resolution 5 times: crops and windows are multiples of 32.
+#: Crops and windows are multiples of 32: an smp encoder halves the resolution ``encoder_depth``
+#: times (at most 5; conf/model/unet.yaml: 4, stride 16), so 32 fits every depth.
 STRIDE = 32
 
 
@@ -65,8 +66,9 @@ def check_crop_size(crop_size: int, stride: int = STRIDE) -> int:
     crop = int(crop_size)
     if crop < stride or crop % stride:
         raise ValueError(
-            f"data.crop_size={crop_size} is not a multiple of the network's stride {stride}: the crop is also the "
-            f"sliding window of validation, and the network halves it 5 times. Use e.g. {max(stride, round_up(crop, stride))}."
+            f"data.crop_size={crop_size} is not a multiple of {stride}: the crop is also the sliding window of "
+            f"validation, and the network halves it once per encoder stage (model.encoder_depth, up to 5: "
+            f"2**5 = {stride}). Use e.g. {max(stride, round_up(crop, stride))}."
         )
     return crop
 

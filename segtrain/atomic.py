@@ -85,6 +85,22 @@ def storage_errors(path: str | os.PathLike, what: str, kept: str = "") -> Iterat
         ) from err
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` under this process's umask: the permissions ``open()`` gives a new file (0644 under umask 022)."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put straight back
+    os.umask(mask)
+    return mode & ~mask
+
+
+def usual_permissions(path: str | os.PathLike) -> None:
+    """Give a file whose writer chose private permissions the ones ``open()`` gives (the umask's).
+
+    safetensors (0.8) writes ``model.safetensors`` at 0600: the file docs say to share was
+    unreadable to anyone else, while the ``config.json`` beside it was not.
+    """
+    os.chmod(path, umask_mode())
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a partial file at ``path``.
 

@@ -112,6 +112,32 @@ def default_class_names(task: str, num_classes: int) -> list[str]:
     return [f"class {k}" for k in range(first, first + (num_classes - first))]
 
 
+def legend_entries(task: str, num_classes: int, class_names: list[str] | None = None) -> list[tuple[str, tuple[int, int, int]]]:
+    """``(name, colour)`` of every drawn layer: the one legend of the training pictures and predict.py's overlays.
+
+    Args:
+        task, num_classes: the task (the layers: :func:`masks_for_drawing`, colours: :func:`drawing_colors`).
+        class_names: as ``data.class_names`` takes them -- every class, the background first for
+            multiclass (binary: the foreground, or ``[background, foreground]``) -- or the drawn
+            layers' names alone (a datamodule's ``class_names``); ``None``: "foreground" / "class k".
+
+    Raises:
+        ValueError: a name count that fits neither form.
+    """
+    colors = drawing_colors(task, num_classes)
+    if not class_names:
+        return list(zip(default_class_names(task, num_classes), colors))
+    names = [str(n) for n in class_names]
+    if task != "multilabel" and len(names) == len(colors) + 1:
+        names = names[1:]  # the background first: it is not drawn
+    if len(names) != len(colors):
+        raise ValueError(
+            f"{len(names)} class names {names[:8]} do not fit task={task} num_classes={num_classes}: give one name per "
+            f"class ({'the background first' if task == 'multiclass' else 'one per label' if task == 'multilabel' else 'the foreground'})."
+        )
+    return list(zip(names, colors))
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -159,8 +185,9 @@ class PredictionGrid(L.Callback):
         alpha: opacity of the mask colours over the dimmed image.
         tile_size: smaller images are enlarged by an integer factor to about this many pixels;
             larger ones are shown at their own size.
-        class_names: names for the legend (multiclass: classes 1..C-1; binary: one; multilabel:
-            one per label); default: the datamodule's ``class_names``, else "class k".
+        class_names: names for the legend, as ``data.class_names`` (multiclass: the background
+            first) or the drawn classes' alone (:func:`legend_entries`); default: the datamodule's
+            ``class_names``, else "class k".
     """
 
     def __init__(
@@ -186,6 +213,10 @@ class PredictionGrid(L.Callback):
         self._batch: tuple[list[Tensor], list[Tensor], list[Tensor], list[str | None]] | None = None
         #: The row titles of the last picture written (also in its PNG text entry ``images``).
         self.last_rows: list[str] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.class_names and hasattr(pl_module, "task"):  # a wrong name count fails now, not after an epoch
+            legend_entries(pl_module.task, pl_module.num_classes, self.class_names)
 
     def _active(self, trainer: L.Trainer) -> bool:
         return (
@@ -233,8 +264,8 @@ class PredictionGrid(L.Callback):
         ``image``, ``mask``, ``logits``: batched tensors, or sequences of one sample each (whole
         images of different sizes); ``sample_names``: each row's title (default "val image i").
         """
-        colors = drawing_colors(task, num_classes)
-        names = list(class_names or self.class_names or default_class_names(task, num_classes))
+        legend = legend_entries(task, num_classes, class_names or self.class_names)
+        colors = [color for _, color in legend]
         rows = []
         for i in range(len(image)):
             pred = logits_to_mask(logits[i][None], task)[0]
@@ -250,8 +281,8 @@ class PredictionGrid(L.Callback):
             dice = sample_dice(pred, mask[i], task, num_classes, ignore_index)
             title = sample_names[i] if sample_names and sample_names[i] else f"val image {i}"
             rows.append((f"{title}: Dice {dice:.3f}", [_to_pil(t, factor) for t in tiles]))
-        return _compose(rows, ["image", "target", "prediction", "errors"], [*zip(names, colors),
-                        ("false positive", FALSE_POSITIVE), ("false negative", FALSE_NEGATIVE)])
+        return _compose(rows, ["image", "target", "prediction", "errors"],
+                        [*legend, ("false positive", FALSE_POSITIVE), ("false negative", FALSE_NEGATIVE)])
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._batch is None or not self._active(trainer):

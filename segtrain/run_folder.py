@@ -7,10 +7,13 @@ folder deletes its ``metrics.csv`` (Lightning's CSV logger does so with a warnin
 released by the OS even when the process is killed) and a folder that already holds a run --
 its ``config.yaml``, written by every run at start -- is taken only to resume into it (then the
 earlier ``metrics.csv`` is kept as ``metrics.part<N>.csv``, :func:`keep_previous_metrics`).
+:func:`check_run_folder` makes the same refusals without writing anything (before Hydra saves
+``.hydra/``).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -29,6 +32,19 @@ RUN_MARKER = "config.yaml"
 
 class RunFolderError(ValueError):
     """The run folder cannot be used (held by a live run, holds a finished one, not writable)."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:  # e.g. an id out of range
+        return False
+    return True
 
 
 def make_run_folder(folder: str, key: str = "paths.output_dir") -> None:
@@ -62,6 +78,54 @@ def keep_previous_metrics(folder: str) -> str | None:
     return kept
 
 
+def _in_use(folder: str, holder: str) -> RunFolderError:
+    return RunFolderError(
+        f"Run folder {folder} is in use by another live run ({holder}). Two runs in one "
+        "folder mix their metrics.csv and overwrite each other's checkpoints: give this run its "
+        "own folder (drop hydra.run.dir=..., or pick another one), or wait for that run to end."
+    )
+
+
+def _holds_a_run(folder: str) -> RunFolderError:
+    return RunFolderError(
+        f"Run folder {folder} already holds a run (its {RUN_MARKER}, metrics.csv, checkpoints/): "
+        "a new run there would delete its metrics.csv and overwrite its checkpoints. Give this run a "
+        f"new folder (drop hydra.run.dir=...), or resume that run into it: ckpt_path={folder}."
+    )
+
+
+def check_run_folder(folder: str, resuming_into: bool = False) -> None:
+    """:class:`RunFolderLock`'s refusals without taking the folder, and without writing anything into it.
+
+    For Hydra's ``on_run_start`` (segtrain/hydra_callbacks.py): Hydra saves the job's ``.hydra/``
+    into the run folder before the job starts, so a run refused only by the lock would already
+    have rewritten the old run's ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``.
+
+    Raises:
+        RunFolderError: as :meth:`RunFolderLock.acquire` would.
+    """
+    folder = os.path.abspath(folder)
+    if not os.path.isdir(folder):
+        return
+    lock = os.path.join(folder, LOCK_FILE)
+    if fcntl is not None and os.path.isfile(lock):
+        try:
+            fd = os.open(lock, os.O_RDWR)  # read-write: NFS emulates flock with locks that need it
+        except OSError:
+            fd = None  # not openable: RunFolderLock reports it when the run starts
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except OSError as err:
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise _in_use(folder, RunFolderLock._holder(fd)) from None
+            finally:
+                os.close(fd)
+    if os.path.exists(os.path.join(folder, RUN_MARKER)) and not resuming_into:
+        raise _holds_a_run(folder)
+
+
 class RunFolderLock:
     """Exclusive use of a run folder for one process.
 
@@ -90,18 +154,10 @@ class RunFolderLock:
             except OSError:
                 holder = self._holder(fd)
                 os.close(fd)
-                raise RunFolderError(
-                    f"Run folder {self.folder} is in use by another live run ({holder}). Two runs in one "
-                    "folder mix their metrics.csv and overwrite each other's checkpoints: give this run its "
-                    "own folder (drop hydra.run.dir=..., or pick another one), or wait for that run to end."
-                ) from None
+                raise _in_use(self.folder, holder) from None
         if os.path.exists(os.path.join(self.folder, RUN_MARKER)) and not self.resuming_into:
             os.close(fd)
-            raise RunFolderError(
-                f"Run folder {self.folder} already holds a run (its {RUN_MARKER}, metrics.csv, checkpoints/): "
-                "a new run there would delete its metrics.csv and overwrite its checkpoints. Give this run a "
-                f"new folder (drop hydra.run.dir=...), or resume that run into it: ckpt_path={self.folder}."
-            )
+            raise _holds_a_run(self.folder)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)

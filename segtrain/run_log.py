@@ -41,8 +41,11 @@ _REDRAW = re.compile(r"\x1b\[(\d*[ABCDGK]|\?25[lh])|^\r")
 
 #: Messages with no option to switch them off, matched exactly, with why they are noise.
 _NOISE_RECORDS = (
-    # Lightning advertises its cloud logger whenever another logger is used; no setting disables it.
+    # Lightning advertises its cloud logger whenever another logger (or none: predict.py) is used;
+    # no setting disables it.
     "💡 Tip: For seamless cloud logging",
+    # ... and its model registry whenever it adds its own ModelCheckpoint (callbacks.model_checkpoint=null).
+    "💡 Tip: For seamless cloud uploads and versioning",
 )
 _NOISE_WARNINGS = (
     # Lightning 2.6 calls a torch pytree API torch deprecated; nothing the user can change.
@@ -51,6 +54,10 @@ _NOISE_WARNINGS = (
     # folder that held a run is refused, and one resuming into it keeps the old metrics.csv
     # as metrics.part<N>.csv (segtrain/run_folder.py): the logger never deletes anything.
     r"Experiment logs directory .* exists and is not empty",
+    # Every training value the harness logs is an epoch mean (segtrain/module.py), logged whatever
+    # the interval, and the per-step values (logger=mlflow) count the steps across epochs, so a run
+    # with fewer batches per epoch than trainer.log_every_n_steps loses nothing.
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
 )
 
 

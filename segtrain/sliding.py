@@ -52,8 +52,8 @@ def check_window(options: Mapping[str, Any], stride: int = STRIDE) -> dict[str, 
     window = int(opts["window"])
     if window < stride or window % stride:
         raise ValueError(
-            f"The sliding window {window} px is not a multiple of the network's stride {stride}: "
-            f"use e.g. {max(stride, -(-window // stride) * stride)} (data.crop_size)."
+            f"The sliding window {window} px is not a multiple of {stride}, the stride of a network of "
+            f"model.encoder_depth 5 (that of every depth divides it): use e.g. {max(stride, -(-window // stride) * stride)} (data.crop_size)."
         )
     if not 0.0 <= float(opts.get("overlap", 0.25)) < 1.0:
         raise ValueError(f"sliding_window.overlap must be in [0, 1), got {opts['overlap']}")

@@ -6,7 +6,10 @@ worker died or was stopped) or surplus, and does not count. Every worker:
 
 1. fails the stale trials of dead workers (RUNNING, no heartbeat for ``grace_period`` s) and
    queues their parameters again (``retry_of``); Optuna's own heartbeat exists for RDB storages
-   only, so the heartbeat is a system attribute that every storage (journal files too) holds;
+   only, so the heartbeat is a system attribute that every storage (journal files too) holds.
+   Each trial also records its worker's host and process id (``WORKER_ATTR``): a worker on this
+   host whose process is gone (SIGKILL, a crash) has its trials re-queued at once, without
+   waiting out the grace period, which stays for workers on other hosts;
 2. stops once ``n_trials`` trials are finished; waits while the rest run in other workers
    (queued trials are taken first by the next ask);
 3. asks up to ``n_jobs`` trials and checks each against the budget by trial number (numbers are
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -36,12 +41,16 @@ from segtrain.optuna_trial import (
     build_pruner, describe_storage, open_storage,
 )
 
+from segtrain.run_folder import pid_alive
+
 from ._settings import Settings, read_settings
 
 log = logging.getLogger(__name__)
 
 #: System attribute: the time (``time.time()``) of the trial's latest heartbeat.
 HEARTBEAT_ATTR = "segtrain:heartbeat"
+#: System attribute: ``{"host": ..., "pid": ...}`` of the sweep process that runs the trial.
+WORKER_ATTR = "segtrain:worker"
 
 
 def is_finished(t: FrozenTrial) -> bool:
@@ -58,6 +67,22 @@ def _last_sign_of_life(t: FrozenTrial) -> float:
     if beat is not None:
         return float(beat)
     return t.datetime_start.timestamp() if t.datetime_start else time.time()
+
+
+def this_worker() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def dead_local_worker(t: FrozenTrial) -> int | None:
+    """The process id of ``t``'s worker when it ran on this host and is gone; else ``None``.
+
+    Another host's processes cannot be seen from here: their trials wait out the grace period.
+    """
+    worker = t.system_attrs.get(WORKER_ATTR)
+    if not isinstance(worker, dict) or worker.get("host") != socket.gethostname():
+        return None
+    pid = int(worker.get("pid", 0))
+    return pid if pid > 0 and not pid_alive(pid) else None
 
 
 def quote(value: str) -> str:
@@ -114,6 +139,10 @@ class Heartbeat:
                 self.beat(trial_id)
 
     def add(self, trial_id: int) -> None:
+        try:  # who runs it: a dead local worker's trial is re-queued without waiting (dead_local_worker)
+            self.storage.set_trial_system_attr(trial_id, WORKER_ATTR, this_worker())
+        except Exception as err:  # noqa: BLE001 -- without it the trial only waits for the grace period
+            log.warning("Worker of trial id %d not recorded: %s", trial_id, err)
         self.beat(trial_id)
         with self._lock:
             self.trial_ids.add(trial_id)
@@ -155,7 +184,9 @@ class SweepRun:
         for t in trials:
             if t.state != TrialState.RUNNING or t._trial_id in self.heartbeat.trial_ids:
                 continue
-            if now - _last_sign_of_life(t) > self.s.grace_period:
+            if (pid := dead_local_worker(t)) is not None:
+                self._interrupt(t.number, f"its worker, process {pid} on this host, is gone")
+            elif now - _last_sign_of_life(t) > self.s.grace_period:
                 self._interrupt(t.number, f"no heartbeat for {now - _last_sign_of_life(t):.0f} s")
 
     def _interrupt(self, number: int, why: str) -> None:
