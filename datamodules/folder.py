@@ -47,6 +47,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from .base import SegmentationDataModule, SegmentationDataset
 from .crops import check_crop_size, check_fits_window, crop_stage, effective_crop, fitting_crop
 from .io import adapt_channels, read_header, read_image, read_mask_file
+from .folds import check_fold_options
 from .layout import EXTENSIONS, Pair, discover_splits, find_pairs  # noqa: F401 -- re-exported
 from .masks import binary_values, index_values, mask_dtype, reserved_pad_value
 from .normalization import RGB_ONLY, contains_normalize, dataset_spec, normalization_transform, resolve_mode
@@ -180,7 +181,19 @@ class FolderDataModule(SegmentationDataModule):
         sliding_window: validation/test options ``overlap``, ``mode`` (``gaussian`` | ``constant``),
             ``sw_batch_size`` (windows per forward pass: bounds the memory; ``None``, the default: 1 on a
             CPU, where it is the fastest, 4 on an accelerator -- segtrain.sliding.sw_batch_size_for).
-        val_fraction: share of ``root/images`` held out for validation (ignored with split folders).
+        val_fraction: share of ``root/images`` held out for validation (ignored with split folders
+            and with folds).
+        folds, fold: cross-validation (datamodules/folds.py): every labelled image (``images/``, or
+            ``train/`` + ``val/`` pooled) goes into ``folds`` seeded folds, and this datamodule trains on
+            all but fold ``fold`` (0-based) and validates on it; ``test/`` stays out. ``None``: the
+            single split. The folds are a pure function of the image keys, ``folds``, ``seed`` and
+            ``group_pattern``: the datamodule alone computes the very folds the harness stores under
+            ``paths.cache_dir``.
+        split_file: a JSON list of ``{"train": [keys], "val": [keys]}`` (nnU-Net's
+            ``splits_final.json``) instead of computed folds; checked against the data. ``folds`` may
+            then be left out (it is the file's length).
+        group_pattern: a regular expression over the image keys (one capture group, or the whole
+            match), e.g. ``^(patient\\d+)_``: every image of a group lands in the same fold.
         palette: for RGB colour masks, ``palette[k] = [r, g, b]`` of class k (binary: 2 colours).
         ignore_index: a mask value meaning "not labelled" (e.g. 255), passed through unchanged.
         validate: read every pair in setup() and check sizes and values (slower; for small datasets).
@@ -213,6 +226,10 @@ class FolderDataModule(SegmentationDataModule):
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int | None = None,
         validate: bool = False,
+        folds: int | None = None,
+        fold: int | None = None,
+        split_file: str | Path | None = None,
+        group_pattern: str | None = None,
         batch_size: int = 8,
         num_workers: int = 2,
         **base_options: Any,
@@ -264,6 +281,8 @@ class FolderDataModule(SegmentationDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.root = Path(root).expanduser()
         self.val_fraction = float(val_fraction)
+        check_fold_options(folds, fold, split_file, group_pattern)  # a bad combination fails now, not in setup()
+        self.folds, self.fold, self.split_file, self.group_pattern = folds, fold, split_file, group_pattern
         self.palette = self._check_palette(palette)
         labels = num_classes if task == "multiclass" else 2
         if ignore_index is not None and 0 <= int(ignore_index) < labels:
@@ -318,7 +337,8 @@ class FolderDataModule(SegmentationDataModule):
             self._splits = discover_splits(
                 self.root, task=self.task, num_classes=self.num_classes, images_dir=self.images_dir,
                 masks_dir=self.masks_dir, image_suffix=self.image_suffix, mask_suffix=self.mask_suffix,
-                val_fraction=self.val_fraction, seed=self.seed,
+                val_fraction=self.val_fraction, seed=self.seed, folds=self.folds, fold=self.fold,
+                split_file=self.split_file, group_pattern=self.group_pattern,
             )
         return self._splits
 

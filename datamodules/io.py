@@ -21,8 +21,12 @@ crop planning read for every file. :func:`to_display` makes any image viewable (
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -364,3 +368,35 @@ def read_mask_file(path: str | Path, palette: list[tuple[int, int, int]] | None 
     if values.dtype == bool:
         values = values.astype(np.uint8)
     return MaskFile(values, full)
+
+
+# --- writing -----------------------------------------------------------------------------------------
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file beside it and ``os.replace``: readers see the old file or the
+    new one, never half. The file gets the usual permissions (the umask), not mkstemp's 0600, so that a team sharing
+    a cache or a run folder can read it. Used by fingerprint/, evaluation/ and the folds (segtrain has its own,
+    segtrain/atomic.py, with fsync for checkpoints)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any, indent: int = 2) -> Path:
+    """``data`` as JSON (no NaN: a NaN is a bug to surface, not a value to store) by :func:`write_atomic`."""
+    return write_atomic(path, (json.dumps(data, indent=indent, allow_nan=False) + "\n").encode("utf-8"))

@@ -11,7 +11,11 @@ Layouts (``root`` = ``data.root``)::
 
 Folders are searched recursively (Cityscapes' cities); an image pairs with the mask whose path
 below the masks folder, minus ``data.mask_suffix``, equals the image's path below the images
-folder minus ``data.image_suffix`` (default: minus the extension).
+folder minus ``data.image_suffix`` (default: minus the extension). That path is the image's key.
+
+Cross-validation (``data.folds`` / ``data.split_file``, datamodules/folds.py) replaces the split:
+every labelled image (``images/``, or ``train/`` and ``val/`` together) is pooled by key into the
+folds, and ``test/`` stays out of all of them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .folds import FoldPlan, check_fold_options, resolve_folds
 from .io import IMAGE_EXTENSIONS
 
 EXTENSIONS = IMAGE_EXTENSIONS
@@ -119,39 +124,18 @@ def _refuse_extra_labels(images: dict[str, Path], masks: dict[str, Path], masks_
         )
 
 
+class Splits(dict):
+    """``{"train": pairs, "val": pairs, "test": pairs}``; ``.folds``: the cross-validation plan (``None``: one split)."""
+
+    folds: FoldPlan | None = None
 
 
-def discover_splits(
-    root: str | Path,
-    *,
-    task: str,
-    num_classes: int,
-    images_dir: str | None = None,
-    masks_dir: str | None = None,
-    image_suffix: str = "",
-    mask_suffix: str = "",
-    val_fraction: float = 0.2,
-    seed: int = 0,
-) -> dict[str, list[Pair]]:
-    """The pairs of every split of the dataset at ``root`` (layouts: module docstring).
-
-    Returns:
-        ``{"train": pairs, "val": pairs, "test": pairs}`` (``test`` empty without a test split).
+def _split_folders(root: Path, images_dir: str | None, masks_dir: str | None) -> dict[str, tuple[Path, Path]]:
+    """The ``(images, masks)`` folders of each split: ``train``, ``val`` (``test``), or ``all`` for images/ + masks/.
 
     Raises:
-        FileNotFoundError: ``root`` or a split folder is missing, naming what is expected.
-        ValueError: too few images for ``val_fraction``.
+        FileNotFoundError / ValueError: a layout that is none of the three, naming what is expected.
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"data.root {root} does not exist (or is not a folder): pass "
-            "data.root=/path/to/dataset, a folder holding images/ and masks/ (or train/ and val/)"
-        )
-
-    def pairs(images: Path, masks: Path) -> list[Pair]:
-        return find_pairs(images, masks, task, num_classes, image_suffix, mask_suffix)
-
     if images_dir or masks_dir:
         if not (images_dir and masks_dir):
             raise ValueError("data.images_dir and data.masks_dir go together (e.g. data.images_dir=leftImg8bit "
@@ -167,17 +151,12 @@ def discover_splits(
                         + f": data.{key} must hold train/ and val/ split folders (test/ optional)."
                     )
         test = (images / "test").is_dir() and (masks / "test").is_dir()
-        return {
-            "train": pairs(images / "train", masks / "train"),
-            "val": pairs(images / "val", masks / "val"),
-            "test": pairs(images / "test", masks / "test") if test else [],
-        }
-    test = pairs(root / "test" / "images", root / "test" / "masks") if (root / "test").is_dir() else []
+        return {split: (images / split, masks / split) for split in SPLITS if split != "test" or test}
+    test = {"test": (root / "test" / "images", root / "test" / "masks")} if (root / "test").is_dir() else {}
     if (root / "train").is_dir():
         if not (root / "val").is_dir():
             raise FileNotFoundError(f"{root} has train/ but no val/: add {root / 'val'} (images/ + masks/)")
-        return {"train": pairs(root / "train" / "images", root / "train" / "masks"),
-                "val": pairs(root / "val" / "images", root / "val" / "masks"), "test": test}
+        return {split: (root / split / "images", root / split / "masks") for split in ("train", "val")} | test
     if not (root / "images").is_dir():
         subfolders = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise FileNotFoundError(
@@ -186,7 +165,64 @@ def discover_splits(
             + ": put the images in images/ and their masks, same file stem, in masks/, or name the folders that "
             "hold train/ and val/ splits with data.images_dir=... data.masks_dir=... (Cityscapes: data=cityscapes)"
         )
-    every = pairs(root / "images", root / "masks")
+    return {"all": (root / "images", root / "masks")} | test
+
+
+def discover_splits(
+    root: str | Path,
+    *,
+    task: str,
+    num_classes: int,
+    images_dir: str | None = None,
+    masks_dir: str | None = None,
+    image_suffix: str = "",
+    mask_suffix: str = "",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    folds: int | None = None,
+    fold: int | None = None,
+    split_file: str | Path | None = None,
+    group_pattern: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Splits:
+    """The pairs of every split of the dataset at ``root`` (layouts: module docstring).
+
+    With ``folds`` / ``split_file`` (cross-validation, datamodules/folds.py) every labelled image
+    -- ``images/``, or ``train/`` and ``val/`` pooled -- goes into the folds, and ``train`` / ``val``
+    are fold ``fold``'s; ``test`` stays out of every fold, and ``val_fraction`` is unused. The
+    folds are read from ``<cache_dir>/splits/`` when stored there, else computed (a pure function
+    of the keys, ``folds``, ``seed`` and ``group_pattern``) and stored when ``cache_dir`` is given.
+
+    Returns:
+        ``{"train": pairs, "val": pairs, "test": pairs}`` (``test`` empty without a test split), as a
+        :class:`Splits` whose ``.folds`` is the :class:`~datamodules.folds.FoldPlan` (``None``: one split).
+
+    Raises:
+        FileNotFoundError: ``root`` or a split folder is missing, naming what is expected.
+        ValueError: too few images for ``val_fraction``; a fold setting that does not fit the data
+            (datamodules/folds.py).
+    """
+    options = check_fold_options(folds, fold, split_file, group_pattern)
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data.root {root} does not exist (or is not a folder): pass "
+            "data.root=/path/to/dataset, a folder holding images/ and masks/ (or train/ and val/)"
+        )
+    folders = _split_folders(root, images_dir, masks_dir)
+    listed = {split: find_pairs(images, masks, task, num_classes, image_suffix, mask_suffix)
+              for split, (images, masks) in folders.items()}
+    test = listed.get("test", [])
+    if options is not None:
+        pooled = _pool(listed, folders, image_suffix)
+        plan = resolve_folds(list(pooled), options, seed=seed, cache_dir=cache_dir, data_root=root)
+        chosen = plan.folds[plan.fold]
+        splits = Splits(train=[pooled[k] for k in chosen["train"]], val=[pooled[k] for k in chosen["val"]], test=test)
+        splits.folds = plan
+        return splits
+    if "all" not in listed:
+        return Splits(train=listed["train"], val=listed["val"], test=test)
+    every = listed["all"]
     n_val = int(round(len(every) * val_fraction))
     if val_fraction > 0:
         n_val = max(n_val, 1)
@@ -194,5 +230,24 @@ def discover_splits(
         raise ValueError(f"{root / 'images'} holds {len(every)} image(s): too few for val_fraction={val_fraction}")
     order = np.random.default_rng(seed).permutation(len(every))
     val_idx = set(order[:n_val].tolist())
-    return {"train": [p for i, p in enumerate(every) if i not in val_idx],
-            "val": [p for i, p in enumerate(every) if i in val_idx], "test": test}
+    return Splits(train=[p for i, p in enumerate(every) if i not in val_idx],
+                  val=[p for i, p in enumerate(every) if i in val_idx], test=test)
+
+
+def _pool(listed: dict[str, list[Pair]], folders: dict[str, tuple[Path, Path]], image_suffix: str) -> dict[str, Pair]:
+    """``{key: pair}`` of every labelled image the folds share: ``all``, or ``train`` and ``val`` together.
+
+    Raises:
+        ValueError: one key in both train/ and val/ (the folds name images by key).
+    """
+    pooled: dict[str, Pair] = {}
+    for split in ("all", "train", "val"):
+        for pair in listed.get(split, []):
+            key = _key(pair[0], folders[split][0], image_suffix)
+            if key in pooled:
+                raise ValueError(
+                    f"{pooled[key][0]} and {pair[0]} share the key '{key}': cross-validation pools train/ and val/, "
+                    "and a fold names each image by its key (path below images/ without the extension). Rename one."
+                )
+            pooled[key] = pair
+    return pooled

@@ -131,7 +131,8 @@ def distinct_values(mask: np.ndarray) -> np.ndarray:
     as decoding the PNG; a histogram lists the values of 8- and 16-bit masks in a fraction of that.
     """
     if mask.dtype == np.uint8:
-        hist = cv2.calcHist([np.ascontiguousarray(mask)], [0], None, [256], [0, 256])
+        # As one column: OpenCV reads a 3D array [C, H, W] as an image with channels (volumes, stacks).
+        hist = cv2.calcHist([np.ascontiguousarray(mask).reshape(-1, 1)], [0], None, [256], [0, 256])
         return np.flatnonzero(hist.ravel()).astype(np.uint8)
     if mask.dtype == np.uint16:
         return np.flatnonzero(np.bincount(mask.ravel(), minlength=1)).astype(np.uint16)

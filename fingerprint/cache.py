@@ -21,10 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from datamodules.io import write_json_atomic  # noqa: F401 -- the one atomic JSON write, re-exported
 
 #: Version of the fingerprint's layout: part of the key, so an older cache is never read as a newer one.
 FORMAT = 1
@@ -87,26 +87,6 @@ def load_cached(path: Path, key: str) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("key") != key or data.get("format") != FORMAT:
         return None
     return data
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as JSON (indent 2) to ``path`` atomically: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from the rest of a team sharing the folder
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def check_cache_dir(cache_dir: str | Path, data_folders: set[Path]) -> Path:

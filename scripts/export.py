@@ -148,7 +148,8 @@ def export(args: Any) -> dict[str, str]:
     written: dict[str, str] = {}
     if args.weights_dir not in (None, "", "null"):
         folder = os.path.splitext(args.output)[0] + "-weights" if args.weights_dir == "auto" else args.weights_dir
-        written["weights"] = save_pretrained(net, model.config, folder, model.preprocessing, model.sliding_window)
+        written["weights"] = save_pretrained(net, model.config, folder, model.preprocessing, model.sliding_window,
+                                             model.postprocessing)
     dynamic = bool(model.sliding_window is not None if args.dynamic_size is None else args.dynamic_size)
     window = None if model.sliding_window is None else model.sliding_window["window"]
     h, w = input_size(model.config, args.image_size if args.image_size is not None else window)

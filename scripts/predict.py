@@ -13,14 +13,25 @@ as in training. Each rank writes the masks of its own share of the images (a
 ``BasePredictionWriter``), nothing is gathered in one process; Lightning's predict sampler
 gives every image to exactly one rank.
 
-``ckpt_path`` is a ``.ckpt`` written by train.py or a folder written by scripts/export.py
-(``model.safetensors`` + ``config.json``). Either is read as data only: a file whose config names
-a ``_target_`` off the allow-list is refused unless ``trust_checkpoint=true`` (segtrain/trust.py).
+``ckpt_path`` is a ``.ckpt`` written by train.py, a folder written by scripts/export.py
+(``model.safetensors`` + ``config.json``) or a run folder (its best checkpoint); a list of them
+(``'ckpt_path=[a.ckpt,b.ckpt]'``) or a multirun folder (every job's best checkpoint: the folds of a
+cross-validation) is an ensemble, whose probabilities are averaged (segtrain/tta.py). Every file is
+read as data only: a config naming a ``_target_`` off the allow-list is refused unless
+``trust_checkpoint=true`` (segtrain/trust.py).
+
+``tta=flip`` averages mirrored passes (horizontal, vertical, both) in probability space, as the
+end-of-fit evaluation does with ``evaluation.tta=flip``; 4 passes per image. The postprocessing
+chosen on validation at the end of training (``checkpoint["postprocessing"]``: a class's largest
+connected component) is applied to the masks; an ensemble applies what all its members chose.
 
 An image that cannot be read is skipped: every readable image gets its mask, the unreadable ones
 are listed at the end with their errors, and the exit status is non-zero only when no image could
 be predicted (``strict=true``: any unreadable image fails the job). A mask that cannot be written
 (full disk, unwritable folder) stops the job with the file's name.
+
+SIGTERM (``timeout``, a cluster's time limit, ``kill``) stops the job after the batch being predicted:
+the masks written so far are kept, a line says how many, and the exit status is 143 (128 + SIGTERM).
 
 A progress bar counts the images as their masks are written (``progress=null``: shown when
 stderr is a terminal; ``true`` / ``false`` force it on / off). A checkpoint trained with
@@ -28,7 +39,7 @@ stderr is a terminal; ``true`` / ``false`` force it on / off). A checkpoint trai
 listed with its size and the window, like an unreadable one).
 
 Keys (``key=value``): ckpt_path, input, output, batch_size, num_workers, threshold, overlay,
-strict, progress, trust_checkpoint, trainer.{accelerator,devices,strategy,precision}.
+strict, progress, tta, postprocessing, trust_checkpoint, trainer.{accelerator,devices,strategy,precision}.
 """
 
 from __future__ import annotations
@@ -50,10 +61,13 @@ from datamodules.crops import check_fits_window  # noqa: E402
 
 from segtrain.inference import (  # noqa: E402
     InferenceModel,
+    ensemble_postprocessing,
     list_images,
-    load_inference_model,
+    load_inference_models,
+    resolve_checkpoints,
     pad_batch,
     parse_overrides,
+    postprocess_mask,
     predicted_mask,
     preprocess,
     read_image,
@@ -61,7 +75,9 @@ from segtrain.inference import (  # noqa: E402
     save_overlay,
 )
 from segtrain.lightning_compat import destroy_process_group_at_exit  # noqa: E402
+from segtrain.run_log import quiet_known_noise  # noqa: E402
 from segtrain.sliding import whole_image_logits  # noqa: E402
+from segtrain.tta import average_predictions, check_tta  # noqa: E402
 
 
 @dataclass
@@ -74,7 +90,7 @@ class TrainerArgs:
 
 @dataclass
 class PredictArgs:
-    ckpt_path: Any = None  # a .ckpt written by train.py (required)
+    ckpt_path: Any = None  # a .ckpt, an exported or run folder; a list or a multirun folder: an ensemble (required)
     input: Any = None  # an image file or a folder of images (required)
     output: str = "predictions"  # gets masks/ and overlays/
     batch_size: int = 8
@@ -83,12 +99,21 @@ class PredictArgs:
     overlay: bool = True
     strict: bool = False  # any unreadable image fails the job (default: only when none could be predicted)
     progress: bool | None = None  # per-image progress bar: null = when stderr is a terminal, true / false = always / never
+    tta: Any = None  # flip: mirrored passes averaged in probability space (4 passes per image)
+    postprocessing: bool = True  # apply the checkpoint's postprocessing (chosen on validation at the end of training)
     trust_checkpoint: bool = False  # skip the _target_ allow-list: only for a file whose source you trust
     trainer: TrainerArgs = field(default_factory=TrainerArgs)
 
 
 class PredictionFailed(ValueError):
     """No image could be predicted (or, with ``strict=true``, some could not); lists each with its error."""
+
+
+class PredictionStopped(RuntimeError):
+    """SIGTERM arrived: the job stopped between batches; the masks written so far are kept."""
+
+    #: The exit status of a process ended by SIGTERM.
+    EXIT_STATUS = 128 + 15
 
 
 class ImageFolderDataset(Dataset):
@@ -102,6 +127,7 @@ class ImageFolderDataset(Dataset):
     def __init__(self, files: list[str], transform: Any, window: int | None = None,
                  preprocessing: dict[str, Any] | None = None) -> None:
         self.files = files
+        #: One transform, or one per ensemble member (each may normalise with its own statistics).
         self.transform = transform
         self.window = window
         self.preprocessing = preprocessing
@@ -117,36 +143,58 @@ class ImageFolderDataset(Dataset):
                 check_fits_window(image.shape[:2], self.window, f"Image {path}", fix=(
                     f"the checkpoint was trained with data.pad=false, so it predicts images of at least "
                     f"{self.window}x{self.window} px only; give larger images, or train with data.pad=true"))
-            return {"image": preprocess(image, self.transform), "path": path, "size": image.shape[:2]}
+            inputs = ([preprocess(image, t) for t in self.transform] if isinstance(self.transform, list)
+                      else preprocess(image, self.transform))
+            return {"image": inputs, "path": path, "size": image.shape[:2]}
         except Exception as err:  # noqa: BLE001 -- any decoding/transform failure is this image's own
             return {"path": path, "error": f"{type(err).__name__}: {err}"}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pad the readable images to a common, network-compatible size; set the unreadable ones aside."""
+    """Pad the readable images to a common, network-compatible size; set the unreadable ones aside.
+
+    An ensemble's items hold one input per member: ``image`` is then a list of batches, one per member.
+    """
     ok = [it for it in items if "error" not in it]
     batch: dict[str, Any] = {"failed": [(it["path"], it["error"]) for it in items if "error" in it]}
-    images, sizes = pad_batch([it["image"] for it in ok]) if ok else (None, [])
+    if not ok:
+        images, sizes = None, []
+    elif isinstance(ok[0]["image"], list):
+        padded = [pad_batch([it["image"][k] for it in ok]) for k in range(len(ok[0]["image"]))]
+        images, sizes = [p[0] for p in padded], padded[0][1]
+    else:
+        images, sizes = pad_batch([it["image"] for it in ok])
     batch.update(image=images, input_size=sizes, size=[tuple(it["size"]) for it in ok], path=[it["path"] for it in ok])
     return batch
 
 
 class PredictModule(L.LightningModule):
-    """The trained network behind ``Trainer.predict``: logits -> masks at the original size."""
+    """The trained network(s) behind ``Trainer.predict``: logits -> masks at the original size.
 
-    def __init__(self, model: InferenceModel, threshold: float) -> None:
+    Several models (an ensemble) and ``tta="flip"`` average probabilities (segtrain/tta.py); the
+    postprocessing plan is applied to each mask.
+    """
+
+    def __init__(self, models: InferenceModel | list[InferenceModel], threshold: float, tta: str | None = None,
+                 postprocessing: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.net = model.net
-        self.task = model.task
+        models = models if isinstance(models, list) else [models]
+        self.nets = torch.nn.ModuleList([m.net for m in models])
+        self.windows = [m.sliding_window for m in models]
+        self.task = models[0].task
         self.threshold = threshold
-        self.sliding_window = model.sliding_window
+        self.tta = check_tta(tta)
+        self.plan = postprocessing
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if batch["image"] is None:  # every image of this batch was unreadable
             return {"masks": [], "path": [], "failed": batch["failed"]}
-        logits = whole_image_logits(self.net, batch["image"], self.sliding_window)
+        predictors = [lambda x, net=net, window=window: whole_image_logits(net, x, window)
+                      for net, window in zip(self.nets, self.windows)]
+        logits = average_predictions(predictors, batch["image"], self.task, self.tta)
         masks = [
-            predicted_mask(logits[i, :, :h, :w], self.task, size, self.threshold).cpu().numpy()
+            postprocess_mask(predicted_mask(logits[i, :, :h, :w], self.task, size, self.threshold).cpu().numpy(),
+                             self.task, self.plan)
             for i, ((h, w), size) in enumerate(zip(batch["input_size"], batch["size"]))
         ]
         return {"masks": masks, "path": batch["path"], "failed": batch["failed"]}
@@ -160,7 +208,8 @@ class MaskWriter(BasePredictionWriter):
         task: decides the mask format.
         num_classes: classes of the task (palette size).
         overlay: also write the colour overlays (with a legend of the class colours).
-        class_names: the legend's names (default: "foreground" / "class k").
+        class_names: the training run's ``data.class_names`` (multiclass: the background first), named
+            in the legend as in the training pictures (default: "foreground" / "class k").
         progress: the per-image progress bar (rank 0): ``None`` = when stderr is a terminal.
     """
 
@@ -176,17 +225,18 @@ class MaskWriter(BasePredictionWriter):
         self.class_names = class_names
         self.written: list[str] = []
         self.predicted = 0
+        self.total = 0  # images of this rank's share, set when prediction starts
         self.failed: list[tuple[str, str]] = []
         self.progress = progress
         self.preprocessing = preprocessing
         self.bar: Any = None
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or self.progress is False:
-            return
         loaders = trainer.predict_dataloaders
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        total = -(-len(loader.dataset) // trainer.world_size)  # rank 0's share (the sampler deals round-robin)
+        self.total = total = -(-len(loader.dataset) // trainer.world_size)  # rank 0's share (the sampler deals round-robin)
+        if not trainer.is_global_zero or self.progress is False:
+            return
         desc = "predicting (images)" if trainer.world_size == 1 else "predicting (rank 0's images)"
         # disable=None: tqdm's own rule, off when stderr is not a terminal.
         self.bar = tqdm(total=total, desc=desc, unit="image", disable=None if self.progress is None else False)
@@ -208,6 +258,13 @@ class MaskWriter(BasePredictionWriter):
                 self.bar.update(1)
         if self.bar is not None and prediction["failed"]:
             self.bar.update(len(prediction["failed"]))
+        # Lightning's SIGTERM handler only sets this flag, which its prediction loop never reads: stop here.
+        if trainer.received_sigterm:
+            raise PredictionStopped(
+                f"Stopped by SIGTERM: masks of {self.predicted} of {self.total} image(s) written to "
+                f"{os.path.join(self.output, 'masks')} and kept; the others were not predicted. Run again on the "
+                "rest to finish."
+            )
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.bar is not None:
@@ -241,11 +298,16 @@ def check_unique_stems(files: list[str]) -> None:
 
 def predict(args: Any) -> list[str]:
     """Run the prediction described by ``args`` (a :class:`PredictArgs` config). Returns written files (rank 0's)."""
+    quiet_known_noise()  # Lightning's advertisements and deprecations nobody here can act on (segtrain/run_log.py)
+    check_tta(args.tta)  # a wrong value fails before any model is loaded
     files = list_images(args.input)
     check_unique_stems(files)
-    model = load_inference_model(args.ckpt_path, trust=bool(args.trust_checkpoint))
+    models = load_inference_models(args.ckpt_path, trust=bool(args.trust_checkpoint))
+    model = models[0]
+    transform = model.transform if len(models) == 1 else [m.transform for m in models]
+    windows = [w for w in (no_pad_window(m.sliding_window) for m in models) if w is not None]
     loader = DataLoader(
-        ImageFolderDataset(files, model.transform, window=no_pad_window(model.sliding_window),
+        ImageFolderDataset(files, transform, window=max(windows) if windows else None,
                            preprocessing=model.preprocessing),
         batch_size=int(args.batch_size),
         num_workers=int(args.num_workers),
@@ -265,7 +327,11 @@ def predict(args: Any) -> list[str]:
         enable_model_summary=False,
         enable_progress_bar=False,  # the writer's bar counts images, not batches
     )
-    trainer.predict(PredictModule(model, float(args.threshold)), dataloaders=loader, return_predictions=False)
+    plan = ensemble_postprocessing(models) if args.postprocessing else None
+    if len(models) > 1 and trainer.is_global_zero:
+        print(f"Ensemble of {len(models)} models: " + ", ".join(str(m) for m in resolve_checkpoints(args.ckpt_path)))
+    module = PredictModule(models, float(args.threshold), args.tta, plan)
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
     if trainer.is_global_zero:
         print(f"Wrote masks of {writer.predicted} image(s) to {os.path.join(os.path.abspath(args.output), 'masks')}")
     report_failures(writer.predicted, writer.failed, bool(args.strict), print if trainer.is_global_zero else None)
@@ -295,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     except PredictionFailed as err:
         print(err, file=sys.stderr)
         sys.exit(1)
+    except PredictionStopped as err:
+        print(err, file=sys.stderr)
+        sys.exit(PredictionStopped.EXIT_STATUS)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,14 @@ runs: ``summary.md`` (also printed) lists it under the table as ``refused at sta
 data error): <job>: <first line of the message>``; ``summary.csv`` keeps it as a last row with
 status ``refused`` (``REFUSED`` for a trial) and that line's message as its error; the plots
 leave it out.
+
+**The comparison** (``report/``, for a multirun and for a study's run folders): the finished runs
+grouped by configuration (their overrides minus ``data.fold``), mean +- standard deviation over
+folds of every evaluation metric (per class too), the best configuration by ``--metric`` (default
+``dice``; a name without ``val/`` such as ``hd95`` ranks the comparison alone, in its own
+direction) and a paired Wilcoxon test of every other configuration against it, as
+``comparison.md`` (also printed), ``comparison.csv`` and ``comparison.png``. Failed, refused and
+(in a study) unfinished runs are left out of it. Read docs/sweeps.md, "Choosing a loss".
 """
 
 from __future__ import annotations
@@ -52,6 +60,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+# Run from a checkout: segtrain and report import from the repository root beside this script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FAILURE_FILE = "failure.yaml"  # written by segtrain.sweep.record_failure
 REFUSED = "refused at start-up (config or data error)"
@@ -266,14 +277,16 @@ def plot(jobs: list[Job], metric: str, mode: str, path: Path, keys: list[str] | 
 
 def summarize(multirun_dir: Path, out_dir: Path | None = None, metric: str | None = None,
               mode: str | None = None) -> dict[str, Path]:
-    """Write ``summary.md``, ``summary.csv`` and ``summary.png``; return their paths.
+    """Write ``summary.md``, ``summary.csv``, ``summary.png`` and the comparison; return their paths.
 
     Args:
         multirun_dir: the multirun folder (Hydra's ``hydra.sweep.dir``).
         out_dir: where to write (default ``multirun_dir``).
-        metric: monitored metric (default: from the jobs' config, else ``val/dice``).
+        metric: monitored metric (default: from the jobs' config, else ``val/dice``); a name
+            without ``val/`` (``hd95``) ranks the comparison alone (:func:`split_metric`).
         mode: ``max`` or ``min`` (default: from the jobs' config, else ``max``).
     """
+    metric, mode, report_metric, report_mode = split_metric(metric, mode)
     multirun_dir = Path(multirun_dir)
     if not multirun_dir.is_dir():
         raise FileNotFoundError(f"Multirun folder {multirun_dir} does not exist: pass the folder Hydra "
@@ -308,7 +321,44 @@ def summarize(multirun_dir: Path, out_dir: Path | None = None, metric: str | Non
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows([[("" if c is None else c) for c in row] for row in rows])
+    paths.update(compare_jobs(jobs, out_dir, report_metric, report_mode))
     return paths
+
+
+# ------------------------------------------------------------------- the comparison -----
+
+def split_metric(metric: str | None, mode: str | None) -> tuple[str | None, str | None, str, str | None]:
+    """``(summary metric, its mode, comparison metric, its mode)`` from ``--metric`` / ``--mode``.
+
+    ``val/iou`` ranks both (the comparison by ``iou`` when its direction is known, else by
+    ``dice``); a name without ``val/`` (``hd95``) is an evaluation metric: it ranks the comparison
+    alone, ``--mode`` goes with it, and the summary table keeps the jobs' monitored metric.
+    """
+    import report
+
+    if metric is not None and "/" not in metric:
+        report.direction(metric, mode)  # a contradicting --mode or an unknown direction: the error now
+        return None, None, metric, mode
+    name = (metric or "").removeprefix("val/")
+    return metric, mode, (name if name in report.higher_is_better() else "dice"), None
+
+
+def compare_jobs(jobs: list[Job], out_dir: Path, metric: str = "dice", mode: str | None = None) -> dict[str, Path]:
+    """comparison.md/.csv/.png of the finished jobs (report/); failed and refused jobs listed as left out."""
+    import report
+
+    runs, left_out = [], []
+    for j in jobs:
+        run = None
+        if j.status in ("ok", "incomplete"):
+            val = {k: v for k, v in j.best.items() if k.startswith("val/")}
+            run = report.load_run(j.name, j.path, j.overrides, val)
+        if run is not None:
+            runs.append(run)
+        else:
+            why = j.error.strip().splitlines()[0][:100] if j.error.strip() else ""
+            left_out.append((j.name, j.status + (f": {why}" if why and why != j.status else "")))
+    return report.write_comparison(runs, out_dir, metric, mode, left_out)
 
 
 # --------------------------------------------------------------------- Optuna studies -----
@@ -403,8 +453,34 @@ def study_plots(study: Any, out_dir: Path) -> dict[str, Path | str]:
     return done
 
 
+def study_jobs(rows: list[list[Any]], header: list[str]) -> list[Job]:
+    """The trials' run folders as jobs named ``trial <n>``; only complete trials are ``ok``.
+
+    A pruned trial stopped early and a failed or unfinished one never ended its training: their
+    scores would compare unlike with unlike, so they are marked and left out of the comparison.
+    """
+    col = {name: i for i, name in enumerate(header)}
+    jobs = []
+    for row in rows:
+        number, state, folder = row[col["trial"]], row[col["state"]], row[col["run_folder"]]
+        path = Path(folder) if folder else None
+        if path is None or not (path / ".hydra" / "overrides.yaml").is_file():
+            why = f"no run folder ({folder or 'not recorded'})"
+            jobs.append(Job(f"trial {number}", path or Path(), {}, "missing", why))
+            continue
+        cfg_file = path / ".hydra" / "config.yaml"
+        found = monitor_from_config(yaml.safe_load(cfg_file.read_text()) or {}) if cfg_file.is_file() else None
+        job = load_job(path, path.parent, *(found or ("val/dice", "max")))
+        job.name = f"trial {number}"
+        if state != "COMPLETE":
+            job.status, job.error = state.lower(), state.lower()
+        jobs.append(job)
+    return jobs
+
+
 def summarize_study(storage: str, study_name: str | None = None, out_dir: Path | None = None,
-                    sweep_dir: Path | None = None) -> dict[str, Path]:
+                    sweep_dir: Path | None = None, metric: str | None = None,
+                    mode: str | None = None) -> dict[str, Path]:
     """Write summary.md, summary.csv and the plots of a study; return their paths.
 
     Args:
@@ -413,9 +489,12 @@ def summarize_study(storage: str, study_name: str | None = None, out_dir: Path |
         out_dir: where to write (default: ``sweep_dir``, else ``<study>_summary`` next to a
             study file, else in the current folder).
         sweep_dir: the sweep folder the study was named from, if any.
+        metric, mode: the comparison's metric (default ``dice``) and, for a metric of unknown
+            direction, its mode (see :func:`split_metric`).
     """
     from segtrain.optuna_trial import describe_storage, storage_path
 
+    _, _, report_metric, report_mode = split_metric(metric, mode)
     study = _open_study(storage, study_name)
     if out_dir is None:
         file = storage_path(storage)
@@ -451,6 +530,7 @@ def summarize_study(storage: str, study_name: str | None = None, out_dir: Path |
         writer.writerow(header)
         writer.writerows([[("" if c is None else c) for c in row] for row in rows])
     paths.update({k: v for k, v in plots.items() if isinstance(v, Path)})
+    paths.update(compare_jobs(study_jobs(rows, header), out_dir, report_metric, report_mode))
     return paths
 
 
@@ -459,20 +539,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="a study (storage URL, .db or journal file) or a sweep/multirun folder")
     parser.add_argument("--study", default=None, help="study name (default: the only study in the storage)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: see above)")
-    parser.add_argument("--metric", default=None, help="multirun: monitored metric (default: from the jobs' config)")
-    parser.add_argument("--mode", choices=("max", "min"), default=None, help="multirun: its direction")
+    parser.add_argument("--metric", default=None,
+                        help="val/NAME: the multirun table's metric (default: from the jobs' config); NAME alone "
+                             "(dice, hd95, ...): the comparison's metric (default dice)")
+    parser.add_argument("--mode", choices=("max", "min"), default=None,
+                        help="the direction of --metric (not needed for the evaluation metrics)")
     args = parser.parse_args(argv)
     try:
         storage = study_storage(args.source)
         if storage is not None:
             folder = Path(args.source) if Path(args.source).is_dir() else None
-            paths = summarize_study(storage, args.study or study_name_in(args.source), args.out, folder)
+            paths = summarize_study(storage, args.study or study_name_in(args.source), args.out, folder,
+                                    args.metric, args.mode)
         else:
             paths = summarize(Path(args.source), args.out, args.metric, args.mode)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(paths["md"].read_text())
+    if "comparison_md" in paths:
+        print(paths["comparison_md"].read_text())
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

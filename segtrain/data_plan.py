@@ -15,7 +15,9 @@ on the composed config, in place:
 
 Every mismatch between config and data is one start-up error (fingerprint/checks.py) before a
 network is built. The fingerprint is written to ``<run>/fingerprint.json`` and summarised in a few
-console lines. Other datamodules (synthetic shapes: 8-bit RGB) only get ``in_channels`` set.
+console lines; with cross-validation folds (``data.folds`` / ``data.split_file``) one line names the
+fold and its image counts, and the folds are copied to ``<run>/splits.json``. Other datamodules
+(synthetic shapes: 8-bit RGB) only get ``in_channels`` set.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from datamodules.crops import effective_crop, needs_padding
-from datamodules.layout import discover_splits
+from datamodules.folds import SPLITS_FILE, write_splits
+from datamodules.layout import Splits, discover_splits
 from datamodules.masks import reserved_pad_value
 
 log = logging.getLogger(__name__)
@@ -100,12 +103,9 @@ def plan_data(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any] | 
     root = Path(str(data.root)).expanduser() if data.get("root") not in (None, "", "???") else None
     if root is None:
         raise ValueError("data.root is not set: pass data.root=/path/to/dataset (holding images/ and masks/)")
-    splits = discover_splits(
-        root, task=pairing[0], num_classes=pairing[1], images_dir=data.get("images_dir"),
-        masks_dir=data.get("masks_dir"), image_suffix=str(data.get("image_suffix") or ""),
-        mask_suffix=str(data.get("mask_suffix") or ""), val_fraction=float(data.get("val_fraction", 0.2)),
-        seed=int(data.get("seed", 0)),
-    )
+    splits = _discover_splits(cfg, root, pairing)
+    if splits.folds is not None and log_summary and rank_zero_only.rank == 0:
+        log.info(splits.folds.summary())
     palette = data.get("palette")
     cache_dir = cfg.get("paths", {}).get("cache_dir")
     fingerprint = compute_fingerprint(
@@ -138,6 +138,20 @@ def plan_data(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any] | 
     return fingerprint
 
 
+def _discover_splits(cfg: DictConfig, root: Path, pairing: tuple[str, Any]) -> Splits:
+    """The splits of ``cfg.data`` (datamodules/layout.py); cross-validation folds stored under ``paths.cache_dir``."""
+    data = cfg.data
+    cache_dir = cfg.get("paths", {}).get("cache_dir")
+    return discover_splits(
+        root, task=pairing[0], num_classes=pairing[1], images_dir=data.get("images_dir"),
+        masks_dir=data.get("masks_dir"), image_suffix=str(data.get("image_suffix") or ""),
+        mask_suffix=str(data.get("mask_suffix") or ""), val_fraction=float(data.get("val_fraction", 0.2)),
+        seed=int(data.get("seed", 0)), folds=data.get("folds"), fold=data.get("fold"),
+        split_file=data.get("split_file"), group_pattern=data.get("group_pattern"),
+        cache_dir=None if cache_dir is None else os.path.abspath(str(cache_dir)),
+    )
+
+
 def _padding_ignore(cfg: DictConfig, fingerprint: dict[str, Any]) -> None:
     """Give the losses and metrics the padding's reserved value when crops will be padded (module docstring)."""
     data = cfg.data
@@ -165,3 +179,20 @@ def save_fingerprint(fingerprint: dict[str, Any] | None, output_dir: str) -> Non
         from fingerprint import write_fingerprint
 
         write_fingerprint(fingerprint, output_dir)
+
+
+@rank_zero_only
+def save_splits(cfg: DictConfig, output_dir: str) -> None:
+    """``<run>/splits.json``: every fold of the partition this run's ``data.fold`` is one of (nothing without folds).
+
+    A copy of the stored (or given) splits, so a run folder says on its own which images each fold
+    validated on. The files are listed again (a directory walk; the folds are read back, not recomputed).
+    """
+    data = cfg.get("data")
+    if not is_folder_data(data) or (data.get("folds") is None and data.get("split_file") in (None, "")):
+        return
+    root = Path(str(data.root)).expanduser()
+    pairing = (cfg.task if cfg.task != AUTO else "binary", cfg.num_classes if cfg.num_classes != AUTO else 1)
+    plan = _discover_splits(cfg, root, pairing).folds
+    if plan is not None:
+        write_splits(plan.folds, Path(output_dir) / SPLITS_FILE)

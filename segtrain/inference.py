@@ -71,6 +71,8 @@ class InferenceModel:
         preprocessing: the training input (``channels``, ``channel_select``, ``dtype``,
             ``normalization`` spec of datamodules/normalization.py, already part of ``transform``);
             ``None`` for checkpoints whose transforms normalise themselves (older runs, synthetic data).
+        postprocessing: the plan chosen on validation at the end of training
+            (segtrain/postprocessing.py, ``{"largest_component": [classes]}``), ``None``: none.
     """
 
     net: nn.Module
@@ -80,6 +82,7 @@ class InferenceModel:
     config: dict[str, Any]
     sliding_window: dict[str, Any] | None = None
     preprocessing: dict[str, Any] | None = None
+    postprocessing: dict[str, Any] | None = None
 
 
 def load_checkpoint(
@@ -169,6 +172,7 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device = "
         net, config = read_pretrained(path, trust=trust)
         sliding = config["inference"] if config.get("inference") is not None else recorded_sliding_window(None, config)
         preprocessing = config.get("preprocessing")
+        postprocessing = config.get("postprocessing")
     else:
         checkpoint = load_checkpoint(path, trust=trust)
         config = dict(checkpoint["config"])
@@ -180,6 +184,7 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device = "
         net.load_state_dict(network_state(checkpoint["state_dict"]))
         sliding = recorded_sliding_window(checkpoint, config)
         preprocessing = checkpoint.get("preprocessing")
+        postprocessing = checkpoint.get("postprocessing")
     net.eval().to(device)
     return InferenceModel(
         net=net,
@@ -189,7 +194,81 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device = "
         config=config,
         sliding_window=sliding,
         preprocessing=preprocessing,
+        postprocessing=postprocessing,
     )
+
+
+def _run_checkpoint(folder: str) -> str | None:
+    """The checkpoint a run folder predicts with: its best (``best*.ckpt``), else ``last.ckpt``; ``None``: not a run."""
+    found = sorted(Path(folder, "checkpoints").glob("best*.ckpt"), key=os.path.getmtime)
+    if found:
+        return str(found[-1])
+    last = Path(folder, "checkpoints", "last.ckpt")
+    return str(last) if last.is_file() else None
+
+
+def resolve_checkpoints(ckpt_path: Any) -> list[str]:
+    """The model(s) ``ckpt_path`` names: a ``.ckpt``, an exported folder, a run folder, a list of these,
+    or a multirun folder (every job folder's best checkpoint -- the folds of a cross-validation).
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or a folder holding no model (naming what it looked for).
+    """
+    if isinstance(ckpt_path, (list, tuple)) or type(ckpt_path).__name__ == "ListConfig":
+        return [p for item in ckpt_path for p in resolve_checkpoints(item)]
+    path = os.fspath(ckpt_path)
+    if not os.path.isdir(path) or is_pretrained_folder(path):
+        return [path]
+    own = _run_checkpoint(path)
+    if own is not None:
+        return [own]
+    jobs = sorted(p for p in (os.path.join(path, d) for d in os.listdir(path)) if os.path.isdir(p))
+    found = [c for c in (_run_checkpoint(j) for j in jobs) if c is not None]
+    if not found:
+        raise FileNotFoundError(
+            f"ckpt_path={path} is a folder without a model: no config.json + model.safetensors (scripts/export.py), "
+            "no checkpoints/ (a run folder) and no job folder with checkpoints/ (a multirun). Give one of those or a "
+            ".ckpt file."
+        )
+    return found
+
+
+def load_inference_models(ckpt_path: Any, device: str | torch.device = "cpu", trust: bool = False) -> list[InferenceModel]:
+    """Every model ``ckpt_path`` names (:func:`resolve_checkpoints`), checked to form an ensemble.
+
+    The members must share the task, the classes, the input channels and the resize (``data.image_size``);
+    each keeps its own window and normalisation (the folds of a cross-validation have their own statistics).
+
+    Raises:
+        ValueError: members that disagree, naming the two files and what differs.
+    """
+    paths = resolve_checkpoints(ckpt_path)
+    models = [load_inference_model(p, device=device, trust=trust) for p in paths]
+
+    def shape(m: InferenceModel) -> dict[str, Any]:
+        pre = m.preprocessing or {"channels": 3, "channel_select": None}
+        return {"task": m.task, "num_classes": m.num_classes, "channels": pre.get("channels"),
+                "channel_select": pre.get("channel_select"), "data.image_size": (m.config.get("data") or {}).get("image_size")}
+
+    first = shape(models[0])
+    for path, model in zip(paths[1:], models[1:]):
+        other = shape(model)
+        if other != first:
+            diff = ", ".join(f"{k}: {first[k]!r} vs {other[k]!r}" for k in first if first[k] != other[k])
+            raise ValueError(f"{paths[0]} and {path} cannot form an ensemble ({diff}): give models trained for the "
+                             "same task, classes and input.")
+    return models
+
+
+def ensemble_postprocessing(models: list[InferenceModel]) -> dict[str, Any] | None:
+    """The postprocessing of an ensemble: a class keeps only its largest component when every member chose that."""
+    plans = [m.postprocessing for m in models]
+    if any(not p for p in plans):
+        return None
+    common = set(plans[0].get("largest_component", []))
+    for plan in plans[1:]:
+        common &= set(plan.get("largest_component", []))
+    return {"largest_component": sorted(common)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,15 +442,16 @@ def save_overlay(
 ) -> str:
     """Write :func:`overlay` as ``<folder>/<stem>.png``, with a legend strip of the class colours below it.
 
-    The overlay keeps the image's size (its top ``H`` rows); ``class_names`` names the drawn
-    layers as in the training pictures (default: "foreground" / "class k"). Returns the path.
+    The overlay keeps the image's size (its top ``H`` rows); ``class_names`` (``data.class_names``
+    of the training run: multiclass with the background first) name the colours through the
+    training pictures' legend (:func:`segtrain.callbacks.legend_entries`; default: "foreground" /
+    "class k"). Returns the path.
     """
-    from .callbacks import default_class_names, drawing_colors, legend_strip
+    from .callbacks import legend_entries, legend_strip
 
     drawn = Image.fromarray(overlay(image, mask, task, num_classes))
-    names = list(class_names) if class_names else default_class_names(task, num_classes)
-    colors = drawing_colors(task, num_classes)
-    strip = legend_strip(list(zip(names, colors)), width=drawn.width, font_size=max(10, min(24, drawn.width // 40)))
+    entries = legend_entries(task, num_classes, class_names)
+    strip = legend_strip(entries, width=drawn.width, font_size=max(10, min(24, drawn.width // 40)))
     picture = Image.new("RGB", (drawn.width, drawn.height + strip.height), "white")
     picture.paste(drawn, (0, 0))
     picture.paste(strip, (0, drawn.height))
@@ -396,16 +476,30 @@ def predict_images(model: InferenceModel, images: Sequence[np.ndarray], threshol
     predict.py batches via Lightning).
 
     Returns:
-        One mask per image at its original size (see :func:`predicted_mask`).
+        One mask per image at its original size (see :func:`predicted_mask`), with the checkpoint's
+        postprocessing applied, as predict.py writes them.
     """
     device = next(model.net.parameters()).device
     tensors = [preprocess(img, model.transform) for img in images]
     batch, sizes = pad_batch(tensors)
     logits = whole_image_logits(model.net, batch.to(device), model.sliding_window)
     return [
-        predicted_mask(logits[i, :, :h, :w], model.task, img.shape[:2], threshold).cpu().numpy()
+        postprocess_mask(predicted_mask(logits[i, :, :h, :w], model.task, img.shape[:2], threshold).cpu().numpy(),
+                         model.task, model.postprocessing)
         for i, ((h, w), img) in enumerate(zip(sizes, images))
     ]
+
+
+def postprocess_mask(mask: np.ndarray, task: str, plan: Mapping[str, Any] | None) -> np.ndarray:
+    """Apply a postprocessing plan (segtrain/postprocessing.py) to a mask as :func:`predicted_mask` encodes it."""
+    if not plan or not plan.get("largest_component"):
+        return mask
+    from .postprocessing import apply_postprocessing
+
+    if task == "multiclass":
+        return apply_postprocessing(mask, task, plan)
+    labels = (mask > 0).astype(np.uint8)  # binary [H, W]: class 1; multilabel [C, H, W]: the labels
+    return apply_postprocessing(labels, task, plan) * np.uint8(255)
 
 
 # --------------------------------------------------------------------------------------------

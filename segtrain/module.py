@@ -22,8 +22,10 @@ import torch
 import torchmetrics
 from torch import Tensor, nn
 
+from .schedule import follow_config
 from .sliding import check_window, whole_image_logits
 from .task import metric_kwargs, validate_task
+from .tta import average_predictions, check_tta
 from .trust import recorded_versions, warn_version_mismatch
 
 
@@ -42,6 +44,8 @@ class SegmentationModule(L.LightningModule):
         ignore_index: mask value excluded from the metrics (the losses get it from their config).
         config: the whole resolved run config (plain dict), saved into every checkpoint as
             ``checkpoint["config"]`` so that predict/export can rebuild network and transforms.
+        validation_tta: ``"flip"``: every validation and test pass averages mirrored passes
+            (``evaluation.validation_tta=true`` with ``evaluation.tta=flip``); ``None``: one pass, the default.
 
     Validation and test run on whole images (:func:`segtrain.sliding.whole_image_logits`): by
     sliding windows when the datamodule has a ``sliding_window`` (the folder datamodule at native
@@ -62,6 +66,7 @@ class SegmentationModule(L.LightningModule):
         num_classes: int = 1,
         ignore_index: int | None = None,
         config: Mapping[str, Any] | None = None,
+        validation_tta: str | None = None,
     ) -> None:
         super().__init__()
         validate_task(task, num_classes)
@@ -78,6 +83,8 @@ class SegmentationModule(L.LightningModule):
         self.task = task
         self.num_classes = int(num_classes)
         self.config = dict(config) if config is not None else None
+        #: Test-time augmentation of every validation and test pass (segtrain/tta.py); ``None``: one pass.
+        self.validation_tta = check_tta(validation_tta)
         kwargs = metric_kwargs(task, num_classes, ignore_index)
         self.val_dice = torchmetrics.F1Score(**kwargs)
         self.val_iou = torchmetrics.JaccardIndex(**kwargs)
@@ -108,7 +115,13 @@ class SegmentationModule(L.LightningModule):
 
     def _step(self, batch: Mapping[str, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         image, mask = batch["image"], batch["mask"]
-        logits = self(image) if stage == "train" else self.predict_logits(image, batch.get("name"))
+        if stage == "train":
+            logits = self(image)
+        elif self.validation_tta:  # evaluation.validation_tta=true: every validation with evaluation.tta
+            logits = average_predictions([lambda x: self.predict_logits(x, batch.get("name"))], image, self.task,
+                                         self.validation_tta)
+        else:
+            logits = self.predict_logits(image, batch.get("name"))
         loss = self.loss(logits, mask)
         n = image.shape[0]
         # Epoch means, weighted by batch size; sync_dist averages them over ranks at epoch end.
@@ -166,6 +179,12 @@ class SegmentationModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), **self.scheduler_config},
         }
+
+    def on_train_start(self) -> None:
+        # After Lightning restored a resumed run's scheduler: its T_max etc. follow this run's config (segtrain/schedule.py).
+        configs = self.trainer.lr_scheduler_configs if self.scheduler_factory is not None else []
+        if configs:
+            follow_config(configs[0].scheduler, self.scheduler_factory, self.trainer.optimizers[0])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain dict: loadable with torch.load(weights_only=True) and without Hydra/OmegaConf.

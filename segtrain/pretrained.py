@@ -12,7 +12,8 @@ also loads it, and it can be uploaded to a model page as is:
   (it drops keys starting with ``_``): ``task``, ``num_classes``, ``image_size``,
   ``preprocessing`` (the validation transforms as albumentations configs), ``input`` (channels,
   dtype and the normalisation applied after those transforms), ``inference`` (the sliding window
-  validation used) and ``versions``;
+  validation used), ``size_multiple`` (height and width are zero-padded, bottom/right, up to a
+  multiple of it: the network's stride) and ``versions``;
 * ``README.md``: smp's model card.
 
 ``config.json`` is data from elsewhere like a checkpoint: its transforms pass the same
@@ -28,6 +29,8 @@ from typing import Any
 
 from torch import nn
 
+from .atomic import usual_permissions
+from .sliding import STRIDE
 from .trust import UntrustedCheckpointError, check_config_targets, recorded_versions, warn_version_mismatch
 
 CONFIG_FILE = "config.json"
@@ -43,7 +46,8 @@ def is_pretrained_folder(path: str | os.PathLike) -> bool:
 
 
 def save_pretrained(net: nn.Module, config: Mapping[str, Any], folder: str | os.PathLike,
-                    preprocessing: Mapping[str, Any] | None = None, inference: Mapping[str, Any] | None = None) -> str:
+                    preprocessing: Mapping[str, Any] | None = None, inference: Mapping[str, Any] | None = None,
+                    postprocessing: Mapping[str, Any] | None = None) -> str:
     """Write ``net`` (an smp model) and what rebuilding it needs into ``folder``.
 
     Args:
@@ -53,6 +57,7 @@ def save_pretrained(net: nn.Module, config: Mapping[str, Any], folder: str | os.
         preprocessing: the input's channels, dtype and normalisation spec (``checkpoint["preprocessing"]``).
         inference: how validation inferred (``checkpoint["inference"]``: sliding window, overlap, blending,
             padding), ``None`` for whole (resized) images in one pass.
+        postprocessing: the plan chosen on validation (``checkpoint["postprocessing"]``), ``None``: none.
 
     Returns:
         ``folder``.
@@ -64,6 +69,9 @@ def save_pretrained(net: nn.Module, config: Mapping[str, Any], folder: str | os.
         )
     folder = os.fspath(folder)
     net.save_pretrained(folder)
+    for name in (WEIGHTS_FILE, CONFIG_FILE, "README.md"):  # safetensors leaves its file at 0600: the umask's, as the rest
+        if os.path.isfile(file := os.path.join(folder, name)):
+            usual_permissions(file)
     path = os.path.join(folder, CONFIG_FILE)
     with open(path) as f:
         smp_config = json.load(f)
@@ -79,6 +87,10 @@ def save_pretrained(net: nn.Module, config: Mapping[str, Any], folder: str | os.
         # what a user outside the project needs to turn an image file into the network's input.
         "input": None if preprocessing is None else dict(preprocessing),
         "inference": None if inference is None else dict(inference),
+        # chosen on validation at the end of training (segtrain/postprocessing.py), applied by predict
+        "postprocessing": None if postprocessing is None else dict(postprocessing),
+        # validation pads height and width (bottom/right, zeros) up to a multiple of this before the network
+        "size_multiple": STRIDE,
         "versions": recorded_versions(),
     }
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -144,5 +156,6 @@ def read_pretrained(folder: str | os.PathLike, trust: bool = False) -> tuple[nn.
         "data": {"image_size": meta.get("image_size"), "val_transforms": meta.get("preprocessing")},
         "preprocessing": meta.get("input"),
         "inference": meta.get("inference"),
+        "postprocessing": meta.get("postprocessing"),
     }
     return net, config

@@ -50,7 +50,12 @@ RESUME_IMPLIED = {
     # 8-bit RGB reader gave (its normalisation lives in its transforms, compared as they are)
     "data.images_dir": None, "data.masks_dir": None, "data.channels": None, "data.normalize": "auto",
     "data.normalize_percentiles": [0.5, 99.5],
+    # cross-validation: an older run trained on the single split
+    "data.folds": None, "data.fold": None, "data.split_file": None, "data.group_pattern": None,
 }
+
+#: More differing keys than this, with ``ckpt_path=latest``: it found another experiment's run.
+MANY_CHANGES = 5
 
 #: Stands for a key one of the two configs does not have.
 ABSENT = object()
@@ -200,6 +205,7 @@ def check_resume_config(
     config: Any,
     path: str,
     allow_changes: Sequence[str] = (),
+    latest: bool = False,
 ) -> None:
     """Refuse to resume a checkpoint under a config that trains something else, naming every differing key.
 
@@ -217,6 +223,10 @@ def check_resume_config(
         path: the checkpoint, for the message.
         allow_changes: dotted keys (or sections, e.g. ``trainer.max_epochs``, ``data``) the user
             changes on purpose (``resume_allow_changes``); never :data:`SHAPE_KEYS`.
+        latest: ``path`` was found by ``ckpt_path=latest``: with more than :data:`MANY_CHANGES`
+            differing keys it is another experiment's run (a sweep trial under the same
+            ``paths.log_dir``), and the message says to pass the run folder instead of proposing
+            to allow every key.
 
     Raises:
         ValueError: listing each changed key with both values, and the three ways out.
@@ -233,6 +243,15 @@ def check_resume_config(
     if not differences:
         return
     changed = _changed_keys(ckpt_config, config, allowed, differences)
+    if latest and len(changed) > MANY_CHANGES:
+        run = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        raise ValueError(
+            f"ckpt_path=latest picked {path}, the newest checkpoint under paths.log_dir, but that run is a "
+            f"different experiment: {len(changed)} keys differ ({', '.join(changed[:6])}, ...). Pass the folder "
+            f"of the run you mean: ckpt_path=<run folder> (e.g. logs/runs/<date_time>_<pid>; a sweep's trials "
+            f"under the same paths.log_dir count as runs too), or start a new run without ckpt_path. "
+            f"(To resume {run} itself, give its own overrides.)"
+        )
     old_flat, new_flat = flatten(ckpt_config), flatten(_resolved(config, ckpt_config, []))
     lines = "; ".join(
         f"{k}: trained with {_show(old_flat.get(k, ABSENT))} but this run has {_show(new_flat.get(k, ABSENT))}"

@@ -20,17 +20,20 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import AtomicCheckpointIO
-from .data_plan import leaves_to_data, plan_data, save_fingerprint
+from .data_plan import leaves_to_data, plan_data, save_fingerprint, save_splits
 from .errors import TrainingStarted
+from .final_evaluation import evaluate_after_fit, evaluate_split, validation_tta
+from .final_evaluation import options as final_options
 from .lightning_compat import destroy_process_group_at_exit, multirun_ddp_scope
 from .losses import build_loss, check_loss_config
 from .module import SegmentationModule
 from .guards import require_training_batches
 from .optuna_trial import trial_callbacks
-from .resume import check_resume_config, interrupted_message, load_checkpoint_config, resolve_ckpt_path
+from .resume import LATEST, check_resume_config, interrupted_message, load_checkpoint_config, resolve_ckpt_path
 from .run_folder import RunFolderLock, keep_previous_metrics
 from .run_log import RUN_LOG, console_log, quiet_known_noise
 from .task import validate_task
+from .temp_files import clean_killed_writes
 from .utils import build
 from .validation import check_data_keys, check_types
 
@@ -49,6 +52,7 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.monitor_mode not in ("min", "max"):
         raise ValueError(f"monitor_mode must be 'min' or 'max', got {cfg.monitor_mode!r}")
     check_data_keys(cfg)
+    final_options(cfg)  # evaluation.* checked before anything trains
 
 
 def _instantiate_dict(node: Any, what: str) -> list[Any]:
@@ -84,9 +88,11 @@ def build_module(cfg: DictConfig) -> SegmentationModule:
         task=cfg.task,
         num_classes=cfg.num_classes,
         ignore_index=cfg.get("ignore_index"),
+        validation_tta=validation_tta(cfg),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    size = cfg.data.get("image_size")
+    # The network's training input: the resize, else the crop (data=folder at native resolution).
+    size = cfg.data.get("image_size") or cfg.data.get("crop_size")
     if isinstance(size, int):
         # The model summary measures FLOPs and tensor sizes on this input (without one it prints "Total FLOPs: 0").
         channels = cfg.model.get("in_channels") or 3
@@ -143,6 +149,7 @@ def _run_folder(cfg: DictConfig) -> Iterator[None]:
     with RunFolderLock(output_dir, resuming_into=resuming_into), console_log(os.path.join(output_dir, RUN_LOG)):
         if resuming_into and (kept := keep_previous_metrics(output_dir)):
             log.info("Resuming into its own folder: the metrics before the resume are kept in %s", kept)
+        clean_killed_writes(output_dir, ckpt)  # <name>.tmp-<pid> of a save killed mid-way, here or resumed from
         yield
 
 
@@ -171,7 +178,8 @@ def _train(cfg: DictConfig) -> float:
         # Read as data only; trust_checkpoint=true skips the _target_ allow-list (segtrain/trust.py).
         ckpt_config = load_checkpoint_config(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
         allowed = list(cfg.get("resume_allow_changes") or ())
-        check_resume_config(ckpt_config, cfg, ckpt_path, allow_changes=allowed)
+        latest = str(cfg.get("ckpt_path")).strip().lower() in LATEST  # many differences: another experiment's run
+        check_resume_config(ckpt_config, cfg, ckpt_path, allow_changes=allowed, latest=latest)
         log.info("Resuming from %s", ckpt_path)
     module = build_module(cfg)
     datamodule = build(cfg.data)
@@ -187,13 +195,19 @@ def _train(cfg: DictConfig) -> float:
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     _save_config(cfg, output_dir)
     save_fingerprint(fingerprint, output_dir)
+    save_splits(cfg, output_dir)
     log.info("Run folder: %s", os.path.abspath(output_dir))
     # Inside a multirun, DDP children re-run this job (not the sweep); cleaned up after (lightning_compat.py).
     with multirun_ddp_scope(trainer):
         _fit(trainer, module, datamodule, ckpt_path, output_dir)
         value = best_metric(trainer, cfg.monitor)
+        # The best checkpoint on whole validation images, per image and class (segtrain/final_evaluation.py).
+        summary = evaluate_after_fit(trainer, module, datamodule, cfg, output_dir)
         if cfg.get("test_after_fit"):
             ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None
             trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+            if final_options(cfg)["enabled"]:
+                evaluate_split(trainer, module, datamodule, cfg, output_dir, "test",
+                               plan=(summary or {}).get("postprocessing"))
     log.info("Best %s: %.4f (run folder %s)", cfg.monitor, value, os.path.abspath(output_dir))
     return value

@@ -79,6 +79,10 @@ RULES: dict[str, tuple[tuple[str, ...], float | None]] = {
     "data.channels": (("list", "null"), 0),
     "data.images_dir": (("str", "null"), None),
     "data.masks_dir": (("str", "null"), None),
+    "data.folds": (("int", "null"), 2),  # cross-validation (datamodules/folds.py)
+    "data.fold": (("int", "null"), 0),
+    "data.split_file": (("str", "null"), None),
+    "data.group_pattern": (("str", "null"), None),
     "model.in_channels": (("int", "null"), 1),
     "data.pin_memory": (("bool", "null"), None),
     "data.persistent_workers": (("bool", "null"), None),
@@ -88,6 +92,13 @@ RULES: dict[str, tuple[tuple[str, ...], float | None]] = {
     "optimizer.momentum": (("number",), 0),
     "optimizer.nesterov": (("bool",), None),
     "optimizer.betas": (("list",), None),
+    # the end-of-fit evaluation (segtrain/final_evaluation.py)
+    "evaluation.enabled": (("bool",), None),
+    "evaluation.tta": (("str", "null"), None),
+    "evaluation.validation_tta": (("bool",), None),
+    "evaluation.tolerance": (("number",), 0),
+    "evaluation.topology": (("bool",), None),
+    "evaluation.postprocessing": (("bool",), None),
 }
 
 _MISSING = object()

@@ -15,7 +15,7 @@ from PIL import Image
 from reliability_helpers import load_script, run_script, trained_checkpoint, write_images
 
 from segtrain.callbacks import drawing_colors
-from segtrain.inference import load_inference_model, predict_images, read_image
+from segtrain.inference import load_inference_model, postprocess_mask, predict_images, read_image
 
 SIZES = [(40, 50), (64, 64), (33, 17), (32, 32), (100, 20)]
 
@@ -25,15 +25,18 @@ def _load_predict_script():
 
 
 def _reference_mask(model, path) -> np.ndarray:
+    """The mask written by hand: one pass, resize, threshold, then the postprocessing stored with the checkpoint."""
     image = read_image(str(path))
     x = model.transform(image=image)["image"].float()[None]
     with torch.no_grad():
         logits = model.net(x)
     logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)[0]
     if model.task == "multiclass":
-        return logits.argmax(0).numpy().astype(np.uint8)
-    fg = (torch.sigmoid(logits) > 0.5).numpy().astype(np.uint8) * 255
-    return fg[0] if model.task == "binary" else fg
+        mask = logits.argmax(0).numpy().astype(np.uint8)
+    else:
+        fg = (torch.sigmoid(logits) > 0.5).numpy().astype(np.uint8) * 255
+        mask = fg[0] if model.task == "binary" else fg
+    return postprocess_mask(mask, model.task, model.postprocessing)
 
 
 @pytest.mark.slow
@@ -119,7 +122,9 @@ def test_predict_from_exported_weights_folder(tmp_path):
 
     ckpt = trained_checkpoint("binary", 1)
     model = load_inference_model(ckpt)
-    folder = save_pretrained(model.net, model.config, tmp_path / "weights")
+    # As scripts/export.py writes it: the input, the window and the postprocessing chosen on validation.
+    folder = save_pretrained(model.net, model.config, tmp_path / "weights", model.preprocessing, model.sliding_window,
+                             model.postprocessing)
     images = write_images(tmp_path / "in", SIZES[:2])
     script = _load_predict_script()
     for source, out in ((ckpt, "a"), (folder, "b")):
