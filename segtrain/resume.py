@@ -351,7 +351,9 @@ def resume_command(output_dir: str, overrides: Sequence[str] | None = None) -> s
         from hydra.core.hydra_config import HydraConfig
 
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    kept = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
+    # init_from only starts a run: resuming one takes its weights from the checkpoint (segtrain/init_from.py).
+    dropped = ("ckpt_path=", "init_from=", "init_from_exclude=")
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(dropped)]
     return " ".join(["python train.py", *(shlex.quote(o) for o in kept), shlex.quote(f"ckpt_path={last}")])
 
 

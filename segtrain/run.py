@@ -28,6 +28,7 @@ from .lightning_compat import destroy_process_group_at_exit, multirun_ddp_scope
 from .losses import build_loss, check_loss_config
 from .module import SegmentationModule
 from .guards import require_training_batches
+from .init_from import apply_init, check_init_keys, init_source_from_config
 from .optuna_trial import trial_callbacks
 from .resume import LATEST, check_resume_config, interrupted_message, load_checkpoint_config, resolve_ckpt_path
 from .run_folder import RunFolderLock, keep_previous_metrics
@@ -52,6 +53,7 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.monitor_mode not in ("min", "max"):
         raise ValueError(f"monitor_mode must be 'min' or 'max', got {cfg.monitor_mode!r}")
     check_data_keys(cfg)
+    check_init_keys(cfg)  # init_from starts a new run, ckpt_path resumes one: not both
     final_options(cfg)  # evaluation.* checked before anything trains
 
 
@@ -124,7 +126,7 @@ def train(cfg: DictConfig) -> float:
     Steps: take the run folder (``paths.output_dir``: refused while another live run holds it or
     when it holds a finished run, unless resuming into it) and tee the console into its
     ``train.log``; seed everything; validate the config; build module (network, loss, optimizer,
-    scheduler); build datamodule, callbacks, loggers, trainer; save the resolved config to
+    scheduler; with ``init_from``, the network starts from another model's weights); build datamodule, callbacks, loggers, trainer; save the resolved config to
     ``<paths.output_dir>/config.yaml``; ``trainer.fit(ckpt_path=cfg.ckpt_path)``; optionally test.
 
     Returns:
@@ -167,6 +169,8 @@ def _fit(trainer: L.Trainer, module: SegmentationModule, datamodule: Any, ckpt_p
 def _train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True)
     validate_config(cfg)
+    # init_from: an earlier model's network weights for a NEW run, read as data before any data is scanned.
+    init = init_source_from_config(cfg)
     # The data, fingerprinted and checked against the config; auto keys resolved (segtrain/data_plan.py).
     fingerprint = plan_data(cfg)
     validate_task(cfg.task, cfg.num_classes)
@@ -182,6 +186,8 @@ def _train(cfg: DictConfig) -> float:
         check_resume_config(ckpt_config, cfg, ckpt_path, allow_changes=allowed, latest=latest)
         log.info("Resuming from %s", ckpt_path)
     module = build_module(cfg)
+    if init is not None:  # matched by name and shape; the log lists what was loaded (segtrain/init_from.py)
+        apply_init(module.net, init[1], cfg.get("init_from_exclude"), source=init[0])
     datamodule = build(cfg.data)
     if fingerprint is not None:
         # Set as an attribute, not a constructor argument: Hydra would turn the large dict into a DictConfig.

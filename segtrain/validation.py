@@ -36,6 +36,8 @@ RULES: dict[str, tuple[tuple[str, ...], float | None]] = {
     "ignore_index": (("int", "null"), None),
     "test_after_fit": (("bool",), None),
     "resume_allow_changes": (("list", "null"), None),
+    "init_from": (("str", "null"), None),  # segtrain/init_from.py
+    "init_from_exclude": (("str", "null"), None),
     # trainer
     "trainer.max_epochs": (("int", "null"), -1),
     "trainer.min_epochs": (("int", "null"), 0),
