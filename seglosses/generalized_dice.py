@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _checks
-from ._region import EPS, check_input, region_sums
+from ._region import check_input, region_sums
 
 WEIGHT_TYPES = ("square", "simple", "uniform")
 
@@ -63,8 +63,15 @@ def generalized_dice_loss(
     w = _class_weights(tsum, weight_type)
     num = 2.0 * (w * inter).sum(-1) + smooth
     den = (w * (psum + tsum)).sum(-1) + smooth
-    # den = 0 only when nothing is weighed (no class present, smooth 0): a perfect, empty score
-    loss = torch.where(den > 0, 1.0 - num / den.clamp_min(EPS), torch.zeros_like(den))
+    # den = 0 only when nothing is weighed (no class present, smooth 0): a perfect, empty score.
+    # No fixed floor such as Dice's EPS = 1e-7 here: with no class present num = den = smooth, and
+    # a floor above a smaller smooth turned 1 - s/s = 0 into 1 - s/1e-7 (0.9 for s = 1e-8, issue
+    # 25). The floor is the smallest normal float of the sums' dtype (float32 under bf16/fp16
+    # autocast, as region_sums upcasts): every normal den is divided as it is, and a den of 0 (the
+    # branch ``where`` discards) still divides finitely, as does the backward's num / den^2 =
+    # (num / den) / den <= 1 / tiny, so no NaN or inf reaches the gradient in any precision.
+    tiny = torch.finfo(den.dtype).tiny
+    loss = torch.where(den > 0, 1.0 - num / den.clamp_min(tiny), torch.zeros_like(den))
     loss = loss.reshape(-1)
     if reduction == "none":
         return loss
