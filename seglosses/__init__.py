@@ -1,4 +1,4 @@
-"""seglosses: segmentation losses in pure PyTorch (BCE, CE, Dice, Jaccard, Tversky, Focal, Generalized
+"""seglosses: segmentation losses in pure PyTorch (BCE, CE, Dice, log-cosh Dice, Jaccard, Tversky, Focal, Generalized
 Dice, Lovász, TopK / OHEM cross-entropy, MCC, clDice, deep supervision, combos).
 
     from seglosses import DiceLoss, BCELoss, CombinedLoss
@@ -17,7 +17,7 @@ from ._compiled import cpu_compile_enabled, set_cpu_compile
 from .bce import BCELoss
 from .ce import CrossEntropyLoss
 from .combo import CombinedLoss
-from .dice import DiceLoss, JaccardLoss, TverskyLoss
+from .dice import DiceLoss, JaccardLoss, LogCoshDiceLoss, TverskyLoss
 from .cldice import ClDiceLoss
 from .deep_supervision import DeepSupervisionLoss
 from .focal import FocalLoss
@@ -31,6 +31,7 @@ __all__ = [
     "BCELoss",
     "CrossEntropyLoss",
     "DiceLoss",
+    "LogCoshDiceLoss",
     "JaccardLoss",
     "TverskyLoss",
     "FocalLoss",

@@ -63,6 +63,22 @@ def region_loss(logits: Tensor, target: Tensor, options: RegionOptions) -> Tenso
     return overlap_loss_from_sums(inter, psum, tsum, count, options)
 
 
+def log_cosh(x: Tensor) -> Tensor:
+    r"""``log(cosh(x))`` elementwise, without overflow.
+
+    ``torch.log(torch.cosh(x))`` overflows once ``cosh`` does (``|x| > ~89`` in float32, ``> ~11``
+    in float16), giving ``inf`` and a NaN gradient (``sinh / cosh = inf / inf``). The identity
+    ``log cosh x = |x| + log(1 + exp(-2|x|)) - log 2 = |x| + softplus(-2|x|) - log 2`` only
+    exponentiates non-positive numbers, so it is finite for every finite ``x``; its gradient is
+    ``sign(x) (1 - 2 sigmoid(-2|x|)) = tanh(x)`` (0 at 0, like the plain form), and at ``x = 0``
+    it is exactly ``log 2 - log 2 = 0``.
+    """
+    # Not torch.log(torch.cosh(x)): cosh overflows to inf for large |x| (NaN gradient); this form
+    # never exponentiates a positive number. |x| is safe: log cosh is even, d|x| * tanh|x| = tanh x.
+    a = x.abs()
+    return a + F.softplus(-2.0 * a) - math.log(2.0)
+
+
 def region_sums(
     logits: Tensor,
     target: Tensor,

@@ -1,10 +1,10 @@
-"""Region losses: Dice, Jaccard (soft IoU) and Tversky, as modules holding their options."""
+"""Region losses: Dice (and log-cosh Dice), Jaccard (soft IoU) and Tversky, as modules holding their options."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._region import region_loss
+from ._region import log_cosh, region_loss
 from .options import FIELDS, TVERSKY_ONLY, RegionOptions
 
 _OPTIONS_DOC = """
@@ -202,3 +202,23 @@ for _cls, _names in (
 
 for _cls in (DiceLoss, JaccardLoss, TverskyLoss):
     _cls.__doc__ = (_cls.__doc__ or "") + _OPTIONS_DOC
+
+
+class LogCoshDiceLoss(_OverlapLoss):
+    r"""Log-cosh Dice loss ``log(cosh(L))`` (Jadon 2020), ``L`` the :class:`DiceLoss` with the
+    same options (so the same modes, ``ignore_index``, ``smooth``, ``include_background``, ...).
+
+    The log-cosh is applied to the Dice loss after its reduction (``"mean"`` / ``"sum"``), or to
+    each per-class loss with ``reduction="none"``; computed as
+    ``|L| + softplus(-2|L|) - log 2`` (:func:`seglosses.functional.log_cosh`), which cannot
+    overflow. 0 for a perfect prediction. Never fused by :class:`CombinedLoss` (it runs as its
+    own term). Bad input raises the errors of :class:`DiceLoss`, which name ``DiceLoss``.
+    """
+
+    kind = "dice"
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return log_cosh(region_loss(logits, target, self.options))
+
+
+LogCoshDiceLoss.__doc__ = (LogCoshDiceLoss.__doc__ or "") + _OPTIONS_DOC

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks
-from ._region import EPS, overlap_loss_from_sums, region_loss, region_sums  # noqa: F401 (EPS: re-export)
+from ._region import EPS, log_cosh, overlap_loss_from_sums, region_loss, region_sums  # noqa: F401 (EPS: re-export)
 from ._targets import as_vector, binary_target, channel_view, dense_target, index_target, upcast
 from .options import EMPTY_CLASS_POLICIES, RegionOptions  # noqa: F401 (EMPTY_CLASS_POLICIES: re-export)
 
@@ -38,6 +38,8 @@ __all__ = [
     "cross_entropy",
     "focal_loss",
     "dice_loss",
+    "log_cosh_dice_loss",
+    "log_cosh",
     "jaccard_loss",
     "tversky_loss",
     "region_loss",
@@ -414,6 +416,17 @@ def dice_loss(logits: Tensor, target: Tensor, mode: Mode, **options) -> Tensor:
     weights and aggregation; the :class:`seglosses.DiceLoss` docstring describes every option.
     """
     return region_loss(logits, target, RegionOptions.build("dice", mode, options))
+
+
+def log_cosh_dice_loss(logits: Tensor, target: Tensor, mode: Mode, **options) -> Tensor:
+    r"""Log-cosh Dice loss ``log(cosh(L_dice))`` (Jadon 2020), ``L_dice`` = :func:`dice_loss`.
+
+    Takes exactly the keyword options of :func:`dice_loss` and applies :func:`log_cosh` to its
+    result: to the reduced loss for ``reduction="mean"`` / ``"sum"``, to each per-class loss for
+    ``"none"``. 0 where the Dice loss is 0; about ``L^2 / 2`` for small losses, ``L - log 2``
+    for large ones (a smooth, bounded-gradient Dice, ``d/dL = tanh(L)``).
+    """
+    return log_cosh(dice_loss(logits, target, mode, **options))
 
 
 def jaccard_loss(logits: Tensor, target: Tensor, mode: Mode, **options) -> Tensor:

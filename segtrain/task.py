@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # Loss classes (by seglosses name) that only make sense for some tasks. Anything not listed
-# (Dice, Jaccard, Tversky, Focal, ...) takes ``mode`` and serves every task.
+# (Dice, LogCoshDice, Jaccard, Tversky, Focal, ...) takes ``mode`` and serves every task.
 TERMS_BY_TASK = {
     "BCELoss": ("binary", "multilabel"),  # independent sigmoid per channel
     "CrossEntropyLoss": ("multiclass",),  # softmax over the channels, target = class indices

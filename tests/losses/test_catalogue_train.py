@@ -13,6 +13,8 @@ RUNS = [
     ("multiclass", 3, ["loss=generalized_dice", "loss.terms.generalized_dice.weight_type=simple"]),
     ("multilabel", 3, ["loss=bce_mcc"]),
     ("binary", 1, ["loss/terms=[dice,topk_bce,ohem_bce]", "loss.terms.topk_bce.k=5"]),
+    ("multiclass", 3, ["loss/terms=[ce,log_cosh_dice]", "loss.terms.log_cosh_dice.include_background=false"]),
+    ("binary", 1, ["loss/terms=[bce,log_cosh_dice]"]),
     ("multilabel", 3, ["loss/terms=[lovasz,mcc,cldice,focal]", "loss.terms.focal.include_background=false",
                        "loss.terms.focal.class_weights=[1.0,2.0,0.5]", "loss.terms.lovasz.per_image=true"]),
 ]
