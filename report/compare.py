@@ -74,7 +74,8 @@ class Run:
     per_image: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
 
 
-def _finite(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (a CSV cell, a JSON value); else None."""
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -85,7 +86,7 @@ def _finite(value: Any) -> float | None:
 def _finite_values(mapping: Any) -> dict[str, float]:
     """The finite numbers of a JSON object (a NaN or a missing value is no score)."""
     items = mapping.items() if isinstance(mapping, dict) else []
-    return {str(k): f for k, v in items if (f := _finite(v)) is not None}
+    return {str(k): f for k, v in items if (f := finite_number(v)) is not None}
 
 
 def _fold(path: Path, overrides: dict[str, str]) -> int | None:
@@ -111,7 +112,7 @@ def _per_image(csv_file: Path) -> dict[str, dict[tuple[str, str], float]]:
         for row in csv.DictReader(f):
             key = (row.get("image", ""), row.get("class", row.get("class_name", "")))
             for metric, text in row.items():
-                if metric not in _ID_COLUMNS and metric is not None and (value := _finite(text)) is not None:
+                if metric not in _ID_COLUMNS and metric is not None and (value := finite_number(text)) is not None:
                     out.setdefault(metric, {})[key] = value
     return out
 
@@ -139,7 +140,7 @@ def load_run(name: str, path: Path, overrides: dict[str, str], val_metrics: dict
     metrics, per_class = {}, {}
     for key, value in val_metrics.items():
         key = key.removeprefix("val/")
-        if (value := _finite(value)) is None:
+        if (value := finite_number(value)) is None:
             continue
         head, _, cls = key.partition("_")
         if cls and head in known:

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +62,8 @@ import yaml
 
 # Run from a checkout: segtrain and report import from the repository root beside this script.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from report.compare import finite_number  # noqa: E402 -- the one "finite float or None" reader of CSV cells
 
 FAILURE_FILE = "failure.yaml"  # written by segtrain.sweep.record_failure
 REFUSED = "refused at start-up (config or data error)"
@@ -129,14 +130,6 @@ def monitor_from_config(cfg: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _float(text: str) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def read_metrics(job_dir: Path, metric: str, mode: str) -> tuple[dict[str, float], list[tuple[int, float]]] | None:
     """Best-epoch validation metrics and the monitored curve from the job's ``metrics.csv``.
 
@@ -146,13 +139,13 @@ def read_metrics(job_dir: Path, metric: str, mode: str) -> tuple[dict[str, float
     if not files:
         return None
     with open(files[-1], newline="") as f:
-        rows = [r for r in csv.DictReader(f) if _float(r.get(metric, "")) is not None]
+        rows = [r for r in csv.DictReader(f) if finite_number(r.get(metric, "")) is not None]
     if not rows:
         return None
-    curve = [(int(float(r.get("epoch") or i)), _float(r[metric])) for i, r in enumerate(rows)]
+    curve = [(int(float(r.get("epoch") or i)), finite_number(r[metric])) for i, r in enumerate(rows)]
     pick = max if mode == "max" else min
-    best_row = pick(rows, key=lambda r: _float(r[metric]))
-    best = {k: _float(v) for k, v in best_row.items() if k.startswith("val") and _float(v) is not None}
+    best_row = pick(rows, key=lambda r: finite_number(r[metric]))
+    best = {k: finite_number(v) for k, v in best_row.items() if k.startswith("val") and finite_number(v) is not None}
     if best_row.get("epoch"):
         best["epoch"] = int(float(best_row["epoch"]))
     return best, curve
