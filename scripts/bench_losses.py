@@ -18,7 +18,13 @@ against its peer on matching options (4x1x256x256 binary, 4x8x128x128 multiclass
 GeneralizedDice vs MONAI, Lovász vs smp and kornia, TopK CE vs nnU-Net's TopKLoss and OHEM CE
 vs HRNet's OhemCrossEntropy (both inlined: neither framework is a dependency), MCC vs smp,
 clDice vs MONAI, DeepSupervision(Dice) vs MONAI; each ends in a PASS/FAIL line on
-``peer / ours >= 1``.
+``peer / ours >= 1``. Then the distance losses (:func:`build_distance_cases`): Boundary and
+HausdorffDT vs MONAI, which computes the target's distance maps in the loss: ``ours`` is given the
+maps (as the harness does, from its data pipeline), ``ours+map`` computes them in the timed call
+and ``ours-nomap`` lets the loss compute them; HausdorffER vs kornia, 2D and 3D.
+Then (:func:`build_skeleton_cases`) SkeletonRecall vs the authors' SoftSkeletonRecallLoss
+(inlined; the skeletons given to both, computed outside the timer), GeneralizedWassersteinDice
+vs MONAI and AsymmetricUnifiedFocal (binary) vs MONAI.
 
 Method. Each timed call is ``loss(x, t).backward()`` on a fresh leaf copy of the logits (copy made
 outside the timer); the implementations are interleaved within every repetition (so load from
@@ -360,6 +366,170 @@ def build_catalogue_cases(quick: bool, device: torch.device) -> list[dict]:
     return cases
 
 
+#: The keys of build_distance_cases (for --cases).
+DISTANCE_CASE_KEYS = ["boundary_binary", "boundary_multiclass", "hausdorff_dt_binary", "hausdorff_dt_multiclass",
+                      "hausdorff_er_2d", "hausdorff_er_3d"]
+
+
+def build_distance_cases(quick: bool, device: torch.device) -> list[dict]:
+    """The distance losses against their peers on matching options: BoundaryLoss and HausdorffDTLoss
+    vs MONAI, HausdorffERLoss vs kornia (2D, 3D).
+
+    MONAI computes the target's distance maps inside the loss, every call; seglosses takes them from
+    the data pipeline (``distance=``). So the boundary and distance-transform cases time three
+    seglosses rows: ``ours`` (the maps given, computed once outside the timer: what a training step
+    of the harness pays), ``ours+map`` (the maps computed from the whole batch with
+    :func:`seglosses.derived.distance_from_target` inside the timed call, then given) and
+    ``ours-nomap`` (``distance=None``: the loss computes them itself). HausdorffDT computes the
+    prediction's field every call in all rows, as MONAI.
+    """
+    from seglosses.boundary import BoundaryLoss
+    from seglosses.derived import distance_from_target
+    from seglosses.hausdorff import HausdorffDTLoss, HausdorffERLoss
+
+    g = torch.Generator().manual_seed(2)
+    bshape = (2, 1, 32, 32) if quick else (4, 1, 256, 256)
+    mshape = (2, 4, 16, 16) if quick else (4, 4, 128, 128)
+    vshape = (1, 2, 6, 8, 8) if quick else (1, 2, 32, 48, 48)
+
+    def blobs(shape: tuple[int, ...]) -> torch.Tensor:
+        """Smooth random fields (a blurred noise): targets with regions and boundaries, not salt and pepper."""
+        z = torch.randn(shape, generator=g)
+        pool = F.avg_pool2d if len(shape) == 4 else F.avg_pool3d
+        for _ in range(3):
+            z = pool(z, 5, stride=1, padding=2)
+        return z
+
+    xb = torch.randn(bshape, generator=g).to(device)
+    tb = (blobs(bshape) > 0.05).float().to(device)
+    xm = torch.randn(mshape, generator=g).to(device)
+    tm = blobs(mshape).argmax(1).to(device)
+    xv = torch.randn(vshape, generator=g).to(device)
+    tv = blobs(vshape).argmax(1).to(device)
+    ml, kl = _monai(), _kornia()
+    shape_b, shape_m, shape_v = ("x".join(map(str, s)) for s in (bshape, mshape, vshape))
+    cases = []
+
+    def add(key, name, x, impls):
+        cases.append({"name": name, "x": x, "impls": {k: v for k, v in impls.items() if v is not None},
+                      "key": key, "peer_case": True})
+
+    def with_maps(loss, mode: str, t: torch.Tensor, channels: int) -> dict:
+        """ours (maps given), ours+map (maps computed in the call), ours-nomap (distance=None)."""
+        maps = distance_from_target(t, mode, channels)
+        return {
+            "ours": (lambda x, tt, d=maps: loss(x, tt, distance=d), t),
+            "ours+map": (lambda x, tt: loss(x, tt, distance=distance_from_target(tt, mode, channels)), t),
+            "ours-nomap": (loss, t),
+        }
+
+    C = mshape[1]
+    add("boundary_binary", f"Boundary binary {shape_b}", xb, {
+        **with_maps(BoundaryLoss("binary"), "binary", tb, 1),
+        "monai": None if ml is None else (ml.BoundaryLoss(sigmoid=True), tb),
+    })
+    add("boundary_multiclass", f"Boundary multiclass {shape_m}", xm, {
+        **with_maps(BoundaryLoss("multiclass"), "multiclass", tm, C),
+        "monai": None if ml is None else (ml.BoundaryLoss(softmax=True, to_onehot_y=True), tm.unsqueeze(1)),
+    })
+    add("hausdorff_dt_binary", f"HausdorffDT binary alpha=2 {shape_b}", xb, {
+        **with_maps(HausdorffDTLoss("binary"), "binary", tb, 1),
+        "monai": None if ml is None else (ml.HausdorffDTLoss(sigmoid=True, include_background=True), tb),
+    })
+    add("hausdorff_dt_multiclass", f"HausdorffDT multiclass, no background {shape_m}", xm, {
+        **with_maps(HausdorffDTLoss("multiclass", include_background=False), "multiclass", tm, C),
+        "monai": None if ml is None else (ml.HausdorffDTLoss(softmax=True, to_onehot_y=True), tm.unsqueeze(1)),
+    })
+    add("hausdorff_er_2d", f"HausdorffER multiclass 10 erosions {shape_m}", xm, {
+        "ours": (HausdorffERLoss("multiclass"), tm),
+        "kornia": None if kl is None else (lambda x, t, f=kl.HausdorffERLoss(): f(x.softmax(1), t), tm.unsqueeze(1)),
+    })
+    add("hausdorff_er_3d", f"HausdorffER 3D multiclass 10 erosions {shape_v}", xv, {
+        "ours": (HausdorffERLoss("multiclass"), tv),
+        "kornia": None if kl is None else (lambda x, t, f=kl.HausdorffERLoss3D(): f(x.softmax(1), t), tv.unsqueeze(1)),
+    })
+    return cases
+
+
+#: The keys of build_skeleton_cases (for --cases).
+SKELETON_CASE_KEYS = ["skeleton_recall", "gwdl", "aufl"]
+
+
+def _skeleton_recall_reference(x, skel, batch_dice=True, smooth=1.0):
+    """MIC-DKFZ/Skeleton-Recall's SoftSkeletonRecallLoss (nnunetv2/training/loss/dice.py; softmax,
+    do_bg=False, ddp off), inlined like _nnunet_topk: the skeleton a label map [B, 1, *], one-hot
+    encoded, background dropped, sums over space (and batch), -mean recall."""
+    probs = torch.softmax(x, 1)[:, 1:]
+    axes = list(range(2, x.ndim))
+    with torch.no_grad():
+        y_onehot = torch.zeros(x.shape, device=x.device, dtype=x.dtype)
+        y_onehot.scatter_(1, skel.long(), 1)
+        y_onehot = y_onehot[:, 1:]
+        sum_gt = y_onehot.sum(axes)
+    inter_rec = (probs * y_onehot).sum(axes)
+    if batch_dice:
+        inter_rec, sum_gt = inter_rec.sum(0), sum_gt.sum(0)
+    rec = (inter_rec + smooth) / torch.clip(sum_gt + smooth, 1e-8)
+    return -rec.mean()
+
+
+def build_skeleton_cases(quick: bool, device: torch.device) -> list[dict]:
+    """SkeletonRecall vs the authors' formula (inlined), GeneralizedWassersteinDice vs MONAI and
+    AsymmetricUnifiedFocal (binary) vs MONAI, on matching options.
+
+    The skeletons are computed once, outside the timer (the harness computes them in its data
+    pipeline), and given to both. MONAI's AsymmetricUnifiedFocalLoss takes probabilities: its row
+    times ``sigmoid`` plus the loss, as ours (which takes logits) does.
+    """
+    from seglosses.derived import skeleton_from_target
+    from seglosses.skeleton_recall import SkeletonRecallLoss
+    from seglosses.unified_focal import AsymmetricUnifiedFocalLoss
+    from seglosses.wasserstein_dice import GeneralizedWassersteinDiceLoss
+
+    g = torch.Generator().manual_seed(3)
+    bshape = (2, 1, 32, 32) if quick else (4, 1, 256, 256)
+    mshape = (2, 4, 16, 16) if quick else (4, 8, 128, 128)
+
+    def blobs(shape: tuple[int, ...]) -> torch.Tensor:
+        """Blurred noise: targets with regions (and so skeletons), not salt and pepper."""
+        z = torch.randn(shape, generator=g)
+        for _ in range(3):
+            z = F.avg_pool2d(z, 5, stride=1, padding=2)
+        return z
+
+    xb = torch.randn(bshape, generator=g).to(device)
+    tb = (blobs(bshape) > 0.05).float().to(device)
+    xm = torch.randn(mshape, generator=g).to(device)
+    tm = blobs(mshape).argmax(1).to(device)
+    skel = skeleton_from_target(tm, "multiclass")
+    B, C = mshape[:2]
+    # classes on a line: a mistake costs how far apart the two classes are
+    dist = [[abs(i - j) / (C - 1) for j in range(C)] for i in range(C)]
+    ml = _monai()
+    shape_b, shape_m = "x".join(map(str, bshape)), "x".join(map(str, mshape))
+    cases = []
+
+    def add(key, name, x, impls):
+        cases.append({"name": name, "x": x, "impls": {k: v for k, v in impls.items() if v is not None},
+                      "key": key, "peer_case": True})
+
+    srec = SkeletonRecallLoss("multiclass")
+    add("skeleton_recall", f"SkeletonRecall multiclass, skeleton given {shape_m}", xm, {
+        "ours": (lambda x, t, s=skel: srec(x, t, skeleton=s), tm),
+        "skelrec": (lambda x, t, s=skel.unsqueeze(1): _skeleton_recall_reference(x, s), tm),
+    })
+    add("gwdl", f"GeneralizedWassersteinDice multiclass {shape_m}", xm, {
+        "ours": (GeneralizedWassersteinDiceLoss("multiclass", dist_matrix=dist), tm),
+        "monai": None if ml is None else (ml.GeneralizedWassersteinDiceLoss(torch.tensor(dist)), tm),
+    })
+    add("aufl", f"AsymmetricUnifiedFocal binary delta=0.6 {shape_b}", xb, {
+        "ours": (AsymmetricUnifiedFocalLoss("binary"), tb),
+        "monai": None if ml is None else (
+            lambda x, t, f=ml.AsymmetricUnifiedFocalLoss(delta=0.6): f(torch.sigmoid(x), t), tb),
+    })
+    return cases
+
+
 def run(args) -> int:
     device = torch.device(args.device)
     if args.threads:
@@ -371,6 +541,8 @@ def run(args) -> int:
     seglosses.set_cpu_compile(False)  # "ours" is the default, eager path whatever the environment says
     cases = [c for c in build_cases(args.quick, device, args.cpu_compile == "both")
              + build_catalogue_cases(args.quick, device)
+             + build_distance_cases(args.quick, device)
+             + build_skeleton_cases(args.quick, device)
              if not args.cases or c["key"] in args.cases]
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"repeats={repeats} (median, interleaved) clock={args.clock} "
@@ -436,13 +608,18 @@ def run(args) -> int:
                 text = f"{other} / {subject} = {ratio:.2f} (>= {target})"
             failed += not ok
             print(f"  {'PASS' if ok else 'FAIL'} {key}: {text}")
-    peer_rows = [(c["key"], k) for c in cases if c.get("peer_case") for k in c["impls"] if k != "ours"]
+    # ours+map / ours-nomap (distance losses) are variants of ours, compared with the peer below
+    peer_rows = [(c["key"], k) for c in cases if c.get("peer_case") for k in c["impls"] if not k.startswith("ours")]
     if peer_rows:
         print("\nIssue 14 losses (peer time / ours: >= 1 means ours is not slower):")
     for key, other in peer_rows:
         ratio = results[key][other][0] / results[key]["ours"][0]
         failed += ratio < 1.0
         print(f"  {'PASS' if ratio >= 1.0 else 'FAIL'} {key}: {other} / ours = {ratio:.2f}")
+        for variant in (v for v in results[key] if v.startswith("ours") and v != "ours"):
+            ratio = results[key][other][0] / results[key][variant][0]
+            failed += ratio < 1.0
+            print(f"  {'PASS' if ratio >= 1.0 else 'FAIL'} {key}: {other} / {variant} = {ratio:.2f}")
     if args.quick:
         print("(--quick: tiny shapes, the targets do not apply)")
     return 0
@@ -457,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cases", nargs="*", default=None,
         choices=["binary", "multiclass", "focal", "gdl", "lovasz_binary", "lovasz_multiclass", "lovasz_all",
-                 "topk", "ohem", "mcc", "cldice", "deep_supervision"],
+                 "topk", "ohem", "mcc", "cldice", "deep_supervision", *DISTANCE_CASE_KEYS,
+                 *SKELETON_CASE_KEYS],
         help="run only these cases (default: all)",
     )
     parser.add_argument(

@@ -1,5 +1,7 @@
 """seglosses: segmentation losses in pure PyTorch (BCE, CE, Dice, log-cosh Dice, Jaccard, Tversky, Focal, Generalized
-Dice, Lovász, TopK / OHEM cross-entropy, MCC, clDice, deep supervision, combos).
+Dice, Generalized Wasserstein Dice, Lovász, TopK / OHEM cross-entropy, MCC, clDice, Skeleton Recall, boundary,
+Hausdorff (distance transform and erosion), asymmetric unified focal, deep supervision, combos with weights
+that may follow a schedule over the epochs).
 
     from seglosses import DiceLoss, BCELoss, CombinedLoss
     loss = CombinedLoss({"bce": BCELoss(), "dice": DiceLoss("binary")}, {"bce": 0.5, "dice": 0.5})
@@ -15,6 +17,7 @@ from . import functional
 from ._checks import checks_enabled, set_checks
 from ._compiled import cpu_compile_enabled, set_cpu_compile
 from .bce import BCELoss
+from .boundary import BoundaryLoss
 from .ce import CrossEntropyLoss
 from .combo import CombinedLoss
 from .dice import DiceLoss, JaccardLoss, LogCoshDiceLoss, TverskyLoss
@@ -22,10 +25,14 @@ from .cldice import ClDiceLoss
 from .deep_supervision import DeepSupervisionLoss
 from .focal import FocalLoss
 from .generalized_dice import GeneralizedDiceLoss
+from .hausdorff import HausdorffDTLoss, HausdorffERLoss
 from .hard_pixels import OhemBCELoss, OhemCrossEntropyLoss, TopKBCELoss, TopKCrossEntropyLoss
 from .lovasz import LovaszLoss
 from .mcc import MCCLoss
 from .options import RegionOptions
+from .skeleton_recall import SkeletonRecallLoss
+from .unified_focal import AsymmetricUnifiedFocalLoss
+from .wasserstein_dice import GeneralizedWassersteinDiceLoss
 
 __all__ = [
     "BCELoss",
@@ -44,6 +51,12 @@ __all__ = [
     "OhemBCELoss",
     "MCCLoss",
     "ClDiceLoss",
+    "SkeletonRecallLoss",
+    "BoundaryLoss",
+    "HausdorffDTLoss",
+    "HausdorffERLoss",
+    "GeneralizedWassersteinDiceLoss",
+    "AsymmetricUnifiedFocalLoss",
     "DeepSupervisionLoss",
     "RegionOptions",
     "functional",

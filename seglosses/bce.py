@@ -21,6 +21,12 @@ class BCELoss(nn.Module):
         label_smoothing: ``s`` in [0, 1); targets move towards 1/2.
         ignore_index: target value whose elements are excluded (masked mean over the rest).
         reduction: ``"mean"`` (over valid elements) | ``"sum"`` | ``"none"``.
+        beta: ``None`` (default: the plain BCE above) or a float in (0, 1): the Combo loss's
+            modified BCE (Taghanaki et al. 2019),
+            ``-[beta w_c t' log p + (1 - beta)(1 - t') log(1 - p)]``; ``beta > 0.5`` penalises
+            false negatives more, ``beta < 0.5`` false positives. Never fused by
+            :class:`~seglosses.CombinedLoss` (the term runs on its own). ``conf/loss/combo.yaml``
+            is the Combo loss.
 
     Shape:
         logits ``[B, C, *spatial]``; target the same shape (or ``[B, *spatial]`` when ``C == 1``),
@@ -33,9 +39,13 @@ class BCELoss(nn.Module):
         label_smoothing: float = 0.0,
         ignore_index: int | float | None = None,
         reduction: str = "mean",
+        *,
+        beta: float | None = None,
     ):
         super().__init__()
         name = type(self).__name__
+        F._check_beta(beta, name)
+        self.beta = None if beta is None else float(beta)
         self.label_smoothing = _checks.check_fraction(label_smoothing, "label_smoothing", name)
         self.ignore_index = ignore_index
         self.reduction = _checks.check_reduction(reduction, name)
@@ -46,11 +56,11 @@ class BCELoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy(
-            logits, target, self.pos_weight, self.label_smoothing, self.ignore_index, self.reduction
+            logits, target, self.pos_weight, self.label_smoothing, self.ignore_index, self.reduction, beta=self.beta
         )
 
     def extra_repr(self) -> str:
         return (
             f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}, "
-            f"reduction={self.reduction!r}"
+            f"reduction={self.reduction!r}" + ("" if self.beta is None else f", beta={self.beta}")
         )

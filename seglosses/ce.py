@@ -23,6 +23,13 @@ class CrossEntropyLoss(nn.Module):
         ignore_index: class index whose pixels are excluded (e.g. 255 for a void label).
         label_smoothing: ``s`` in [0, 1).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+        beta: ``None`` (default: the cross-entropy above) or a float in (0, 1): the Combo loss's
+            modified cross-entropy (Taghanaki et al. 2019) in its multiclass form, one-vs-rest
+            over the softmax ``p``,
+            ``l_i = -(1/C) sum_c w_c [beta q_ic log p_ic + (1 - beta)(1 - q_ic) log(1 - p_ic)]``;
+            ``"mean"`` averages over valid pixels (so over every pixel and class, as the authors'
+            code; the weights are not in the denominator). ``beta > 0.5`` penalises false
+            negatives more. Never fused by :class:`~seglosses.CombinedLoss`.
 
     Shape:
         logits ``[B, C, *spatial]`` (``C >= 2``); target ``[B, *spatial]`` integer indices in
@@ -35,9 +42,13 @@ class CrossEntropyLoss(nn.Module):
         ignore_index: int | None = None,
         label_smoothing: float = 0.0,
         reduction: str = "mean",
+        *,
+        beta: float | None = None,
     ):
         super().__init__()
         name = type(self).__name__
+        F._check_beta(beta, name)
+        self.beta = None if beta is None else float(beta)
         if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
             raise ValueError(f"{name}: ignore_index must be an int class index, got {ignore_index!r}")
         self.ignore_index = ignore_index
@@ -47,11 +58,11 @@ class CrossEntropyLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(
-            logits, target, self.weight, self.ignore_index, self.label_smoothing, self.reduction
+            logits, target, self.weight, self.ignore_index, self.label_smoothing, self.reduction, beta=self.beta
         )
 
     def extra_repr(self) -> str:
         return (
             f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
-            f"reduction={self.reduction!r}"
+            f"reduction={self.reduction!r}" + ("" if self.beta is None else f", beta={self.beta}")
         )

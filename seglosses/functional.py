@@ -91,6 +91,8 @@ def binary_cross_entropy(
     label_smoothing: float = 0.0,
     ignore_index: int | float | None = None,
     reduction: str = "mean",
+    *,
+    beta: float | None = None,
 ) -> Tensor:
     r"""Binary cross-entropy from logits, per element, for binary and multilabel masks.
 
@@ -99,6 +101,15 @@ def binary_cross_entropy(
 
     computed in logit space (``binary_cross_entropy_with_logits``), never as ``log(sigmoid)``.
 
+    With ``beta`` (the modified BCE of the Combo loss, Taghanaki et al. 2019) the two terms are
+    weighted against each other:
+
+    .. math:: \ell = -[\,\beta\, w_c\, t' \log\sigma(x) + (1 - \beta)(1 - t') \log(1 - \sigma(x))\,]
+
+    ``beta > 0.5`` penalises false negatives (missed foreground) more, ``beta < 0.5`` false
+    positives; ``beta = 0.5`` is half the plain BCE. Computed as ``(1 - beta)`` times the BCE with
+    ``pos_weight`` ``w_c beta / (1 - beta)``: the same stable kernel.
+
     Args:
         logits: ``[B, C, *spatial]`` raw scores.
         target: same shape as ``logits`` (or ``[B, *spatial]`` when ``C == 1``), values in [0, 1].
@@ -106,8 +117,10 @@ def binary_cross_entropy(
         label_smoothing: ``s`` in [0, 1): targets move towards 1/2.
         ignore_index: target value whose elements are excluded (masked mean).
         reduction: ``"mean"`` (over valid elements) | ``"sum"`` | ``"none"``.
+        beta: None (plain BCE) or the weight in (0, 1) of the positive term (see above).
     """
     name = "BCELoss"
+    _check_beta(beta, name)
     _checks.check_logits(logits, name)
     _checks.check_reduction(reduction, name)
     target = binary_target(logits, target) if logits.shape[1] == 1 else target
@@ -121,10 +134,28 @@ def binary_cross_entropy(
     t, mask = dense_target(target, ignore_index, x.dtype)
     if label_smoothing:
         t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if beta is not None:
+        # beta w t log p + (1 - beta)(1 - t) log(1 - p) = (1 - beta) [w' t log p + (1 - t) log(1 - p)],
+        # w' = w beta / (1 - beta): torch's logit-space kernel does the rest (beta < 1 is checked).
+        ratio = beta / (1.0 - beta)
+        pw = torch.tensor(ratio, dtype=x.dtype, device=x.device) if pw is None else pw * ratio
     if mask is None and reduction != "none":
-        return F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction=reduction)
-    loss = F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none")
-    return _reduce(loss, mask, reduction)
+        out = F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction=reduction)
+    else:
+        out = _reduce(F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none"), mask, reduction)
+    return out if beta is None else (1.0 - beta) * out
+
+
+def _check_beta(beta, name: str) -> None:
+    """``beta`` of the Combo-loss cross-entropies: None or a float strictly inside (0, 1)."""
+    if beta is None:
+        return
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0.0 < beta < 1.0):
+        # 0 or 1 would drop one side of the loss: predicting everything positive (or negative) wins
+        raise ValueError(
+            f"{name}: beta must be None (plain cross-entropy) or a float in (0, 1), the weight of the "
+            f"positive term (> 0.5 penalises false negatives more), got {beta!r}"
+        )
 
 
 def cross_entropy(
@@ -134,6 +165,8 @@ def cross_entropy(
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
+    *,
+    beta: float | None = None,
 ) -> Tensor:
     r"""Multiclass cross-entropy with class indices; ``torch.nn.functional.cross_entropy`` semantics.
 
@@ -143,6 +176,19 @@ def cross_entropy(
     ``"mean"`` divides by ``sum_i w_{t_i}`` over valid pixels (PyTorch's weighted mean). Unlike
     PyTorch, a batch whose pixels are all ignored gives 0 (with zero gradient), not NaN.
 
+    With ``beta`` (the Combo loss's modified cross-entropy, Taghanaki et al. 2019, in its
+    multiclass form): one-vs-rest binary cross-entropies of the softmax probabilities ``p``,
+
+    .. math:: \ell_i = -\frac{1}{C} \sum_c w_c\, [\,\beta\, q_{ic} \log p_{ic}
+              + (1 - \beta)(1 - q_{ic}) \log(1 - p_{ic})\,]
+
+    so that ``"mean"`` (over valid pixels, weights not in the denominator) is the mean over every
+    pixel and class, as the authors' code computes it (``K.mean`` of the flattened one-hot target
+    and softmax output; their code's parenthesisation also scales the negative term by ``beta``,
+    a slip against the paper's formula, which is the one implemented here). ``beta > 0.5``
+    penalises false negatives more. ``log(1 - p_c)`` is ``log(sum_{k != c} p_k)``, summed without
+    cancellation, so saturated logits stay finite.
+
     Args:
         logits: ``[B, C, *spatial]``.
         target: ``[B, *spatial]`` integer class indices in ``[0, C)`` (or ``ignore_index``).
@@ -150,10 +196,20 @@ def cross_entropy(
         ignore_index: class index whose pixels are excluded.
         label_smoothing: ``s`` in [0, 1).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+        beta: None (plain cross-entropy) or the weight in (0, 1) of the positive terms (see above).
     """
     name = "CrossEntropyLoss"
     _checks.check_reduction(reduction, name)
+    _check_beta(beta, name)
     x, t, w = _multiclass_inputs(logits, target, weight, ignore_index, name)
+    if beta is not None:
+        loss, valid = _one_vs_rest_cross_entropy(x, t, w, ignore_index, label_smoothing, beta)
+        if reduction == "none":
+            return loss
+        if reduction == "sum":
+            return loss.sum()
+        count = loss.new_tensor(loss.numel()) if valid is None else valid.sum().to(loss.dtype)
+        return loss.sum() / count.clamp_min(1.0)  # every pixel ignored: 0, not 0/0
     if ignore_index is None and reduction != "none":
         return F.cross_entropy(x, t, weight=w, label_smoothing=label_smoothing, reduction=reduction)
     loss = _pixel_cross_entropy(x, t, w, ignore_index, label_smoothing)
@@ -169,6 +225,34 @@ def cross_entropy(
         denom = torch.where(valid, w[safe], torch.zeros((), dtype=w.dtype, device=w.device)).sum()
     # All pixels ignored: the sum is 0, so any non-zero denominator gives 0 (not torch's 0/0).
     return loss.sum() / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def _one_vs_rest_cross_entropy(x: Tensor, t: Tensor, w: Tensor | None, ignore_index, label_smoothing: float,
+                               beta: float) -> tuple[Tensor, Tensor | None]:
+    """Per-pixel Combo-loss cross-entropy ``[B, *]`` (see :func:`cross_entropy`), 0 at ignored pixels,
+    and the bool mask of valid pixels (None without ``ignore_index``)."""
+    C = x.shape[1]
+    t, valid = index_target(t, ignore_index)
+    logp = torch.log_softmax(x, dim=1)
+    # log(1 - p_c) = log(sum_{k != c} e_k) - log(sum_k e_k), e = exp(x - max): for c != argmax the
+    # sum of the others holds the max's 1 (no cancellation in S - e_c); for the argmax it is
+    # summed directly, so p_c -> 1 gives a large finite log, not log(0) (whose 0 * -inf is NaN).
+    e = torch.exp(x - x.detach().amax(dim=1, keepdim=True))
+    total = e.sum(dim=1, keepdim=True)
+    top = e.detach().argmax(dim=1, keepdim=True)
+    rest_of_top = e.scatter(1, top, 0.0).sum(dim=1, keepdim=True)
+    others = (total - e).scatter(1, top, rest_of_top)
+    log1mp = torch.log(others.clamp_min(torch.finfo(x.dtype).tiny)) - torch.log(total)
+    q = F.one_hot(t, C).movedim(-1, 1).to(x.dtype)
+    if label_smoothing:
+        q = q * (1.0 - label_smoothing) + label_smoothing / C
+    terms = (beta * q) * logp + ((1.0 - beta) * (1.0 - q)) * log1mp
+    if w is not None:
+        terms = terms * channel_view(w, x.ndim)
+    loss = terms.sum(dim=1) * (-1.0 / C)
+    if valid is not None:
+        loss = loss * valid.to(loss.dtype)
+    return loss, valid
 
 
 def _multiclass_inputs(logits, target, weight, ignore_index, name: str) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -450,6 +534,7 @@ def tversky_loss(logits: Tensor, target: Tensor, mode: Mode, **options) -> Tenso
 
 # The losses with a file of their own (each beside its module). Imported last: hard_pixels
 # builds on cross_entropy and binary_cross_entropy above.
+from .boundary import boundary_loss  # noqa: E402
 from .cldice import cldice_loss, soft_skeleton  # noqa: E402
 from .generalized_dice import generalized_dice_loss  # noqa: E402
 from .hard_pixels import (  # noqa: E402
@@ -458,5 +543,9 @@ from .hard_pixels import (  # noqa: E402
     topk_binary_cross_entropy,
     topk_cross_entropy,
 )
+from .hausdorff import hausdorff_dt_loss, hausdorff_er_loss  # noqa: E402
 from .lovasz import lovasz_loss  # noqa: E402
 from .mcc import mcc_loss  # noqa: E402
+from .skeleton_recall import skeleton_recall_loss  # noqa: E402
+from .unified_focal import asymmetric_unified_focal_loss  # noqa: E402
+from .wasserstein_dice import generalized_wasserstein_dice_loss  # noqa: E402

@@ -12,8 +12,9 @@ and the built loss is
 
     loss = sum_k weight_k * term_k(logits, target)
 
-Each term's ``weight`` is its weight in that sum (popped here); every other key goes to the
-term's constructor. Because ``weight`` is taken, a loss whose own constructor has a ``weight``
+Each term's ``weight`` is its weight in that sum (popped here): a number, or a schedule over the
+epochs (``weight: {schedule: linear, start: 0, end: 1, start_epoch: 0, end_epoch: 20}``,
+:mod:`seglosses.schedules`); every other key goes to the term's constructor. Because ``weight`` is taken, a loss whose own constructor has a ``weight``
 argument (``CrossEntropyLoss``'s per-class weights) receives it from the key ``class_weights``.
 Even a single term becomes a ``CombinedLoss`` so that per-term logging (``last_values``) is the
 same for every loss.
@@ -34,6 +35,8 @@ from typing import Any
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+
+from seglosses.schedules import parse_weight
 
 from .task import SUGGESTED_LOSS, check_term_serves_task, loss_mode, validate_task
 from .utils import build
@@ -81,7 +84,8 @@ def check_loss_config(loss_cfg: Any, task: str, num_classes: int) -> None:
 
     Raises ``ValueError`` naming the term when: a term has no ``_target_``; its class cannot be
     imported; its class cannot serve ``task`` (BCE with multiclass, CE with binary/multilabel);
-    its ``mode`` is not the task; its ``weight`` is not a non-negative number; all weights are 0.
+    its ``mode`` is not the task; its ``weight`` is neither a number >= 0 nor a valid schedule; all
+    weights are the constant 0.
     Also when ``loss.cpu_compile`` is not true, false or null.
     """
     validate_task(task, num_classes)
@@ -104,8 +108,13 @@ def check_loss_config(loss_cfg: Any, task: str, num_classes: int) -> None:
                 f"(mode: ${{task}} in conf/loss/terms/{name}.yaml) or use loss={SUGGESTED_LOSS[task]}"
             )
         weight = term.get("weight", 1.0)
+        if isinstance(weight, Mapping):
+            parse_weight(weight, name)  # a schedule: its options checked now
+            total += 1.0
+            continue
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or weight < 0 or weight != weight:
-            raise ValueError(f"loss.terms.{name}.weight must be a number >= 0, got {weight!r}")
+            raise ValueError(f"loss.terms.{name}.weight must be a number >= 0 or a schedule "
+                             f"({{schedule: linear, ...}}, docs/losses.md), got {weight!r}")
         total += float(weight)
     if total <= 0:
         raise ValueError(f"all loss weights are 0 ({sorted(terms)}): at least one term needs weight > 0")
@@ -133,7 +142,7 @@ def build_loss(loss_cfg: Any, task: str, num_classes: int):
         seglosses.set_cpu_compile(cpu_compile)
     modules, weights = {}, {}
     for name, term in _terms(loss_cfg).items():
-        weights[name] = float(term.pop("weight", 1.0))
+        weights[name] = parse_weight(term.pop("weight", 1.0), name)
         klass = get_class(term["_target_"])
         params = inspect.signature(klass).parameters
         if "class_weights" in term and "class_weights" not in params and "weight" in params:

@@ -3,7 +3,9 @@
 Logged keys (every value is an epoch mean, synced across DDP ranks):
 
 * ``train/loss``, ``val/loss``: the combined loss ``sum_k w_k L_k``;
-* ``train/loss_<term>``, ``val/loss_<term>``: each term's unweighted value ``L_k``;
+* ``train/loss_<term>``, ``val/loss_<term>``: each term's unweighted value ``L_k`` (absent while
+  the term's weight is 0: it is not computed);
+* ``train/weight_<term>``: each term's weight, when a weight is a schedule (seglosses/schedules.py);
 * ``val/dice``, ``val/iou``: mean over classes of the per-class scores pooled over all validation
   pixels, ``Dice_c = 2 TP_c / (2 TP_c + FP_c + FN_c)``, ``IoU_c = TP_c / (TP_c + FP_c + FN_c)``;
 * ``val/dice_class<c>``, ``val/iou_class<c>``: per class (multiclass, multilabel).
@@ -21,6 +23,8 @@ import lightning as L
 import torch
 import torchmetrics
 from torch import Tensor, nn
+
+from seglosses.derived import NAMES as DERIVED_TARGETS
 
 from .schedule import follow_config
 from .sliding import check_window, whole_image_logits
@@ -122,12 +126,18 @@ class SegmentationModule(L.LightningModule):
                                          self.validation_tta)
         else:
             logits = self.predict_logits(image, batch.get("name"))
-        loss = self.loss(logits, mask)
+        # Distance maps / skeletons of the batch (datamodules/derived.py) go to the terms that need them.
+        loss = self.loss(logits, mask, **{k: batch[k] for k in DERIVED_TARGETS if k in batch})
         n = image.shape[0]
         # Epoch means, weighted by batch size; sync_dist averages them over ranks at epoch end.
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         for name, value in self.loss.last_values.items():
             self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        if stage == "train" and getattr(self.loss, "schedules", None):
+            for name, weight in self.loss.weights.items():
+                # The same value on every rank (a function of the epoch): no sync needed. batch_size=1:
+                # the epoch value is the mean over the steps, not weighted by a short last batch.
+                self.log(f"train/weight_{name}", float(weight), on_step=False, on_epoch=True, batch_size=1)
         return loss, logits
 
     def _metric_target(self, mask: Tensor) -> Tensor:
@@ -179,6 +189,27 @@ class SegmentationModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), **self.scheduler_config},
         }
+
+    def on_train_epoch_start(self) -> None:
+        # Scheduled loss weights are a pure function of the epoch: a resumed run and every DDP rank
+        # get the same ones. Lightning runs this hook before it creates the epoch's DataLoader
+        # iterator, so the data pipeline hears in time which derived targets this epoch needs.
+        if hasattr(self.loss, "set_epoch"):
+            self.loss.set_epoch(self.current_epoch)
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if hasattr(datamodule, "set_active_derived_targets"):
+                datamodule.set_active_derived_targets(self.loss.derived_targets(self.current_epoch))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if getattr(self.loss, "per_step", False):  # a per_step schedule moves at every step of the epoch
+            batches = self.trainer.num_training_batches
+            fraction = batch_idx / batches if isinstance(batches, int) and batches > 0 else 0.0
+            self.loss.set_epoch(self.current_epoch + fraction)
+
+    def on_validation_epoch_start(self) -> None:
+        # Validation scores with the weights of the epoch (a per_step schedule: its value at the epoch's start).
+        if hasattr(self.loss, "set_epoch"):
+            self.loss.set_epoch(self.current_epoch)
 
     def on_train_start(self) -> None:
         # After Lightning restored a resumed run's scheduler: its T_max etc. follow this run's config (segtrain/schedule.py).

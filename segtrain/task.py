@@ -35,6 +35,7 @@ TERMS_BY_TASK = {
     "TopKBCELoss": ("binary", "multilabel"),
     "OhemBCELoss": ("binary", "multilabel"),
     "MCCLoss": ("binary", "multilabel"),  # sigmoid per channel
+    "GeneralizedWassersteinDiceLoss": ("multiclass",),  # a distance between the classes of a softmax
 }
 
 # The combination to suggest when a term cannot serve the task.

@@ -40,6 +40,11 @@ LOSSES = {
     "dice_cldice": ("binary", {"dice": seglosses.DiceLoss, "cldice": seglosses.ClDiceLoss}),
     "generalized_dice": ("multiclass", {"generalized_dice": seglosses.GeneralizedDiceLoss}),
     "bce_mcc": ("multilabel", {"bce": seglosses.BCELoss, "mcc": seglosses.MCCLoss}),
+    # issue 25 (their fast_dev_runs: tests/losses/test_catalogue_train.py)
+    "combo": ("binary", {"bce": seglosses.BCELoss, "dice": seglosses.DiceLoss}),
+    "dice_boundary": ("binary", {"generalized_dice": seglosses.GeneralizedDiceLoss, "boundary": seglosses.BoundaryLoss}),
+    "dice_ce_skeleton_recall": ("multiclass", {"ce": seglosses.CrossEntropyLoss, "dice": seglosses.DiceLoss,
+                                               "skeleton_recall": seglosses.SkeletonRecallLoss}),
 }
 NUM_CLASSES = {"binary": 1, "multiclass": 4, "multilabel": 3}
 

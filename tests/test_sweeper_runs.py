@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -58,7 +59,9 @@ def test_sigkill_then_the_same_command_resumes_to_n_trials(tmp_path):
         while time.time() < deadline and first.poll() is None:
             try:
                 trials = _trials(f"sqlite:///{db}") if db.exists() else []
-            except KeyError:  # the file is there, the study not yet
+            except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+                # The file is there, the study not yet; or the sweep is creating the schema right now:
+                # this poll's own storage would race it (UNIQUE constraint on alembic_version).
                 trials = []
             states = [t.state for t in trials]
             if states.count(TrialState.COMPLETE) == 2 and TrialState.RUNNING in states:

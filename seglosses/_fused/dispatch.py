@@ -41,9 +41,10 @@ class FusedLosses(NamedTuple):
 
 def _pixel_kind(pix: nn.Module, mode: str) -> str | None:
     """"bce" / "ce" / "focal" if ``pix`` can be fused with a region term in ``mode``."""
-    if type(pix) is BCELoss and mode in ("binary", "multilabel"):
+    # beta (the Combo loss's FN/FP weighting) is not in the fused kernels: such a term runs alone
+    if type(pix) is BCELoss and mode in ("binary", "multilabel") and getattr(pix, "beta", None) is None:
         return "bce"
-    if type(pix) is CrossEntropyLoss and mode == "multiclass":
+    if type(pix) is CrossEntropyLoss and mode == "multiclass" and getattr(pix, "beta", None) is None:
         return "ce"
     if type(pix) is FocalLoss and pix.mode == mode and pix.fusable:
         return "focal"
@@ -59,7 +60,8 @@ def plan(terms, target: Tensor | None = None) -> FusedPlan | None:
     (returns None) for: ``from_logits=False``; a ``reduction`` other than ``"mean"`` (either term);
     different ``ignore_index`` on the two terms; BCE with multiclass Dice or CE with
     binary/multilabel Dice (the composed path raises the mode error); Focal in another mode than
-    the region term, or with ``weight``, ``pos_weight`` or ``include_background=False``; a ``target`` that requires grad. (Invalid region options, such as
+    the region term, or with ``weight``, ``pos_weight`` or ``include_background=False``; BCE or CE
+    with ``beta`` set (the Combo loss's weighting); a ``target`` that requires grad. (Invalid region options, such as
     ``include_background=False`` in binary mode, cannot be built at all.)
     """
     if len(terms) != 2 or (target is not None and target.requires_grad):

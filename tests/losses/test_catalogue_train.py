@@ -1,4 +1,4 @@
-"""Every loss term of issue 14 runs a fast_dev_run in a task it serves, through conf/loss/."""
+"""Every loss term of issues 14 and 25 runs a fast_dev_run in a task it serves, through conf/loss/."""
 
 import pytest
 
@@ -15,6 +15,12 @@ RUNS = [
     ("binary", 1, ["loss/terms=[dice,topk_bce,ohem_bce]", "loss.terms.topk_bce.k=5"]),
     ("multiclass", 3, ["loss/terms=[ce,log_cosh_dice]", "loss.terms.log_cosh_dice.include_background=false"]),
     ("binary", 1, ["loss/terms=[bce,log_cosh_dice]"]),
+    # issue 25: derived targets from the data pipeline (distance maps, skeletons), schedules, Combo's beta
+    ("binary", 1, ["loss=dice_boundary"]),  # epoch 0: the boundary weight is 0, the term is skipped
+    ("multiclass", 3, ["loss=dice_ce_skeleton_recall"]),
+    ("multiclass", 3, ["loss/terms=[ce,hausdorff_dt,generalized_wasserstein_dice]", "loss.terms.ce.beta=0.7"]),
+    ("multilabel", 3, ["loss/terms=[hausdorff_er,unified_focal,boundary]"]),
+    ("binary", 1, ["loss=combo", "loss.terms.bce.beta=0.7"]),
     ("multilabel", 3, ["loss/terms=[lovasz,mcc,cldice,focal]", "loss.terms.focal.include_background=false",
                        "loss.terms.focal.class_weights=[1.0,2.0,0.5]", "loss.terms.lovasz.per_image=true"]),
 ]

@@ -58,8 +58,8 @@ def test_contract_signatures():
     def names(cls):
         return list(inspect.signature(cls.__init__).parameters)[1:]
 
-    assert names(BCELoss) == ["pos_weight", "label_smoothing", "ignore_index", "reduction"]
-    assert names(CrossEntropyLoss) == ["weight", "ignore_index", "label_smoothing", "reduction"]
+    assert names(BCELoss) == ["pos_weight", "label_smoothing", "ignore_index", "reduction", "beta"]
+    assert names(CrossEntropyLoss) == ["weight", "ignore_index", "label_smoothing", "reduction", "beta"]
     assert names(DiceLoss)[:10] == ["mode", "from_logits", "smooth", "squared_pred", "log_loss", "per_image",
                                     "ignore_index", "class_weights", "include_background", "sync_dist"]
     assert names(TverskyLoss)[:4] == ["mode", "alpha", "beta", "gamma"]

@@ -1,0 +1,169 @@
+"""Derived targets: what some losses need beyond the mask (distance maps, tubed skeletons).
+
+A loss that needs one names it in its class attribute ``derived_targets`` (e.g.
+``BoundaryLoss.derived_targets == ("distance",)``) and takes it as a keyword of its forward
+(``loss(logits, target, distance=...)``). :class:`~seglosses.CombinedLoss` hands each term the
+derived targets it names; the training harness computes them in the data pipeline
+(datamodules/derived.py) only when a configured loss needs them. Called without them, the loss
+computes them from the target itself with the functions below (slower: on the CPU, every step,
+and on the crop the loss sees rather than on the whole image).
+
+Two derived targets, one canonical form each, from which every loss takes its own convention:
+
+* ``distance``: the *signed Euclidean distance map* of each class channel, float32
+  ``[C, *spatial]`` (``[B, C, *spatial]`` batched)::
+
+      d_c(x) = edt(not c)(x) - edt(c)(x)
+
+  positive outside the class (the distance to its nearest pixel), negative inside (minus the
+  distance to the nearest pixel of another class), in pixels, or in the units of ``spacing``.
+  A class absent from the image, or covering all of it, has no boundary: its map is 0
+  everywhere (as MONAI's ``BoundaryLoss`` and the authors' ``one_hot2dist`` for an empty class).
+  Kervadec's boundary map is ``d + 1`` inside (``-(edt(c) - 1)``), MONAI's Hausdorff field is
+  ``|d|``. Ignored pixels belong to no class (they count as "not c" for every class).
+* ``skeleton``: the *tubed skeleton* of Skeleton Recall (Kirchhoff et al., ECCV 2024), in the
+  layout of the mask it comes from: the skeleton (``skimage.morphology.skeletonize``) of the
+  foreground, dilated twice by the cross footprint (``skimage.morphology.dilation``), kept inside
+  the foreground and, for class indices, labelled with the class of each pixel (0 elsewhere), as
+  MIC-DKFZ/Skeleton-Recall's ``SkeletonTransform`` (``skel *= seg``). Binary and multilabel channels are skeletonised one by one.
+
+The distance maps need scipy and the skeletons scikit-image: ``pip install "seglosses[distance]"``
+/ ``"seglosses[skeleton]"`` (the rest of seglosses needs torch alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: The names a loss may list in ``derived_targets`` (and the batch keys that carry them).
+DISTANCE = "distance"
+SKELETON = "skeleton"
+NAMES = (DISTANCE, SKELETON)
+
+
+def _scipy_edt():
+    try:
+        from scipy.ndimage import distance_transform_edt
+    except ImportError as err:  # pragma: no cover - scipy is in every harness install
+        raise ImportError(
+            "seglosses computes distance maps with scipy (scipy.ndimage.distance_transform_edt), which is not "
+            "installed: pip install 'seglosses[distance]', or pass the maps yourself (distance=...)."
+        ) from err
+    return distance_transform_edt
+
+
+def _skimage():
+    try:
+        from skimage.morphology import dilation, skeletonize
+    except ImportError as err:  # pragma: no cover - scikit-image is in every harness install
+        raise ImportError(
+            "seglosses computes skeletons with scikit-image (skimage.morphology.skeletonize), which is not "
+            "installed: pip install 'seglosses[skeleton]', or pass the skeletons yourself (skeleton=...)."
+        ) from err
+    return skeletonize, dilation
+
+
+def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
+    """``spacing`` as ``ndim`` positive floats (one per spatial axis), or ``None`` (unit pixels)."""
+    if spacing is None:
+        return None
+    values = tuple(float(s) for s in spacing)
+    if len(values) != ndim or not all(np.isfinite(s) and s > 0 for s in values):
+        raise ValueError(
+            f"spacing must give one positive size per spatial axis ({ndim}), e.g. {[1.0] * ndim}; got {list(spacing)}"
+        )
+    return values
+
+
+def signed_distance(channels: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """Signed distance map of each channel of a boolean ``[C, *spatial]`` array (module doc).
+
+    Args:
+        channels: ``[C, *spatial]``, True where the pixel belongs to class ``c``.
+        spacing: the size of a pixel along each spatial axis (e.g. ``[0.5, 0.5]`` mm), or ``None``.
+
+    Returns:
+        float32 ``[C, *spatial]``: ``edt(not c) - edt(c)``; 0 for a channel that is all False or all True.
+    """
+    edt = _scipy_edt()
+    channels = np.asarray(channels, dtype=bool)
+    sampling = check_spacing(spacing, channels.ndim - 1)
+    out = np.zeros(channels.shape, dtype=np.float32)
+    for c, inside in enumerate(channels):
+        if not inside.any() or inside.all():
+            continue
+        outside = ~inside
+        # edt(a) is the distance from each True pixel to the nearest False one: 0 on the other side.
+        out[c] = edt(outside, sampling=sampling) - edt(inside, sampling=sampling)
+    return out
+
+
+def class_channels(mask: np.ndarray, mode: str, num_classes: int) -> np.ndarray:
+    """One sample's mask as boolean class channels ``[C, *spatial]``.
+
+    Args:
+        mask: multiclass: class indices ``[*spatial]``; binary (``C = 1``) and multilabel:
+            ``[C, *spatial]`` of 0/1 (a soft target counts from 0.5, as MONAI thresholds it). A value
+            above 1 (an ignore value, padding) is in no channel.
+        mode: ``binary`` | ``multiclass`` | ``multilabel``.
+        num_classes: the channels of the loss (binary: 1; multiclass: incl. background).
+    """
+    mask = np.asarray(mask)
+    if mode == "multiclass":
+        return mask[None] == np.arange(num_classes).reshape(-1, *([1] * mask.ndim))
+    return _foreground(mask)
+
+
+def _foreground(mask: np.ndarray) -> np.ndarray:
+    """Binary/multilabel: in the class from 0.5 (soft labels), never above 1 (ignore or pad values)."""
+    return (mask >= 0.5) & (mask <= 1)
+
+
+def tubed_skeleton(mask: np.ndarray, mode: str, ignore_index: int | float | None = None) -> np.ndarray:
+    """The tubed skeleton of a mask, in the mask's own layout and dtype (module doc).
+
+    Args:
+        mask: multiclass: class indices ``[*spatial]``; binary (``C = 1``) and multilabel:
+            ``[C, *spatial]`` of 0/1 (any other value, e.g. an ignore value, is not foreground).
+        mode: ``binary`` | ``multiclass`` | ``multilabel``.
+        ignore_index: multiclass: the value of ignored pixels, never foreground.
+
+    Returns:
+        multiclass: the class of each skeleton pixel, 0 elsewhere; binary/multilabel: 0/1 per channel.
+    """
+    skeletonize, dilation = _skimage()
+    mask = np.asarray(mask)
+
+    def tube(foreground: np.ndarray) -> np.ndarray:
+        if not foreground.any():
+            return np.zeros(foreground.shape, dtype=bool)
+        return dilation(dilation(skeletonize(foreground))).astype(bool)
+
+    if mode == "multiclass":
+        foreground = mask > 0
+        if ignore_index is not None:
+            foreground &= mask != ignore_index
+        return np.where(tube(foreground) & foreground, mask, 0).astype(mask.dtype, copy=False)
+    return np.stack([tube(_foreground(ch)) & _foreground(ch) for ch in mask]).astype(mask.dtype, copy=False)
+
+
+def distance_from_target(target: Tensor, mode: str, num_classes: int,
+                         spacing: Sequence[float] | None = None) -> Tensor:
+    """``distance`` of a batch of targets, for a loss called without it: float32 ``[B, C, *spatial]``.
+
+    ``target`` is the loss's target (multiclass: ``[B, *spatial]`` indices; binary/multilabel:
+    ``[B, C, *spatial]``). Runs on the CPU (scipy) and returns on ``target``'s device.
+    """
+    host = target.detach().cpu().numpy()
+    maps = [signed_distance(class_channels(t, mode, num_classes), spacing) for t in host]
+    return torch.from_numpy(np.stack(maps)).to(target.device)
+
+
+def skeleton_from_target(target: Tensor, mode: str, ignore_index=None) -> Tensor:
+    """``skeleton`` of a batch of targets, for a loss called without it: the target's layout and dtype."""
+    host = target.detach().cpu().numpy()
+    return torch.from_numpy(np.stack([tubed_skeleton(t, mode, ignore_index) for t in host])).to(target.device)
