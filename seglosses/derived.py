@@ -33,11 +33,16 @@ The distance maps need scipy and the skeletons scikit-image: ``pip install "segl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
+
+try:
+    import numpy as np
+except ImportError:  # a torch-only install: the extras bring numpy with scipy / scikit-image
+    np = None
 
 #: The names a loss may list in ``derived_targets`` (and the batch keys that carry them).
 DISTANCE = "distance"
@@ -47,6 +52,8 @@ NAMES = (DISTANCE, SKELETON)
 
 def _scipy_edt():
     try:
+        if np is None:
+            raise ImportError("numpy")
         from scipy.ndimage import distance_transform_edt
     except ImportError as err:  # pragma: no cover - scipy is in every harness install
         raise ImportError(
@@ -58,6 +65,8 @@ def _scipy_edt():
 
 def _skimage():
     try:
+        if np is None:
+            raise ImportError("numpy")
         from skimage.morphology import dilation, skeletonize
     except ImportError as err:  # pragma: no cover - scikit-image is in every harness install
         raise ImportError(
@@ -72,7 +81,7 @@ def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ..
     if spacing is None:
         return None
     values = tuple(float(s) for s in spacing)
-    if len(values) != ndim or not all(np.isfinite(s) and s > 0 for s in values):
+    if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
         raise ValueError(
             f"spacing must give one positive size per spatial axis ({ndim}), e.g. {[1.0] * ndim}; got {list(spacing)}"
         )
@@ -158,6 +167,7 @@ def distance_from_target(target: Tensor, mode: str, num_classes: int,
     ``target`` is the loss's target (multiclass: ``[B, *spatial]`` indices; binary/multilabel:
     ``[B, C, *spatial]``). Runs on the CPU (scipy) and returns on ``target``'s device.
     """
+    _scipy_edt()  # the install's message before torch's own ("Numpy is not available")
     host = target.detach().cpu().numpy()
     maps = [signed_distance(class_channels(t, mode, num_classes), spacing) for t in host]
     return torch.from_numpy(np.stack(maps)).to(target.device)
@@ -165,5 +175,6 @@ def distance_from_target(target: Tensor, mode: str, num_classes: int,
 
 def skeleton_from_target(target: Tensor, mode: str, ignore_index=None) -> Tensor:
     """``skeleton`` of a batch of targets, for a loss called without it: the target's layout and dtype."""
+    _skimage()
     host = target.detach().cpu().numpy()
     return torch.from_numpy(np.stack([tubed_skeleton(t, mode, ignore_index) for t in host])).to(target.device)

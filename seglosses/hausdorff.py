@@ -72,6 +72,9 @@ def _check_flag(value, key: str, name: str) -> bool:
 def _prediction_field(p: Tensor, spacing) -> Tensor:
     """``|d|`` of the prediction's masks ``p > 0.5``, per image and channel, float32 on ``p``'s
     device (MONAI's ``distance_field``: ``edt(mask) + edt(not mask)``, 0 if empty or full)."""
+    from .derived import _scipy_edt
+
+    _scipy_edt()  # a torch-only install: the message naming the extra, not numpy's ModuleNotFoundError
     import numpy as np  # with scipy, only when a field is computed
 
     from .derived import signed_distance

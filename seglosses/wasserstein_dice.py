@@ -64,7 +64,7 @@ def check_dist_matrix(dist_matrix, loss: str = NAME) -> Tensor | None:
 
             if isinstance(dist_matrix, np.ndarray):
                 dist_matrix = dist_matrix.tolist()
-        except ImportError:  # pragma: no cover - numpy comes with torch
+        except ImportError:  # a torch-only install has no numpy: then it is no ndarray either
             pass
         rows = list(dist_matrix) if isinstance(dist_matrix, Sequence) and not isinstance(dist_matrix, str) else None
         if rows is None or not all(isinstance(r, Sequence) and not isinstance(r, str) for r in rows):
