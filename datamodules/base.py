@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .derived import ALBUMENTATIONS_TARGETS, DISTANCE, DerivedTargets
 from .masks import encode_mask, validate_task
 from .transforms import (
     TransformSpec,
@@ -25,7 +26,9 @@ from .transforms import (
 # The augmentation pipelines whose random state goes into checkpoints (state_dict).
 _PIPELINES = ("train_transform", "val_transform")
 
-# A sample source returns (image uint8 [H, W, 3], mask [H, W] or [H, W, C], name).
+# A sample source returns (image uint8 [H, W, 3], mask [H, W] or [H, W, C], name). It may also
+# have spacing(index) (pixel size per axis, for distance maps) and cached_distance(index)
+# (precomputed whole-image distance maps): datamodules/derived.py.
 SampleFn = Callable[[int], tuple[np.ndarray, np.ndarray, str]]
 
 
@@ -37,31 +40,60 @@ class SegmentationDataset(Dataset):
         length: number of samples.
         transform: an ``A.Compose`` ending with ``ToTensorV2(transpose_mask=True)``.
         task: ``binary``, ``multiclass`` or ``multilabel`` (decides the mask layout, see masks.py).
+        derived: the derived targets (distance maps, skeletons) the samples carry while active
+            (datamodules/derived.py); ``None``: none.
     """
 
-    def __init__(self, load: SampleFn, length: int, transform: Callable, task: str) -> None:
+    def __init__(self, load: SampleFn, length: int, transform: Callable, task: str,
+                 derived: DerivedTargets | None = None) -> None:
         self.load = load
         self.length = length
         self.transform = transform
         self.task = task
+        self.derived = derived if derived else None
+        if self.derived is not None and DISTANCE in self.derived.names:
+            # The whole-image distance map rides through the crop stage and the augmentations as a mask.
+            transform.add_targets(ALBUMENTATIONS_TARGETS)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._sample(index, self.derived.active() if self.derived is not None else ())
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """One batch (the DataLoader's fetcher calls this): the active derived targets are read once,
+        so a switch between two samples never gives a batch samples with different keys."""
+        active = self.derived.active() if self.derived is not None else ()
+        return [self._sample(i, active) for i in indices]
+
+    def _sample(self, index: int, active: tuple[str, ...]) -> dict[str, Any]:
         image, mask, name = self.load(index)
-        out = self.transform(image=image, mask=mask)
+        extra, cached = {}, None
+        if DISTANCE in active:  # of the whole image, before the crop stage
+            extra[DISTANCE], from_cache = self.derived.distance(self.load, index, mask)
+            cached = extra[DISTANCE] if from_cache else None
+        out = self.transform(image=image, mask=mask, **extra)
         # Without a Normalize in the pipeline the image is still uint8: the contract is float32.
-        return {"image": out["image"].float(), "mask": encode_mask(out["mask"], self.task), "name": name}
+        sample = {"image": out["image"].float(), "mask": encode_mask(out["mask"], self.task), "name": name}
+        return self.derived.add(sample, out, active, cached) if active else sample
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """``default_collate``, with a clear error when the samples of a batch differ in size.
 
     Without a resize or crop in the pipeline, files of different sizes cannot be stacked; torch's
-    own message ("stack expects each tensor to be equal size") names neither file nor fix.
+    own message ("stack expects each tensor to be equal size") names neither file nor fix. The
+    derived targets (``distance``, ``skeleton``: datamodules/derived.py) are stacked like the mask.
     """
-    if len({tuple(s["image"].shape) for s in samples}) > 1:
+    keys = {tuple(sorted(s)) for s in samples}
+    if len(keys) > 1:
+        raise ValueError(
+            f"The samples of one batch carry different keys ({' / '.join(', '.join(k) for k in sorted(keys))}): "
+            "every sample of a batch must carry the same derived targets."
+        )
+    tensors = [k for k in samples[0] if isinstance(samples[0][k], torch.Tensor)]
+    if any(len({tuple(s[k].shape) for s in samples}) > 1 for k in tensors):
         shown = ", ".join(f"{s['name']}: {tuple(s['image'].shape[-2:])}" for s in samples[:4])
         raise ValueError(
             f"Images of one batch have different sizes after the transforms ({shown} ...): add a resize or "
@@ -99,6 +131,12 @@ class SegmentationDataModule(L.LightningDataModule):
             horizontal flip, normalise (:func:`~datamodules.transforms.default_transforms`); ``{}``
             = no transform at all (images stay 0..255).
         val_transforms: pipeline spec for validation; ``None`` = resize, normalise.
+        derived_targets: what the samples carry beyond the mask for the losses that need it:
+            ``distance`` (whole-image signed distance maps, float32 ``[C, H, W]``) and/or
+            ``skeleton`` (tubed skeleton of the augmented mask, in the mask's layout) -- the names
+            of :data:`seglosses.derived.NAMES` (datamodules/derived.py). The harness passes those
+            of the configured loss terms; empty (the default): nothing is computed.
+            :meth:`set_active_derived_targets` switches them on and off per epoch.
 
     Raises:
         ValueError: an option no class of the datamodule takes (a misspelt ``data.<key>``),
@@ -119,6 +157,7 @@ class SegmentationDataModule(L.LightningDataModule):
         seed: int = 0,
         train_transforms: TransformSpec = None,
         val_transforms: TransformSpec = None,
+        derived_targets: Sequence[str] = (),
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -152,12 +191,54 @@ class SegmentationDataModule(L.LightningDataModule):
         # Built now, so that a bad transform config fails at start-up rather than in a worker.
         self.train_transform = build_transforms(train_transforms, seed=self.seed)
         self.val_transform = build_transforms(val_transforms, seed=self.seed)
+        #: The derived targets the samples carry (datamodules/derived.py): ``.names`` asked for, and the
+        #: shared flags of the active ones, which the datasets built in setup() read.
+        self.derived = DerivedTargets(derived_targets, self.task, self.num_classes)
         self.train_set: SegmentationDataset | None = None
         self.val_set: SegmentationDataset | None = None
         #: What a network input is (``channels``, ``channel_select``, ``dtype``, ``normalization``: the
         #: spec of datamodules/normalization.py, ``None`` when the configured transforms normalise);
         #: set in setup() by datamodules that read files, stored in every checkpoint.
         self.preprocessing: dict[str, Any] | None = None
+
+    @property
+    def derived_targets(self) -> tuple[str, ...]:
+        """The derived targets asked for (``derived_targets=``), whether active or not."""
+        return self.derived.names
+
+    @property
+    def active_derived_targets(self) -> tuple[str, ...]:
+        """The derived targets the next batches carry."""
+        return self.derived.active()
+
+    def set_active_derived_targets(self, names: Sequence[str]) -> None:
+        """Compute only ``names`` (a subset of ``derived_targets``) from the next batch on.
+
+        The training module calls this from ``on_train_epoch_start`` with the derived targets of
+        the loss terms whose weight is above 0 in that epoch (a weight of 0 skips the term: its
+        target is then not computed). The flags live in shared memory, read by the DataLoader
+        workers at every batch, persistent workers included; inactive targets are left out of
+        the samples, and one batch never mixes (one read per batch).
+
+        When a switch takes effect (Lightning 2.6.6, lightning/pytorch/loops/fit_loop.py and
+        training_epoch_loop.py): from the second epoch of a fit on, ``FitLoop.on_advance_start``
+        calls ``on_train_epoch_start`` before ``_TrainingEpochLoop.on_run_start`` calls
+        ``iter(data_fetcher)``, which creates the epoch's DataLoader iterator (and only then do
+        workers, persistent or not, receive the epoch's indices): the whole epoch follows the
+        switch. The first epoch of a fit -- and the first one after a resume -- is different:
+        ``FitLoop.setup_data()`` already calls ``iter()`` in ``FitLoop.run`` before
+        ``on_train_epoch_start``, so with ``num_workers > 0`` the first ``prefetch_factor *
+        num_workers`` batches may be built with the flags as they were (a race with the workers'
+        start; with ``num_workers=0`` nothing is built early). Every configured target starts
+        active, so those few batches may carry a target that epoch does not need (harmless: the
+        loss ignores it) but lack none (unless the flags were switched off before this fit; a
+        batch without a target its loss needs makes the loss compute it from the crop, see
+        seglosses.derived).
+
+        Raises:
+            ValueError: an unknown name, or one not in ``derived_targets``.
+        """
+        self.derived.set_active(names)
 
     def _loader(self, dataset: SegmentationDataset | None, train: bool, batch_size: int | None = None) -> DataLoader:
         if dataset is None:

@@ -46,6 +46,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from .base import SegmentationDataModule, SegmentationDataset
 from .crops import check_crop_size, check_fits_window, crop_stage, effective_crop, fitting_crop
+from .derived import DISTANCE, DerivedTargets
 from .io import adapt_channels, read_header, read_image, read_mask_file
 from .folds import check_fold_options
 from .layout import EXTENSIONS, Pair, discover_splits, find_pairs  # noqa: F401 -- re-exported
@@ -104,15 +105,49 @@ class _FileSource:
 
 
 class _CachedSource:
-    """Every sample decoded once, held in memory (``data.cache=true``); forked workers share the pages."""
+    """Every sample decoded once, held in memory (``data.cache=true``); forked workers share the pages.
 
-    def __init__(self, source: _FileSource, length: int) -> None:
+    With ``distance`` among the derived targets, the whole-image distance maps of the untransformed
+    images are computed here too, once per image (datamodules/derived.py); skeletons follow the
+    augmentation and are never cached.
+    """
+
+    def __init__(self, source: _FileSource, length: int, derived: DerivedTargets | None = None) -> None:
         self.samples = [source(i) for i in range(length)]
         self.nbytes = sum(image.nbytes + mask.nbytes for image, mask, _ in self.samples)
+        self.distances: list[np.ndarray] | None = None
+        if derived is not None and DISTANCE in derived.names:
+            channels = 1 if derived.task == "binary" else derived.num_classes
+            needed = sum(mask.shape[0] * mask.shape[1] * channels * 4 for _, mask, _ in self.samples)
+            available = available_memory()
+            if available is not None and needed > available:
+                raise ValueError(
+                    f"data.cache with distance maps: the whole-image maps of {length} images need "
+                    f"{needed / 2**30:.1f} GiB (float32, {channels} per pixel) and {available / 2**30:.1f} GiB are "
+                    "available. Set data.cache=false: the maps are then computed per sample, in the workers."
+                )
+            self.distances = [derived.distance(source, i, mask)[0] for i, (_, mask, _) in enumerate(self.samples)]
+            self.distance_nbytes = sum(d.nbytes for d in self.distances)
 
     def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         image, mask, name = self.samples[index]
         return image, mask, name  # the transforms return new arrays: the cached ones stay untouched
+
+    def cached_distance(self, index: int) -> np.ndarray | None:
+        """The whole-image distance map ``[H, W, C]`` of sample ``index`` (``None``: not cached)."""
+        return None if self.distances is None else self.distances[index]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux: MemAvailable), ``None`` where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _majority(counts: Mapping[str, int]) -> str:
@@ -177,7 +212,9 @@ class FolderDataModule(SegmentationDataModule):
         class_names: one name per class (multiclass: the background first): per-class metrics
             are logged as ``val/dice_<name>`` and the pictures' legends use them.
         cache: decode every image and mask once in setup() and keep them in memory (the size is
-            logged); otherwise files are decoded on every read, by the DataLoader workers.
+            logged); otherwise files are decoded on every read, by the DataLoader workers. With
+            ``distance`` in ``derived_targets`` the whole-image distance maps are computed once per
+            image here too (float32, ``C`` values per pixel: logged), instead of per sample.
         sliding_window: validation/test options ``overlap``, ``mode`` (``gaussian`` | ``constant``),
             ``sw_batch_size`` (windows per forward pass: bounds the memory; ``None``, the default: 1 on a
             CPU, where it is the fastest, 4 on an accelerator -- segtrain.sliding.sw_batch_size_for).
@@ -292,6 +329,7 @@ class FolderDataModule(SegmentationDataModule):
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         #: The mask value of padded pixels: the files' "not labelled" value, else one no class uses.
         self.pad_value = self.ignore_index if self.ignore_index is not None else reserved_pad_value(task, num_classes)
+        self.derived.ignore_value = self.pad_value  # padded and unlabelled pixels are never skeleton
         self.validate = bool(validate)
         self.train_pairs: list[Pair] = []
         self.val_pairs: list[Pair] = []
@@ -434,12 +472,15 @@ class FolderDataModule(SegmentationDataModule):
         source = _FileSource(pairs, self.task, self.num_classes, self.palette, self.ignore_index,
                              self.preprocessing["channels"], select)
         if self.cache and pairs:
-            source = _CachedSource(source, len(pairs))
-            rank_zero_info(f"data.cache: {len(pairs)} decoded samples hold {source.nbytes / 2**20:.1f} MiB in memory")
+            source = _CachedSource(source, len(pairs), self.derived)
+            maps = (f" (+ {source.distance_nbytes / 2**20:.1f} MiB of whole-image distance maps)"
+                    if source.distances is not None else "")
+            rank_zero_info(f"data.cache: {len(pairs)} decoded samples hold {source.nbytes / 2**20:.1f} MiB in "
+                           f"memory{maps}")
         elif self.validate:
             for i in range(len(pairs)):
                 source(i)
-        return SegmentationDataset(source, len(pairs), transform, self.task)
+        return SegmentationDataset(source, len(pairs), transform, self.task, self.derived)
 
     def setup(self, stage: str | None = None) -> None:
         """List (and with ``validate`` read) the pairs of the splits ``stage`` needs."""

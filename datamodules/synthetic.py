@@ -270,12 +270,12 @@ class SyntheticDataModule(SegmentationDataModule):
             n = self.num_train
             train = _ArraySource(self.images, self.masks, 0)
             val = _ArraySource(self.images, self.masks, n)
-            self.train_set = SegmentationDataset(train, n, self.train_transform, self.task)
-            self.val_set = SegmentationDataset(val, self.num_val, self.val_transform, self.task)
+            self.train_set = SegmentationDataset(train, n, self.train_transform, self.task, self.derived)
+            self.val_set = SegmentationDataset(val, self.num_val, self.val_transform, self.task, self.derived)
         if stage in (None, "test") and self.test_set is None and self.num_test > 0:
             images, masks = self._generate(self.num_samples, self.num_samples + self.num_test)
             source = _ArraySource(images, masks, 0, first_index=self.num_samples)
-            self.test_set = SegmentationDataset(source, self.num_test, self.val_transform, self.task)
+            self.test_set = SegmentationDataset(source, self.num_test, self.val_transform, self.task, self.derived)
 
     def test_dataloader(self):
         if self.num_test == 0:

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python scripts/bench_data.py [images=32] [size=700x500] [crop=256] [epochs=10]
         [sliding=1500x1000] [tiny_rounds=10] [rounds=3] [unet=1] [fingerprint=1000x512] [steps=3]
-        [only=fingerprint,training,sliding]
+        [derived_crop=512] [derived_epochs=5] [only=fingerprint,training,sliding,derived]
 
 One thread (torch and OpenCV, as in a DataLoader worker). Harness and plain loop run side by
 side, interleaved (harness, plain, plain, harness, ...): a burst of background load hits both,
@@ -27,6 +27,14 @@ and the overhead is the median of the per-round time ratios: ``epochs`` rounds w
    Gaussian weight map per call, weighted sum divided by the weight sum; the outputs are
    compared. A tiny 2-layer CNN shows the tiling's own cost; the smp U-Net of
    conf/model/unet.yaml (``unet=0`` skips it) the realistic case, where the network dominates.
+3. Derived targets (``only=derived``): the training pipeline of 1. (FolderDataModule, the same
+   data, ``derived_crop`` px crops, the folder datamodule's default workers: 2, persistent) with
+   ``derived_targets=[distance]`` (whole-image signed distance maps carried through the crop stage)
+   and with ``[skeleton]`` (tubed skeleton of every augmented crop), each against the same pipeline
+   without them, interleaved over ``derived_epochs`` rounds (4x with the cache), without and with
+   ``data.cache`` (which caches the distance maps, not the skeletons). Target: overhead <= 30 %.
+   Then where the time goes, per sample in one process: reading, the distance map, the
+   albumentations call with and without the map, the skeleton.
 """
 
 from __future__ import annotations
@@ -143,6 +151,96 @@ def bench_training(root: Path, crop: int, epochs: int, label: str = "uint8 RGB P
               f"images/s, plain loop {n / tp:.1f} images/s, overhead {overhead:+.1f}% -> {verdict(overhead)}")
         overheads[cache] = overhead
     return overheads
+
+
+DERIVED_TARGET = 30.0  # per cent: the cost of derived targets over the plain training pipeline
+
+
+def bench_derived(root: Path, crop: int, epochs: int) -> dict[tuple[str, bool], float]:
+    """Overhead % of distance maps / skeletons over the plain training pipeline, without and with the cache."""
+    from datamodules import FolderDataModule
+    from datamodules.derived import DISTANCE
+    from fingerprint import compute_fingerprint
+
+    fingerprint = None
+    overheads = {}
+    for cache in (False, True):
+        def module(*names: str) -> FolderDataModule:  # the folder datamodule's defaults: num_workers=2, persistent
+            nonlocal fingerprint
+            dm = FolderDataModule(root, task="binary", num_classes=1, crop_size=crop, batch_size=8, val_fraction=0.0,
+                                  cache=cache, derived_targets=names)
+            fingerprint = fingerprint or compute_fingerprint(dm.splits(), progress=False)
+            dm.fingerprint = fingerprint
+            start = time.perf_counter()
+            dm.setup("fit")
+            if DISTANCE in names and cache:
+                print(f"  setup with data.cache and {list(names)}: {time.perf_counter() - start:.2f} s "
+                      f"(whole-image distance maps computed once per image)")
+            return dm
+
+        plain_dm = module()
+        plain_loader = plain_dm.train_dataloader()
+        n = len(plain_dm.train_pairs)
+        rounds = 4 * epochs if cache else epochs
+        for name in ("distance", "skeleton"):
+            loader = module(name).train_dataloader()
+
+            def harness(loader=loader, name=name):
+                for batch in loader:
+                    assert name in batch
+
+            def plain():
+                for _ in plain_loader:
+                    pass
+
+            th, tp, overhead = interleaved(harness, plain, rounds)
+            ok = "PASS" if overhead <= DERIVED_TARGET else "FAIL"
+            print(f"derived target {name} (crop {crop}, num_workers={plain_dm.num_workers}, cache={cache}, {rounds} "
+                  f"interleaved epochs of {n} images): {n / th:.1f} images/s against {n / tp:.1f} without, overhead "
+                  f"{overhead:+.1f}% -> {ok} (target <= {DERIVED_TARGET:.0f}%)")
+            overheads[(name, cache)] = overhead
+            del loader  # its persistent workers end with it
+    derived_breakdown(root, crop)
+    return overheads
+
+
+def derived_breakdown(root: Path, crop: int, repeats: int = 3) -> None:
+    """Milliseconds per sample of each step, in this process (one thread), over every training image."""
+    from datamodules import FolderDataModule
+    from datamodules.derived import DISTANCE, distance_map, skeleton_of
+    from datamodules.masks import encode_mask
+
+    dm = FolderDataModule(root, task="binary", num_classes=1, crop_size=crop, batch_size=8, val_fraction=0.0,
+                          num_workers=0, derived_targets=[DISTANCE])
+    dm.setup("fit")
+    source, transform, n = dm.train_set.load, dm.train_transform, len(dm.train_pairs)
+    samples = [source(i) for i in range(n)]
+    maps = [distance_map(mask, "binary", 1) for _, mask, _ in samples]
+    crops = [encode_mask(transform(image=image, mask=mask)["mask"], "binary") for image, mask, _ in samples]
+
+    def ms(fn) -> float:
+        fn()
+        best = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            best.append(time.perf_counter() - start)
+        return 1000 * min(best) / n
+
+    steps = {
+        "read (decode image + mask)": ms(lambda: [source(i) for i in range(n)]),
+        "albumentations call (crop stage, flip, normalise)": ms(
+            lambda: [transform(image=im, mask=m) for im, m, _ in samples]),
+        "  the same call carrying the distance map": ms(
+            lambda: [transform(image=im, mask=m, distance=d) for (im, m, _), d in zip(samples, maps)]),
+        "distance map of the whole image (2 EDTs per present class)": ms(
+            lambda: [distance_map(m, "binary", 1) for _, m, _ in samples]),
+        f"tubed skeleton of the {crop} px crop": ms(lambda: [skeleton_of(c, "binary", 255) for c in crops]),
+    }
+    h, w = samples[0][1].shape[:2]
+    print(f"where the time goes, ms per sample ({w}x{h} images, one thread, best of {repeats}):")
+    for step, value in steps.items():
+        print(f"  {step}: {value:.2f}")
 
 
 def bench_fingerprint(n: int, size: int, steps: int, out: Path) -> None:
@@ -283,7 +381,7 @@ def main(argv: list[str]) -> None:
     sw, sh = (int(v) for v in opts.get("sliding", "1500x1000").split("x"))
     from datamodules.sensor import write_sensor_dataset
 
-    only = set(opts.get("only", "fingerprint,training,sliding").split(","))
+    only = set(opts.get("only", "fingerprint,training,sliding,derived").split(","))
     if "fingerprint" in only:
         fn, fs = (int(v) for v in opts.get("fingerprint", "1000x512").split("x"))
         bench_fingerprint(fn, fs, int(opts.get("steps", 3)), Path(opts.get("out", "/tmp/bench_data")))
@@ -291,7 +389,7 @@ def main(argv: list[str]) -> None:
     if not root.is_dir():
         write_thin_dataset(root, [(h, w)] * n, seed=0)
     tiff = Path(opts.get("out", "/tmp/bench_data")) / f"{w}x{h}_{n}_uint16x4"
-    if not tiff.is_dir():
+    if "training" in only and not tiff.is_dir():
         write_sensor_dataset(tiff, [(h, w)] * n, channels=4, dtype="uint16", object_channel=3, val_every=0,
                              mask_values=(0, 1))
     torch.set_num_threads(1)
@@ -303,6 +401,8 @@ def main(argv: list[str]) -> None:
             gap = nir[cache] - rgb[cache]
             print(f"uint16 4-channel TIFF against uint8 RGB (cache={cache}): overhead {nir[cache]:+.1f}% vs "
                   f"{rgb[cache]:+.1f}% -> {verdict(nir[cache])}, {gap:+.1f} points apart")
+    if "derived" in only:
+        bench_derived(root, int(opts.get("derived_crop", 512)), int(opts.get("derived_epochs", 5)))
     if "sliding" in only:
         bench_sliding(crop, sh, sw, int(opts.get("tiny_rounds", 10)), int(opts.get("rounds", 3)),
                       opts.get("unet", "1") != "0")

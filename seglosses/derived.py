@@ -67,13 +67,14 @@ def _skimage():
     try:
         if np is None:
             raise ImportError("numpy")
-        from skimage.morphology import dilation, skeletonize
+        from scipy.ndimage import binary_dilation  # scikit-image depends on scipy
+        from skimage.morphology import skeletonize
     except ImportError as err:  # pragma: no cover - scikit-image is in every harness install
         raise ImportError(
             "seglosses computes skeletons with scikit-image (skimage.morphology.skeletonize), which is not "
             "installed: pip install 'seglosses[skeleton]', or pass the skeletons yourself (skeleton=...)."
         ) from err
-    return skeletonize, dilation
+    return skeletonize, binary_dilation
 
 
 def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
@@ -150,7 +151,9 @@ def tubed_skeleton(mask: np.ndarray, mode: str, ignore_index: int | float | None
     def tube(foreground: np.ndarray) -> np.ndarray:
         if not foreground.any():
             return np.zeros(foreground.shape, dtype=bool)
-        return dilation(dilation(skeletonize(foreground))).astype(bool)
+        # Two dilations by the cross (connectivity 1): skimage's dilation(dilation(.)) of the
+        # authors' code, voxel for voxel, in half the time (scipy's binary form).
+        return dilation(skeletonize(foreground), iterations=2)
 
     if mode == "multiclass":
         foreground = mask > 0

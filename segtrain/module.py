@@ -190,15 +190,28 @@ class SegmentationModule(L.LightningModule):
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), **self.scheduler_config},
         }
 
+    def _activate_derived_targets(self, epoch: int) -> None:
+        """Tell the data pipeline which derived targets (distance maps, skeletons) epoch ``epoch`` needs."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(self.loss, "derived_targets") and hasattr(datamodule, "set_active_derived_targets"):
+            datamodule.set_active_derived_targets(self.loss.derived_targets(epoch))
+
+    def on_fit_start(self) -> None:
+        # Lightning 2.6 creates the first epoch's DataLoader iterator (FitLoop.setup_data) before
+        # on_train_epoch_start: a fresh run switches its epoch-0 targets here, before any batch is
+        # built. A resumed run learns its epoch only later (its loops are restored after this hook):
+        # its first prefetched batches may carry a target that epoch does not need, never lack one
+        # (every configured target starts active; datamodules/base.py set_active_derived_targets).
+        if self.trainer.ckpt_path is None:
+            self._activate_derived_targets(0)
+
     def on_train_epoch_start(self) -> None:
         # Scheduled loss weights are a pure function of the epoch: a resumed run and every DDP rank
-        # get the same ones. Lightning runs this hook before it creates the epoch's DataLoader
-        # iterator, so the data pipeline hears in time which derived targets this epoch needs.
+        # get the same ones. From the second epoch of a fit on, Lightning runs this hook before it
+        # creates the epoch's DataLoader iterator: the whole epoch follows the switch.
         if hasattr(self.loss, "set_epoch"):
             self.loss.set_epoch(self.current_epoch)
-            datamodule = getattr(self.trainer, "datamodule", None)
-            if hasattr(datamodule, "set_active_derived_targets"):
-                datamodule.set_active_derived_targets(self.loss.derived_targets(self.current_epoch))
+            self._activate_derived_targets(self.current_epoch)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if getattr(self.loss, "per_step", False):  # a per_step schedule moves at every step of the epoch

@@ -188,7 +188,9 @@ def _train(cfg: DictConfig) -> float:
     module = build_module(cfg)
     if init is not None:  # matched by name and shape; the log lists what was loaded (segtrain/init_from.py)
         apply_init(module.net, init[1], cfg.get("init_from_exclude"), source=init[0])
-    datamodule = build(cfg.data)
+    # Distance maps / skeletons are computed by the data pipeline only for the loss terms that need them.
+    derived = module.loss.derived_targets()
+    datamodule = build(cfg.data, **({"derived_targets": list(derived)} if derived else {}))
     if fingerprint is not None:
         # Set as an attribute, not a constructor argument: Hydra would turn the large dict into a DictConfig.
         datamodule.fingerprint = fingerprint

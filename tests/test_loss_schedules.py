@@ -83,3 +83,38 @@ def test_a_resumed_run_continues_the_same_weights(tmp_path):
         [(bce(e) + bce(e + 0.5)) / 2 for e in range(3)])
     got = {**_weights_by_epoch(first), **_weights_by_epoch(resumed)}
     assert got == expected
+
+
+def test_distance_maps_are_computed_only_in_epochs_whose_boundary_weight_is_above_0(tmp_path, monkeypatch):
+    """loss=dice_boundary: the boundary weight is 0 in epoch 0, so is the pipeline's distance-map work."""
+    import datamodules.derived as derived
+
+    calls: list[int] = []
+    epoch = {"now": -1}
+    original = derived.distance_map
+
+    def counted(*args, **kwargs):
+        calls.append(epoch["now"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(derived, "distance_map", counted)
+    from lightning.pytorch.callbacks import Callback
+
+    class Epoch(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            epoch["now"] = trainer.current_epoch
+
+    cfg = compose_run(["loss=dice_boundary", "trainer.max_epochs=2", "data.num_samples=8",
+                       "callbacks.prediction_grid=null", "evaluation.enabled=false"], tmp_path / "run")
+    from segtrain import run as run_module
+
+    real_build = run_module._instantiate_dict
+    monkeypatch.setattr(run_module, "_instantiate_dict",
+                        lambda node, what: real_build(node, what) + ([Epoch()] if what == "callbacks" else []))
+    train(cfg)
+    assert calls and set(calls) == {1}, calls  # none in epoch 0 (nor its validation), some in epoch 1
+    weights = _weights_by_epoch(tmp_path / "run")
+    assert weights[0]["train/weight_boundary"] == 0.0 and weights[1]["train/weight_boundary"] == pytest.approx(0.01)
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss_generalized_dice")]
+    assert [bool(r.get("train/loss_boundary")) for r in rows] == [False, True]  # not computed, not logged, at 0

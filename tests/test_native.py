@@ -207,6 +207,9 @@ def test_bench_data_runs_small_and_prints_its_verdicts(tmp_path, capsys):
     rows = re.findall(r"sw_batch_size=[14]: .* windows (\d+) / \1 in (\d+) / \2 passes, max \|difference\| (\S+)", out)
     assert len(rows) == 2 and all(float(diff) < 1e-5 for *_, diff in rows)  # same windows, same logits
     assert len(re.findall(r"-> (PASS|FAIL) \(target <= 10%\)", out)) == 8  # 4 pipelines, 2 TIFF-vs-RGB, 2 sliding
+    # derived targets: distance and skeleton, without and with the cache, then where the time goes
+    assert len(re.findall(r"derived target (distance|skeleton) .* -> (PASS|FAIL) \(target <= 30%\)", out)) == 4
+    assert "where the time goes" in out and "distance map of the whole image" in out
 
 
 # ----------------------------------------------------------------- class-centred crops ------

@@ -1,0 +1,271 @@
+"""Derived targets in the data pipeline: distance maps and tubed skeletons beside the mask.
+
+Some losses need more than the mask (:mod:`seglosses.derived`, the canonical definitions):
+``BoundaryLoss`` / ``HausdorffDTLoss`` the signed distance map of every class (``distance``),
+``SkeletonRecallLoss`` the tubed skeleton (``skeleton``). The datamodules compute them only when
+asked (``derived_targets=[...]``, which the harness fills from the loss config; empty, the default:
+nothing is computed) and only while a loss with a weight above 0 needs them
+(:meth:`DerivedTargets.set_active`, called by the training module at every epoch start).
+
+``sample["distance"]``: float32 ``[C, H, W]`` (C: binary 1, multiclass ``num_classes`` incl. the
+background, multilabel ``num_classes``), :func:`seglosses.derived.signed_distance` of the
+*whole image's* mask, computed after reading and before the crop stage, so that a crop holds the
+true distances to objects outside it. It goes through the crop stage and the configured
+augmentations as a further mask target of the same albumentations call (``additional_targets``
+``{"distance": "mask"}``: every geometric transform moves it with the mask):
+
+* crops, flips, transposes and 90-degree rotations carry it exactly;
+* resampling transforms (``data.scale_range``'s rescale, ``Resize`` in resize mode, ``Affine``,
+  ``ElasticTransform`` ...) carry it approximately: mask interpolation (nearest) picks the map's
+  values, which stay distances *in pixels of the original image* (not rescaled with it); pixels
+  that such a transform fills (outside a rotated image) get the transform's ``fill_mask`` (0,
+  the mask's background);
+* padded pixels (``PadIfNeeded``) get the mask's pad value (``ignore_index``, else the reserved
+  value, 255 by default): meaningless numbers, at pixels the mask marks ignored, which the losses
+  skip.
+
+Distances are in pixels, or in the units of the sample source's pixel spacing when it has one
+(a source method ``spacing(index) -> (row, column) sizes | None``; the folder and synthetic
+sources have none: unit pixels). With ``data.cache=true`` the folder datamodule computes the
+maps once per image in setup() (:class:`~datamodules.folder._CachedSource`, which holds them
+beside the decoded samples); otherwise every sample computes its image's map in the DataLoader
+worker. Validation and test samples (whole images) carry the whole image's map.
+
+``sample["skeleton"]``: :func:`seglosses.derived.tubed_skeleton` of the *augmented* mask, in the
+mask's layout and dtype (binary float32 ``[1, H, W]``, multiclass int64 ``[H, W]``, multilabel
+float32 ``[C, H, W]``), computed on the final training crop after every augmentation, as Skeleton
+Recall's nnU-Net ``SkeletonTransform`` does (a skeleton does not survive a resampling, so it is
+never carried through one); padded and ignored pixels are never skeleton. It follows the
+augmentation, so it is never cached.
+
+Cost (scripts/bench_data.py ``only=derived``). A distance map costs two scipy
+``distance_transform_edt`` feature transforms of the whole image per class present in it
+(about 10 ms each for a 700x500 image on one core: more than decoding the image), so without
+the cache it multiplies the time of a sample; ``data.cache=true`` computes it once per image
+(float32, ``4 * C`` bytes per pixel, refused when larger than the available memory) and leaves
+the cost of carrying it through the crop stage. A skeleton costs about 5 ms per 512 px crop.
+
+Active or not. :meth:`DerivedTargets.set_active` writes a few flags in a shared-memory tensor
+created with the datamodule; DataLoader workers (persistent ones too) read them at every batch
+(:meth:`DerivedTargets.active`, once per batch in ``SegmentationDataset.__getitems__``), so a
+switch reaches them without restarting them. An inactive target is left out of the sample; the
+keys of one batch are always the same (one read per batch). Initially every configured target is
+active.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from seglosses import derived as canonical
+from seglosses.derived import DISTANCE, NAMES, SKELETON
+
+__all__ = ["DISTANCE", "NAMES", "SKELETON", "DerivedTargets", "check_names", "distance_map", "skeleton_of"]
+
+#: How the crop stage and the augmentations carry the distance map: as one more mask.
+ALBUMENTATIONS_TARGETS = {DISTANCE: "mask"}
+
+
+def check_names(names: Sequence[str] | str | None) -> tuple[str, ...]:
+    """``names`` as a tuple in the canonical order of :data:`NAMES`, without repeats.
+
+    Raises:
+        ValueError: a name that is not a derived target, listing the valid ones.
+    """
+    if names is None:
+        return ()
+    if isinstance(names, str):
+        names = [names]
+    given = [str(n) for n in names]
+    unknown = sorted(set(given) - set(NAMES))
+    if unknown:
+        raise ValueError(
+            f"Unknown derived target(s) {', '.join(map(repr, unknown))} in data.derived_targets: the valid names are "
+            f"{', '.join(map(repr, NAMES))} (the targets a loss lists in its derived_targets)."
+        )
+    return tuple(n for n in NAMES if n in given)
+
+
+def class_channels(mask: np.ndarray, task: str, num_classes: int) -> np.ndarray:
+    """A source mask (``[H, W]``, multilabel ``[H, W, C]``) as boolean class channels ``[C, H, W]``."""
+    if task == "multilabel":
+        return np.moveaxis(np.asarray(mask) == 1, -1, 0)
+    if task == "binary":
+        return (np.asarray(mask) == 1)[None]
+    return canonical.class_channels(mask, task, num_classes)
+
+
+def _edt(inside: np.ndarray, sampling: tuple[float, ...] | None) -> np.ndarray:
+    """float32 ``scipy.ndimage.distance_transform_edt(inside, sampling)``: per True pixel the distance
+    to the nearest False one, 0 on False pixels; ``inside`` must hold a False pixel.
+
+    scipy computes the feature transform (the nearest False pixel of every pixel, in C); the
+    distances are then taken here from the integer offsets -- squared in int32, exact, one float32
+    square root -- where scipy would take them in float64 numpy passes (a third of its time).
+    Equal to scipy's values to float32 rounding (tests/test_derived_targets.py).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    nearest = distance_transform_edt(inside, sampling=sampling, return_distances=False, return_indices=True)
+    for axis, size in enumerate(inside.shape):  # offsets to the nearest False pixel, in place
+        shape = [1] * inside.ndim
+        shape[axis] = size
+        nearest[axis] -= np.arange(size, dtype=nearest.dtype).reshape(shape)
+    if sampling is None:
+        np.multiply(nearest, nearest, out=nearest)
+        return np.sqrt(nearest.sum(axis=0, dtype=np.int64).astype(np.float32))
+    offsets = nearest.astype(np.float32)
+    for axis, step in enumerate(sampling):
+        offsets[axis] *= step
+    np.multiply(offsets, offsets, out=offsets)
+    return np.sqrt(offsets.sum(axis=0))
+
+
+def distance_map(mask: np.ndarray, task: str, num_classes: int, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """The whole image's signed distance maps, channels last for albumentations: float32 ``[H, W, C]``.
+
+    ``mask`` is the source's mask as read (``[H, W]``; multilabel ``[H, W, C]``). The values are
+    those of :func:`seglosses.derived.signed_distance` of its class channels (ignored pixels in
+    no class): ``edt(not c) - edt(c)``, 0 for a class absent from the image or covering all of
+    it, with scipy's ``distance_transform_edt``. Only present classes cost anything, and
+    ``edt(c)`` (non-zero inside the class only) is computed on the class's bounding box plus one
+    pixel (clipped to the image): the nearest pixel outside the class is always within it.
+    """
+    channels = class_channels(mask, task, num_classes)
+    sampling = canonical.check_spacing(spacing, channels.ndim - 1)
+    out = np.zeros((*channels.shape[1:], channels.shape[0]), dtype=np.float32)
+    for c, inside in enumerate(channels):
+        rows = np.flatnonzero(inside.any(axis=1))
+        if rows.size == 0:
+            continue  # absent: no boundary, 0 everywhere
+        cols = np.flatnonzero(inside.any(axis=0))
+        if rows.size == inside.shape[0] and cols.size == inside.shape[1] and inside.all():
+            continue  # the whole image: no boundary either
+        out[..., c] = _edt(~inside, sampling)
+        box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+        out[(*box, c)] -= _edt(inside[box], sampling)
+    return out
+
+
+def skeleton_of(mask: torch.Tensor, task: str, ignore_value: int | float | None = None) -> torch.Tensor:
+    """:func:`seglosses.derived.tubed_skeleton` of an encoded sample mask, in its layout and dtype.
+
+    Computed on the bounding box of the foreground plus two pixels (clipped to the mask): the
+    tube lies inside the foreground, and thinning and the two cross dilations only look at
+    3x3 neighbourhoods, so the result is that of the whole mask (tests/test_derived_targets.py)
+    for a fraction of the cost when the objects are small.
+    """
+    values = mask.numpy()
+    foreground = values > 0 if task == "multiclass" else values == 1
+    if task == "multiclass" and ignore_value is not None:
+        foreground &= values != ignore_value
+    spatial = foreground if foreground.ndim == 2 else foreground.any(axis=0)
+    rows = np.flatnonzero(spatial.any(axis=1))
+    if rows.size == 0:
+        return torch.zeros_like(mask)
+    cols = np.flatnonzero(spatial.any(axis=0))
+    box = (..., slice(max(rows[0] - 2, 0), rows[-1] + 3), slice(max(cols[0] - 2, 0), cols[-1] + 3))
+    out = np.zeros_like(values)
+    out[box] = canonical.tubed_skeleton(values[box], task, ignore_value)
+    return torch.from_numpy(out)
+
+
+def _spacing(source: Callable, index: int) -> Sequence[float] | None:
+    spacing = getattr(source, "spacing", None)
+    return spacing(index) if callable(spacing) else None
+
+
+class DerivedTargets:
+    """Which derived targets a datamodule's samples carry, and how they are computed.
+
+    Args:
+        names: the targets asked for (``data.derived_targets``); empty: none, nothing computed.
+        task, num_classes: the mask layout (datamodules/masks.py).
+        ignore_value: the mask value of pixels that are no class (ignore_index / the pad value),
+            never skeleton.
+
+    The active subset lives in ``flags``, a shared-memory uint8 tensor (one entry per name of
+    :data:`NAMES`): set in the training process, read by every DataLoader worker.
+    """
+
+    def __init__(self, names: Sequence[str] | str | None, task: str, num_classes: int,
+                 ignore_value: int | float | None = None) -> None:
+        self.names = check_names(names)
+        self.task, self.num_classes = task, int(num_classes)
+        self.ignore_value = ignore_value
+        # Shared memory: forked workers map the same pages, spawned ones receive a handle to them
+        # (torch.multiprocessing's pickling of shared tensors), so set_active reaches running workers.
+        self.flags = torch.zeros(len(NAMES), dtype=torch.uint8).share_memory_() if self.names else None
+        self.set_active(self.names)
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def set_active(self, names: Sequence[str] | str | None) -> None:
+        """Compute ``names`` from the next batch on, and no other derived target.
+
+        Raises:
+            ValueError: an unknown name, or one not asked for when the datamodule was built.
+        """
+        active = check_names(names)
+        missing = [n for n in active if n not in self.names]
+        if missing:
+            raise ValueError(
+                f"Derived target(s) {', '.join(map(repr, missing))} cannot be switched on: the datamodule was built "
+                f"with derived_targets={list(self.names)} (data.derived_targets; the harness fills it from the loss "
+                "terms that need them)."
+            )
+        if self.flags is not None:
+            for i, name in enumerate(NAMES):
+                self.flags[i] = name in active
+
+    def active(self) -> tuple[str, ...]:
+        """The targets to compute now (one read of the shared flags)."""
+        if self.flags is None:
+            return ()
+        on = self.flags.tolist()
+        return tuple(name for name, flag in zip(NAMES, on) if flag)
+
+    def distance(self, source: Callable, index: int, mask: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Sample ``index``'s whole-image map ``[H, W, C]`` and whether it is the source's cached one.
+
+        A source with a method ``cached_distance(index)`` (``data.cache``) holds the maps; otherwise
+        the map is computed now from ``mask`` (the mask as read, before any transform).
+        """
+        cached = getattr(source, "cached_distance", None)
+        if callable(cached):
+            found = cached(index)
+            if found is not None:
+                return found, True
+        return distance_map(mask, self.task, self.num_classes, _spacing(source, index)), False
+
+    def skeleton(self, mask: torch.Tensor) -> torch.Tensor:
+        return skeleton_of(mask, self.task, self.ignore_value)
+
+    def add(self, sample: dict[str, Any], out: dict[str, Any], active: tuple[str, ...],
+            cached: np.ndarray | None = None) -> dict[str, Any]:
+        """Put the active targets into ``sample`` (``out``: the albumentations call's result).
+
+        ``cached``: the source's cached map that went into the call; a result still sharing its
+        memory (no transform copied it: a crop is a view) is copied, so that nothing downstream
+        can write into the cache.
+        """
+        if DISTANCE in active:
+            distance = _as_channels(out[DISTANCE])
+            if cached is not None and np.may_share_memory(distance.numpy(), cached):
+                distance = distance.clone()
+            sample[DISTANCE] = distance
+        if SKELETON in active:
+            sample[SKELETON] = self.skeleton(sample["mask"])
+        return sample
+
+
+def _as_channels(value: Any) -> torch.Tensor:
+    """The transformed distance map as float32 ``[C, H, W]`` (ToTensorV2 has transposed it)."""
+    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(
+        np.moveaxis(np.asarray(value), -1, 0)))
+    return tensor.float()
