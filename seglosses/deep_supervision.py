@@ -83,19 +83,29 @@ class DeepSupervisionLoss(nn.Module):
         total = sum(w)
         return [x / total for x in w]
 
-    def forward(self, outputs: Tensor | Sequence[Tensor], target: Tensor) -> Tensor:
+    def forward(self, outputs: Tensor | Sequence[Tensor], target: Tensor, **derived: Tensor | None) -> Tensor:
+        """``sum_k w_k loss(outputs[k], target at its size)``.
+
+        ``derived``: derived targets of the full-resolution target (``distance=``, ``skeleton=``,
+        :mod:`seglosses.derived`), brought to each output's size by nearest sampling and handed
+        to the loss. The outputs are visited from the last to the first, so that the wrapped loss's
+        ``last_values`` (a ``CombinedLoss``'s per-term values) are those of the full-resolution output.
+        """
         if isinstance(outputs, Tensor):
-            return self.loss(outputs, target)
+            return self.loss(outputs, target, **derived)
         if len(outputs) == 0:
             raise ValueError("DeepSupervisionLoss: outputs is an empty list; pass the network's outputs")
         weights = self.level_weights(len(outputs))
         # a class-index target has no channel dim: one dim fewer than the logits
         channel_dim = target.ndim == outputs[0].ndim
         total = None
-        for w, out in zip(weights, outputs):
+        for w, out in reversed(list(zip(weights, outputs))):
             if w == 0:
                 continue
-            t = _downsample(target, tuple(out.shape[2:]), self.target_downsample, channel_dim)
-            term = w * self.loss(out, t)
+            size = tuple(out.shape[2:])
+            t = _downsample(target, size, self.target_downsample, channel_dim)
+            extra = {k: None if v is None else _downsample(v, size, "nearest", v.ndim == out.ndim)
+                     for k, v in derived.items()}
+            term = w * self.loss(out, t, **extra)
             total = term if total is None else total + term
         return total

@@ -24,6 +24,7 @@ import torch
 import torchmetrics
 from torch import Tensor, nn
 
+from seglosses import DeepSupervisionLoss
 from seglosses.derived import NAMES as DERIVED_TARGETS
 
 from .schedule import follow_config
@@ -127,7 +128,15 @@ class SegmentationModule(L.LightningModule):
         else:
             logits = self.predict_logits(image, batch.get("name"))
         # Distance maps / skeletons of the batch (datamodules/derived.py) go to the terms that need them.
-        loss = self.loss(logits, mask, **{k: batch[k] for k in DERIVED_TARGETS if k in batch})
+        derived = {k: batch[k] for k in DERIVED_TARGETS if k in batch}
+        if isinstance(logits, (list, tuple)):
+            # Deep-supervision heads (model=dynunet model.deep_supervision=true), in training only: every
+            # output at full resolution (MONAI upsamples them), weighted 1, 1/2, 1/4 ... normalised; the
+            # per-term values logged are those of the main output (segtrain/network3d.py).
+            loss = DeepSupervisionLoss(self.loss)(list(logits), mask, **derived)
+            logits = logits[0]
+        else:
+            loss = self.loss(logits, mask, **derived)
         n = image.shape[0]
         # Epoch means, weighted by batch size; sync_dist averages them over ranks at epoch end.
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)

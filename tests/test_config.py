@@ -40,6 +40,7 @@ LOSSES = {
     "dice_cldice": ("binary", {"dice": seglosses.DiceLoss, "cldice": seglosses.ClDiceLoss}),
     "generalized_dice": ("multiclass", {"generalized_dice": seglosses.GeneralizedDiceLoss}),
     "bce_mcc": ("multilabel", {"bce": seglosses.BCELoss, "mcc": seglosses.MCCLoss}),
+    "dice_ce": ("multiclass", {"dice": seglosses.DiceLoss, "ce": seglosses.CrossEntropyLoss}),  # nnU-Net's name
     # issue 25 (their fast_dev_runs: tests/losses/test_catalogue_train.py)
     "combo": ("binary", {"bce": seglosses.BCELoss, "dice": seglosses.DiceLoss}),
     "dice_boundary": ("binary", {"generalized_dice": seglosses.GeneralizedDiceLoss, "boundary": seglosses.BoundaryLoss}),
