@@ -89,6 +89,38 @@ def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ..
     return values
 
 
+def _edt(inside: np.ndarray, sampling: tuple[float, ...] | None) -> np.ndarray:
+    """float32 ``scipy.ndimage.distance_transform_edt(inside, sampling)`` (``inside`` holds a False pixel).
+
+    scipy's feature transform (the nearest False pixel of every pixel, in C) is the work; the
+    distances are taken here from the integer offsets -- squared in int64, exact, one float32
+    square root -- where scipy's own distances take float64 passes (a third of its time).
+    """
+    edt = _scipy_edt()
+    nearest = edt(inside, sampling=sampling, return_distances=False, return_indices=True)
+    for axis, size in enumerate(inside.shape):  # offsets to the nearest False pixel, in place
+        shape = [1] * inside.ndim
+        shape[axis] = size
+        nearest[axis] -= np.arange(size, dtype=nearest.dtype).reshape(shape)
+    if sampling is None:
+        np.multiply(nearest, nearest, out=nearest)
+        return np.sqrt(nearest.sum(axis=0, dtype=np.int64).astype(np.float32))
+    offsets = nearest.astype(np.float32)
+    for axis, step in enumerate(sampling):
+        offsets[axis] *= step
+    np.multiply(offsets, offsets, out=offsets)
+    return np.sqrt(offsets.sum(axis=0))
+
+
+def _box(inside: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The bounding box of the True pixels, grown by ``margin`` (clipped to the array)."""
+    box = []
+    for axis in range(inside.ndim):
+        hit = np.flatnonzero(inside.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - margin, 0), int(hit[-1]) + margin + 1))
+    return tuple(box)
+
+
 def signed_distance(channels: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
     """Signed distance map of each channel of a boolean ``[C, *spatial]`` array (module doc).
 
@@ -97,18 +129,21 @@ def signed_distance(channels: np.ndarray, spacing: Sequence[float] | None = None
         spacing: the size of a pixel along each spatial axis (e.g. ``[0.5, 0.5]`` mm), or ``None``.
 
     Returns:
-        float32 ``[C, *spatial]``: ``edt(not c) - edt(c)``; 0 for a channel that is all False or all True.
+        float32 ``[C, *spatial]``: ``edt(not c) - edt(c)`` with scipy's ``distance_transform_edt``;
+        0 for a channel that is all False or all True. Only the classes present cost anything, and
+        ``edt(c)`` (non-zero inside the class only) runs on the class's bounding box grown by one
+        pixel: the nearest pixel outside the class always lies within it.
     """
-    edt = _scipy_edt()
+    _scipy_edt()
     channels = np.asarray(channels, dtype=bool)
     sampling = check_spacing(spacing, channels.ndim - 1)
     out = np.zeros(channels.shape, dtype=np.float32)
     for c, inside in enumerate(channels):
         if not inside.any() or inside.all():
             continue
-        outside = ~inside
-        # edt(a) is the distance from each True pixel to the nearest False one: 0 on the other side.
-        out[c] = edt(outside, sampling=sampling) - edt(inside, sampling=sampling)
+        out[c] = _edt(~inside, sampling)
+        box = _box(inside, 1)
+        out[(c, *box)] -= _edt(inside[box], sampling)
     return out
 
 
