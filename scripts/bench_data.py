@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python scripts/bench_data.py [images=32] [size=700x500] [crop=256] [epochs=10]
         [sliding=1500x1000] [tiny_rounds=10] [rounds=3] [unet=1] [fingerprint=1000x512] [steps=3]
-        [derived_crop=512] [derived_epochs=5] [only=fingerprint,training,sliding,derived]
+        [derived_crop=512] [derived_epochs=5] [volume_cases=12] [volume_shape=64x96x96] [volume_patch=48x64x64]
+        [volume_epochs=5] [only=fingerprint,training,sliding,derived | volumes: not in the default set]
 
 One thread (torch and OpenCV, as in a DataLoader worker). Harness and plain loop run side by
 side, interleaved (harness, plain, plain, harness, ...): a burst of background load hits both,
@@ -35,6 +36,14 @@ and the overhead is the median of the per-round time ratios: ``epochs`` rounds w
    ``data.cache`` (which caches the distance maps, not the skeletons). Target: overhead <= 30 %.
    Then where the time goes, per sample in one process: reading, the distance map, the
    albumentations call with and without the map, the skeleton.
+4. Volumes (``only=volumes``), patches/s: VolumeDataModule's training pipeline (``data=nnunet``'s
+   default MONAI transforms, batch 2, num_workers=0) on a generated nnU-Net dataset of
+   ``volume_cases`` cases of ``volume_shape`` (2 channels, .nii.gz) with ``volume_patch`` patches,
+   against a plain MONAI loop making the same transform calls (nibabel read, the same
+   normalisation, a sliced random patch, the same Compose, stack), without and with ``data.cache``,
+   interleaved over ``volume_epochs`` rounds (3x with the cache); the plain loop as MONAI runs by
+   default (MetaTensors) and with metadata tracking off, as the harness runs its transforms.
+   Target: overhead <= 10 %.
 """
 
 from __future__ import annotations
@@ -152,6 +161,82 @@ def bench_training(root: Path, crop: int, epochs: int, label: str = "uint8 RGB P
         overheads[cache] = overhead
     return overheads
 
+
+def bench_volumes(out: Path, cases: int, shape: tuple[int, ...], patch: list[int], epochs: int) -> dict[bool, float]:
+    """Overhead % of VolumeDataModule's training pipeline against a plain MONAI loop, without and with the cache.
+
+    Both sides: the same generated nnU-Net dataset, the same MONAI transforms (conf/data/nnunet.yaml's
+    defaults, one instance each), batch 2, one patch per case per epoch. The plain loop reads the
+    channels and label with nibabel, normalises with the fingerprint's specs (numpy, the same maths),
+    cuts a random patch by slicing (no class-centred sampling, no padding, no checks), runs the
+    Compose and stacks the tensors; with ``cache`` both start from decoded, normalised arrays. The
+    plain loop runs twice: as MONAI runs by default (metadata tracked: MetaTensors), and with
+    ``set_track_meta(False)`` as the harness runs its transforms (its own overhead alone).
+    """
+    import nibabel
+    from hydra.utils import instantiate
+    from monai.data import set_track_meta
+    from monai.transforms import Compose
+    from omegaconf import OmegaConf
+    from torch.utils.data import default_collate
+
+    from datamodules.volumes import VolumeDataModule, normalize_volume, write_nnunet_dataset
+
+    root = out / f"nnunet_{cases}x{'x'.join(map(str, shape))}"
+    if not (root / "dataset.json").is_file():
+        write_nnunet_dataset(root, cases=cases, shape=shape, test_cases=0)
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "nnunet.yaml")
+    transforms = OmegaConf.to_container(conf.data.train_transforms)
+    overheads = {}
+    for cache in (False, True):
+        dm = VolumeDataModule(root, num_classes=None, crop_size=patch, batch_size=2, num_workers=0, val_fraction=0.0,
+                              cache=cache, train_transforms=transforms)
+        dm.setup("fit")
+        loader, specs = dm.train_dataloader(), dm.preprocessing["normalization"]
+        files = [([str(p) for p in c.images], str(c.label)) for c in dm.train_cases]
+        plain_pipeline = Compose([instantiate(t, _convert_="all") for t in transforms])
+        plain_pipeline.set_random_state(0)
+        rng = np.random.default_rng(0)
+
+        def load(images, label):
+            arrays = [np.asarray(nibabel.load(p).dataobj).transpose(2, 1, 0) for p in images]
+            return normalize_volume(np.stack(arrays), specs), np.asarray(nibabel.load(label).dataobj).transpose(2, 1, 0)
+
+        decoded = [load(*f) for f in files] if cache else None
+
+        def harness():
+            for _ in loader:
+                pass
+
+        def plain(meta: bool = True):
+            set_track_meta(meta)
+            try:
+                order = rng.permutation(len(files))
+                for start in range(0, len(order), 2):
+                    samples = []
+                    for k in order[start : start + 2]:
+                        image, label = decoded[k] if cache else load(*files[k])
+                        lo = [int(rng.integers(0, n - p + 1)) for n, p in zip(label.shape, patch)]
+                        box = tuple(slice(a, a + p) for a, p in zip(lo, patch))
+                        o = plain_pipeline({"image": torch.from_numpy(image[(slice(None), *box)].copy()),
+                                            "mask": torch.from_numpy(label[box][None].copy())})
+                        image_t, mask_t = (getattr(o[k], "as_tensor", lambda k=k: o[k])() for k in ("image", "mask"))
+                        samples.append({"image": image_t.float(), "mask": mask_t[0].long()})
+                    default_collate(samples)
+            finally:
+                set_track_meta(True)
+
+        rounds = 3 * epochs if cache else epochs
+        n = len(files)
+        for meta, label in ((True, "plain MONAI loop (MetaTensors, MONAI's default)"),
+                            (False, "plain MONAI loop with set_track_meta(False)")):
+            th, tp, overhead = interleaved(harness, lambda meta=meta: plain(meta), rounds)
+            print(f"volume training pipeline ({cases} cases of {'x'.join(map(str, shape))}, patch "
+                  f"{'x'.join(map(str, patch))}, cache={cache}, {rounds} interleaved epochs): harness {n / th:.1f} "
+                  f"patches/s, {label} {n / tp:.1f} patches/s, time ratio {1 + overhead / 100:.3f} (median of the "
+                  f"rounds; overhead {overhead:+.1f}%) -> {verdict(overhead)}")
+            overheads[(cache, meta)] = overhead
+    return overheads
 
 DERIVED_TARGET = 30.0  # per cent: the cost of derived targets over the plain training pipeline
 
@@ -403,6 +488,10 @@ def main(argv: list[str]) -> None:
                   f"{rgb[cache]:+.1f}% -> {verdict(nir[cache])}, {gap:+.1f} points apart")
     if "derived" in only:
         bench_derived(root, int(opts.get("derived_crop", 512)), int(opts.get("derived_epochs", 5)))
+    if "volumes" in only:
+        bench_volumes(Path(opts.get("out", "/tmp/bench_data")), int(opts.get("volume_cases", 12)),
+                      tuple(int(v) for v in opts.get("volume_shape", "64x96x96").split("x")),
+                      [int(v) for v in opts.get("volume_patch", "48x64x64").split("x")], int(opts.get("volume_epochs", 5)))
     if "sliding" in only:
         bench_sliding(crop, sh, sw, int(opts.get("tiny_rounds", 10)), int(opts.get("rounds", 3)),
                       opts.get("unet", "1") != "0")
