@@ -48,6 +48,7 @@ ALLOWED_CLASS_PREFIXES: tuple[tuple[str, str], ...] = (
     ("segtrain.", "segtrain"),
     ("seglosses.", "seglosses"),
     ("datamodules.", "datamodules"),
+    ("monai.transforms.", "monai.transforms"),  # data=nnunet: the 3D augmentations
     ("lightning.pytorch.callbacks.", "lightning.pytorch.callbacks"),
     ("lightning.pytorch.loggers.", "lightning.pytorch.loggers"),
     ("lightning.pytorch.plugins.", "lightning.pytorch.plugins"),
@@ -55,7 +56,8 @@ ALLOWED_CLASS_PREFIXES: tuple[tuple[str, str], ...] = (
 )
 
 #: Exact targets allowed although they are functions, or outside the prefixes above.
-ALLOWED_FUNCTIONS = frozenset({"segtrain.network.build_network"})
+ALLOWED_FUNCTIONS = frozenset({"segtrain.network.build_network", "segtrain.network3d.build_dynunet",
+                               "segtrain.network3d.build_segresnet"})
 ALLOWED_EXACT_CLASSES = frozenset({"lightning.pytorch.Trainer"})
 
 TRUST_HINT = (
