@@ -9,6 +9,7 @@ turns logits into masks and hands them over as numpy arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,11 @@ class Evaluator:
     ``class_name``) and adds its pixels to the confusion matrix (every class, background
     included); ``summary()`` gives the mean of each metric over images and classes; ``write(folder)``
     writes :data:`FILES` and returns the content of ``summary.json``.
+
+    Volumes: ``add(name, pred, target, spacing=(z, y, x))`` scores a ``[D, H, W]`` volume with its
+    own voxel size (cases of one dataset differ), overriding the evaluator's ``spacing`` for that
+    volume; HD95 and the NSD's ``tolerance`` are then in the spacing's units (mm). One row per
+    volume and class in ``per_image.csv``, which then gains a ``spacing`` column (``z x y x x``).
     """
 
     def __init__(
@@ -80,23 +86,37 @@ class Evaluator:
         self.images: list[str] = []
         self._seen: set[str] = set()
         self.matrix: np.ndarray | None = None
+        #: Per-image voxel sizes given to :meth:`add` (volumes), by image name.
+        self.spacings: dict[str, tuple[float, ...]] = {}
 
     def class_name(self, cls: int) -> str:
         """The name of evaluated class ``cls`` (binary: 1 is the foreground)."""
         return self.names[cls]
 
-    def add(self, name: str, pred: Any, target: Any) -> list[dict[str, Any]]:
-        """Score one image; returns its rows (one per evaluated class, with ``class_name``).
+    def add(self, name: str, pred: Any, target: Any, spacing: Sequence[float] | None = None) -> list[dict[str, Any]]:
+        """Score one image or volume; returns its rows (one per evaluated class, with ``class_name``).
+
+        Args:
+            name: the ``image`` column (the file stem, or a volume's case id); unique.
+            pred, target: the masks (layouts of :func:`evaluation.score_image`: ``[H, W]`` or ``[D, H, W]``).
+            spacing: this image's own pixel / voxel size per spatial axis (a volume: ``(z, y, x)``, as
+                datamodules/volumes/io.py reads it), instead of the evaluator's ``spacing``; ``None``:
+                the evaluator's.
 
         Raises:
-            ValueError: a name already added (rows are keyed by it), or bad masks (:func:`evaluation.score_image`).
+            ValueError: a name already added (rows are keyed by it), a bad spacing, or bad masks
+                (:func:`evaluation.score_image`).
         """
         name = str(name)
         if name in self._seen:
             raise ValueError(f"Image {name!r} was added twice: each image needs its own name (the file stem).")
-        image = prepare(pred, target, self.options)
-        matrix = confusion_matrix(image, self.options)
-        rows = score_prepared(image, self.options, name, matrix)
+        # A new Options validates the spacing as the constructor does; the rest of the settings are shared.
+        options = self.options if spacing is None else replace(self.options, spacing=spacing)
+        image = prepare(pred, target, options)
+        matrix = confusion_matrix(image, options)
+        rows = score_prepared(image, options, name, matrix)
+        if spacing is not None:
+            self.spacings[name] = options.axes_spacing(image.target.ndim - (options.task == "multilabel"))
         for row in rows:
             row["class_name"] = self.class_name(row["class"])
         self.matrix = matrix if self.matrix is None else self.matrix + matrix
@@ -104,6 +124,11 @@ class Evaluator:
         self.images.append(name)
         self._seen.add(name)
         return rows
+
+    def spacing_text(self, name: str) -> str:
+        """The ``spacing`` column of image ``name``: its own (``2 x 0.8 x 0.8``), else the evaluator's, else empty."""
+        spacing = self.spacings.get(name, self.options.spacing)
+        return "" if spacing is None else " x ".join(f"{s:g}" for s in spacing)
 
     def _require_images(self) -> None:
         if not self.rows:
@@ -140,7 +165,7 @@ class Evaluator:
     def summary_json(self) -> dict[str, Any]:
         """What ``summary.json`` holds."""
         per_class = {entry["class_name"]: {m: entry[f"{m}_mean"] for m in self.metrics} for entry in self.per_class()}
-        return {
+        summary = {
             "images": len(self.images),
             "task": self.options.task,
             "metrics": self.summary(),
@@ -149,6 +174,9 @@ class Evaluator:
             "spacing": None if self.options.spacing is None else list(self.options.spacing),
             "empty_rules": EMPTY_RULES,
         }
+        if self.spacings:  # volumes: each case's voxel size, which its HD95 and NSD are measured in
+            summary["image_spacing"] = {name: list(s) for name, s in self.spacings.items()}
+        return summary
 
     def write(self, folder: str | Path) -> dict[str, Any]:
         """Write :data:`FILES` into ``folder`` (created), each atomically; returns the ``summary.json`` dict."""
@@ -156,7 +184,11 @@ class Evaluator:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         columns = ["image", "class", "class_name", *self.metrics, "gt_pixels", "pred_pixels"]
-        write_csv(folder / "per_image.csv", columns, [[row[c] for c in columns] for row in self.rows])
+        values = [[row[c] for c in columns] for row in self.rows]
+        if self.spacings:  # volumes with their own voxel sizes: say which one each row was measured in
+            columns.append("spacing")
+            values = [[*v, self.spacing_text(row["image"])] for v, row in zip(values, self.rows)]
+        write_csv(folder / "per_image.csv", columns, values)
         per_class = self.per_class()
         class_columns = ["class", "class_name", "images",
                          *(f"{m}_{s}" for m in self.metrics for s in ("mean", "std")), "dice_pooled"]

@@ -137,7 +137,8 @@ def score_image(
         ignore_index: target value of unlabelled pixels: they count nowhere (both masks are set
             to background there before the distance metrics, and left out of every count).
         spacing: pixel size per spatial axis (physical units), one value for every axis, or
-            ``None`` = 1 per axis.
+            ``None`` = 1 per axis. A volume ``[D, H, W]``: the voxel size ``(z, y, x)`` in the
+            order of its axes, as datamodules/volumes/io.py reads it (HD95 and NSD then in mm).
         tolerance: the NSD's boundary tolerance, in the units of ``spacing`` (pixels by default).
         topology: also compute ``cldice`` and ``components_error``.
         name: the ``image`` column.

@@ -38,6 +38,19 @@ stderr is a terminal; ``true`` / ``false`` force it on / off). A checkpoint trai
 ``data.pad=false`` refuses an image smaller than its window, as validation did (the image is
 listed with its size and the window, like an unreadable one).
 
+Volumes. A checkpoint of a volume run (``checkpoint["preprocessing"]["kind"] == "volume"``, nnU-Net
+data) predicts volumes instead (segtrain/predict_volume.py): ``input`` is a folder of nnU-Net case
+files ``<case>_XXXX<ending>`` (one file per channel; an nnU-Net dataset folder means its
+``imagesTs/``), or single-channel ``.nii.gz`` / ``.nii`` / ``.tif`` files; each case is normalised as
+in training, predicted by sliding windows of the training patch (the volume stays on the CPU,
+the windows run on the accelerator), and written as ``<output>/<case><ending>`` with the input's
+shape, affine, spacing and header; ``tta=flip`` averages the 8 mirrors of the three axes;
+``overlay=true`` adds ``<output>/overlays/<case>.png`` (a few axial slices through the largest
+predicted object). Volumes run one at a time in this process on one device
+(``trainer.accelerator``; ``trainer.devices`` > 1 is refused); ``batch_size`` and ``num_workers``
+do not apply. A case that cannot be read (a missing channel is refused up front) is listed like an
+unreadable image.
+
 Keys (``key=value``): ckpt_path, input, output, batch_size, num_workers, threshold, overlay,
 strict, progress, tta, postprocessing, trust_checkpoint, trainer.{accelerator,devices,strategy,precision}.
 """
@@ -61,7 +74,9 @@ from datamodules.crops import check_fits_window  # noqa: E402
 
 from segtrain.inference import (  # noqa: E402
     InferenceModel,
+    _save_png,
     ensemble_postprocessing,
+    is_volume,
     list_images,
     load_inference_models,
     resolve_checkpoints,
@@ -300,9 +315,11 @@ def predict(args: Any) -> list[str]:
     """Run the prediction described by ``args`` (a :class:`PredictArgs` config). Returns written files (rank 0's)."""
     quiet_known_noise()  # Lightning's advertisements and deprecations nobody here can act on (segtrain/run_log.py)
     check_tta(args.tta)  # a wrong value fails before any model is loaded
+    models = load_inference_models(args.ckpt_path, trust=bool(args.trust_checkpoint))
+    if any(is_volume(m.preprocessing) for m in models):  # the checkpoint decides what the input is
+        return predict_volumes(args, models)
     files = list_images(args.input)
     check_unique_stems(files)
-    models = load_inference_models(args.ckpt_path, trust=bool(args.trust_checkpoint))
     model = models[0]
     transform = model.transform if len(models) == 1 else [m.transform for m in models]
     windows = [w for w in (no_pad_window(m.sliding_window) for m in models) if w is not None]
@@ -336,6 +353,82 @@ def predict(args: Any) -> list[str]:
         print(f"Wrote masks of {writer.predicted} image(s) to {os.path.join(os.path.abspath(args.output), 'masks')}")
     report_failures(writer.predicted, writer.failed, bool(args.strict), print if trainer.is_global_zero else None)
     return writer.written
+
+
+def volume_device(trainer: Any) -> torch.device:
+    """The one device volumes are predicted on, from ``trainer.accelerator`` / ``trainer.devices``.
+
+    Raises:
+        ValueError: several devices (volumes run in one process), or an accelerator that is not there.
+    """
+    devices = trainer.devices
+    if devices not in ("auto", 1, "1", None, -1) and not (isinstance(devices, (list, tuple)) and len(devices) == 1) \
+            and type(devices).__name__ != "ListConfig":
+        raise ValueError(f"trainer.devices={devices}: volumes are predicted in one process on one device, one volume "
+                         "at a time (the windows of a volume batch the accelerator). Set trainer.devices=1, or run "
+                         "one predict.py per device on a share of the cases.")
+    accelerator = str(trainer.accelerator).lower()
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={trainer.accelerator} but no CUDA device is available: use "
+                         "trainer.accelerator=cpu (or auto)")
+    if accelerator in ("gpu", "cuda", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    raise ValueError(f"trainer.accelerator={trainer.accelerator} is not one volumes are predicted on: use cpu, gpu "
+                     "or auto")
+
+
+def predict_volumes(args: Any, models: list[InferenceModel]) -> list[str]:
+    """The volume path of :func:`predict` (module docstring, "Volumes"). Returns the written files."""
+    from segtrain.predict_volume import list_volume_cases, predict_volume, write_prediction
+
+    if not all(is_volume(m.preprocessing) for m in models):
+        raise ValueError("The ensemble mixes volume and 2D checkpoints: give models trained on the same kind of data.")
+    device = volume_device(args.trainer)
+    for m in models:
+        m.net.to(device)
+    model = models[0]
+    cases = list_volume_cases(args.input, int(model.preprocessing.get("channels") or 1))
+    output = os.path.abspath(args.output)
+    plan = ensemble_postprocessing(models) if args.postprocessing else None
+    class_names = (model.config.get("data") or {}).get("class_names") or model.preprocessing.get("class_names")
+    if len(models) > 1:
+        print(f"Ensemble of {len(models)} models: " + ", ".join(str(m) for m in resolve_checkpoints(args.ckpt_path)))
+    written: list[str] = []
+    failed: list[tuple[str, str]] = []
+    predicted = 0
+    progress = None if args.progress is None else not bool(args.progress)
+    for case in tqdm(cases, desc="predicting (volumes)", unit="volume", disable=progress):
+        try:
+            labels = predict_volume([m.net for m in models], case.images, [m.preprocessing for m in models],
+                                    [m.sliding_window for m in models], args.tta, task=model.task, postprocessing=plan)
+        except (ValueError, OSError) as err:  # this case's own files: the other cases still get their masks
+            failed.append((f"case {case.case_id} ({', '.join(p.name for p in case.images)})",
+                           f"{type(err).__name__}: {err}"))
+            continue
+        written.append(str(write_prediction(labels, output, case)))
+        predicted += 1
+        if args.overlay:
+            written.append(save_volume_overlay(case, labels, model, os.path.join(output, "overlays"), class_names))
+    print(f"Wrote masks of {predicted} volume(s) to {output}")
+    report_failures(predicted, failed, bool(args.strict))
+    return written
+
+
+def save_volume_overlay(case: Any, labels: Any, model: InferenceModel, folder: str,
+                        class_names: list[str] | None) -> str:
+    """``<folder>/<case>.png``: a few axial slices of channel 0 with the prediction (segtrain/volume_pictures.py)."""
+    from datamodules.volumes.io import read_volume
+    from segtrain.volume_pictures import volume_picture
+
+    specs = model.preprocessing.get("normalization") or [None]
+    channel0 = read_volume(case.images[0]).array  # read again: the prediction freed the raw channels
+    picture = volume_picture(channel0, labels, task=model.task, num_classes=model.num_classes,
+                             class_names=class_names, name=case.case_id, spec=specs[0])
+    path = os.path.join(folder, f"{case.case_id}.png")
+    _save_png(picture, path)
+    return path
 
 
 def report_failures(predicted: int, failed: list[tuple[str, str]], strict: bool, show: Any = print) -> None:

@@ -10,7 +10,10 @@ columns:
 and a legend naming every class colour and the two error colours. The masks are drawn over a
 dimmed grey copy of the image, so class colours stand out on coloured scenes; small images are
 enlarged by an integer factor (nearest neighbour: pixels stay sharp) to ``tile_size``; whole
-images of different sizes each get their own row size. Written to ``<dirpath>/epoch_XXX.png``
+images of different sizes each get their own row size. Volumes (batches ``[B, C, D, H, W]``):
+``num_images`` counts volumes, each shown as ``slices_per_volume`` rows of axial slices through
+its largest object, channel 0 under one display window (segtrain/volume_pictures.py), titled
+``<case> z=<k>`` with the slice's Dice. Written to ``<dirpath>/epoch_XXX.png``
 (its PNG text entry ``images`` lists the rows' names, one per line) by rank 0 only, and the same picture goes to TensorBoard
 (``add_image("val/predictions", ...)``) and MLflow (``predictions/epoch_XXX.png`` artifact) when
 such a logger is attached. Class ``k`` has the colour of the project's one colour table
@@ -40,7 +43,10 @@ def _to_uint8(image: Tensor) -> Tensor:
     """A normalised float image ``[C, H, W]`` as uint8 RGB for display (per-image min-max).
 
     The first three channels are shown (an RGB+NIR image as its RGB); fewer than three: the first, as grey.
+    A uint8 image is already for display (a volume's slice under its volume's window) and is kept.
     """
+    if image.dtype == torch.uint8:
+        return image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
     image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
     lo, hi = image.amin(), image.amax()
     return ((image - lo) / (hi - lo).clamp_min(1e-6) * 255).round().to(torch.uint8)
@@ -188,6 +194,8 @@ class PredictionGrid(L.Callback):
         class_names: names for the legend, as ``data.class_names`` (multiclass: the background
             first) or the drawn classes' alone (:func:`legend_entries`); default: the datamodule's
             ``class_names``, else "class k".
+        slices_per_volume: rows per validation volume (batches ``[B, C, D, H, W]``): axial slices
+            through the largest object of the target (segtrain/volume_pictures.py).
     """
 
     def __init__(
@@ -198,11 +206,16 @@ class PredictionGrid(L.Callback):
         alpha: float = 0.6,
         tile_size: int = 192,
         class_names: list[str] | None = None,
+        slices_per_volume: int = 3,
     ) -> None:
-        if num_images < 1 or every_n_epochs < 1 or tile_size < 1:
+        if num_images < 1 or every_n_epochs < 1 or tile_size < 1 or slices_per_volume < 1:
             raise ValueError(
-                f"num_images, every_n_epochs and tile_size must be >= 1, got {num_images}, {every_n_epochs}, {tile_size}"
+                f"num_images, every_n_epochs, tile_size and slices_per_volume must be >= 1, got {num_images}, "
+                f"{every_n_epochs}, {tile_size}, {slices_per_volume}"
             )
+        self.slices_per_volume = int(slices_per_volume)
+        #: Images (or volumes) gathered for this epoch's picture: a volume gives several rows.
+        self._taken = 0
         self.dirpath = str(dirpath)
         self.num_images = int(num_images)
         self.every_n_epochs = int(every_n_epochs)
@@ -232,8 +245,9 @@ class PredictionGrid(L.Callback):
             return
         if batch_idx == 0 or self._batch is None:
             self._batch = ([], [], [], [])
+            self._taken = 0
         images, masks, all_logits, names = self._batch
-        need = self.num_images - len(images)
+        need = self.num_images - self._taken
         if need <= 0:
             return
         image = batch["image"][:need]
@@ -242,11 +256,33 @@ class PredictionGrid(L.Callback):
             predict = getattr(pl_module, "predict_logits", pl_module)
             logits = predict(image)
         batch_names = list(batch.get("name") or [])[: len(image)] if isinstance(batch, dict) else []
+        self._taken += len(image)
+        if image.ndim == 5:  # volumes [B, C, D, H, W]: a few axial slices each, as 2D samples
+            self._add_volume_slices(pl_module, image, batch, logits, batch_names)
+            return
         for i in range(len(image)):
             images.append(image[i].detach().cpu())
             masks.append(batch["mask"][i].detach().cpu())
             all_logits.append(logits[i].detach().float().cpu())
             names.append(str(batch_names[i]) if i < len(batch_names) else None)
+
+    def _add_volume_slices(self, pl_module: L.LightningModule, image: Tensor, batch: dict[str, Any], logits: Tensor,
+                           batch_names: list[Any]) -> None:
+        """Each volume of the batch as :attr:`slices_per_volume` 2D samples (segtrain/volume_pictures.py)."""
+        from .volume_pictures import volume_samples  # it draws with this module's helpers: imported on use
+
+        images, masks, all_logits, names = self._batch
+        ignore_index = getattr(pl_module, "hparams", {}).get("ignore_index")
+        for i in range(len(image)):
+            name = str(batch_names[i]) if i < len(batch_names) else f"val volume {self._taken - len(image) + i}"
+            samples = volume_samples(image[i].detach().cpu(), batch["mask"][i].detach().cpu(),
+                                     logits[i].detach().float().cpu(), pl_module.task, name,
+                                     self.slices_per_volume, ignore_index)
+            for img, mask, slice_logits, slice_name in samples:
+                images.append(img)
+                masks.append(mask)
+                all_logits.append(slice_logits)
+                names.append(slice_name)
 
     def render(
         self,

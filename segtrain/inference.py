@@ -64,7 +64,8 @@ class InferenceModel:
         net: the segmentation network (eval mode), logits ``[B, out_channels, H, W]``.
         task: ``binary`` | ``multiclass`` | ``multilabel``.
         num_classes: classes of the task (1 for binary).
-        transform: the validation pipeline (albumentations ``Compose`` ending in ``ToTensorV2``).
+        transform: the validation pipeline (albumentations ``Compose`` ending in ``ToTensorV2``);
+            ``None`` for a volume checkpoint (segtrain/predict_volume.py normalises volumes itself).
         config: the training run's resolved config (plain dict).
         sliding_window: the window options validation used (segtrain/sliding.py), ``None`` when
             the network saw whole (resized) images in one pass.
@@ -154,6 +155,11 @@ def recorded_sliding_window(checkpoint: Mapping[str, Any] | None, config: Mappin
     return None
 
 
+def is_volume(preprocessing: Mapping[str, Any] | None) -> bool:
+    """Whether a checkpoint's ``preprocessing`` is that of a volume run (``kind: volume``, nnU-Net data)."""
+    return isinstance(preprocessing, Mapping) and preprocessing.get("kind") == "volume"
+
+
 def load_inference_model(path: str | os.PathLike, device: str | torch.device = "cpu", trust: bool = False) -> InferenceModel:
     """Rebuild network (with its trained weights), task and validation transforms from a checkpoint.
 
@@ -190,7 +196,8 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device = "
         net=net,
         task=str(config["task"]),
         num_classes=int(config["num_classes"]),
-        transform=build_val_transform(config, preprocessing),
+        # A volume run's val_transforms are MONAI dictionary transforms, not an albumentations pipeline.
+        transform=None if is_volume(preprocessing) else build_val_transform(config, preprocessing),
         config=config,
         sliding_window=sliding,
         preprocessing=preprocessing,
