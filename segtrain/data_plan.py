@@ -16,8 +16,9 @@ on the composed config, in place:
 Every mismatch between config and data is one start-up error (fingerprint/checks.py) before a
 network is built. The fingerprint is written to ``<run>/fingerprint.json`` and summarised in a few
 console lines; with cross-validation folds (``data.folds`` / ``data.split_file``) one line names the
-fold and its image counts, and the folds are copied to ``<run>/splits.json``. Other datamodules
-(synthetic shapes: 8-bit RGB) only get ``in_channels`` set.
+fold and its image counts, and the folds are copied to ``<run>/splits.json``. Volumes in nnU-Net's
+layout (``data=nnunet``) are planned by segtrain/volume_plan.py. Other datamodules (synthetic
+shapes: 8-bit RGB) only get ``in_channels`` set.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from datamodules.crops import effective_crop, needs_padding
 from datamodules.folds import SPLITS_FILE, write_splits
 from datamodules.layout import Splits, discover_splits
 from datamodules.masks import reserved_pad_value
+
+from .volume_plan import is_volume_data, plan_volumes
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +80,15 @@ def plan_data(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any] | 
     """Fingerprint and check the data of ``cfg`` and resolve its data-dependent keys (module docstring).
 
     Returns:
-        The fingerprint (a JSON-able dict) for the folder datamodule, ``None`` for other data.
+        The fingerprint (a JSON-able dict) for the folder and volume datamodules, ``None`` for other data.
 
     Raises:
         ValueError / FileNotFoundError: a layout, file or config-versus-data problem, naming the
             files and the fix.
     """
     data = cfg.get("data")
+    if is_volume_data(data):  # data=nnunet: dataset.json, the cases and the volume fingerprint
+        return plan_volumes(cfg, log_summary=log_summary)
     if not is_folder_data(data):
         if leaves_to_data(cfg):
             raise ValueError(

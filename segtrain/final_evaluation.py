@@ -110,15 +110,17 @@ def evaluate_split(
     device = trainer.strategy.root_device
     was_training, place = module.training, next(module.parameters()).device
     module.eval().to(device)
-    preds, targets, names = [], [], []
+    preds, targets, names, spacings = [], [], [], []
     with torch.no_grad():
         for batch in tqdm(loader, desc=f"final evaluation ({split} images)", unit="batch", disable=None):
             image = batch["image"].to(device)
             logits = average_predictions([lambda x, n=batch.get("name"): module.predict_logits(x, n)], image, task,
                                          opts["tta"])
-            preds += _as_numpy_masks(logits_to_mask(logits, task), task)
+            preds += _as_numpy_masks(logits_to_mask(logits, task, spatial_dims=image.ndim - 2), task)
             targets += _as_numpy_masks(batch["mask"], task)
             names += [str(n) for n in batch.get("name") or [f"{split}_{len(names) + i}" for i in range(len(image))]]
+            # volumes carry their voxel size (z, y, x): the surface metrics are in its units
+            spacings += [s.tolist() for s in batch["spacing"]] if "spacing" in batch else [None] * len(image)
     module.to(place).train(was_training)
     ignore_index = module.hparams.get("ignore_index")
     report = None
@@ -126,8 +128,8 @@ def evaluate_split(
         plan, report = choose_postprocessing(preds, targets, task, num_classes, ignore_index)
     evaluator = Evaluator(task, num_classes, class_names=getattr(datamodule, "metric_class_names", None),
                           ignore_index=ignore_index, tolerance=float(opts["tolerance"]), topology=bool(opts["topology"]))
-    for name, pred, target in zip(names, preds, targets):
-        evaluator.add(name, apply_postprocessing(pred, task, plan), target)
+    for name, pred, target, spacing in zip(names, preds, targets, spacings):
+        evaluator.add(name, apply_postprocessing(pred, task, plan), target, spacing=spacing)
     folder = Path(output_dir) / "evaluation" / ("" if split == "val" else split)
     summary = dict(evaluator.write(folder))
     summary["postprocessing"] = plan

@@ -48,22 +48,24 @@ def out_channels(task: str, num_classes: int) -> int:
     return 1 if task == "binary" else int(num_classes)
 
 
-def logits_to_mask(logits: Any, task: str, threshold: float = 0.5) -> Any:
+def logits_to_mask(logits: Any, task: str, threshold: float = 0.5, spatial_dims: int = 2) -> Any:
     """Hard predictions from logits, in the layout of ``batch["mask"]`` (:data:`MASK_LAYOUT`).
 
     Used for the training pictures and for predict.py, so both decide pixels the same way.
 
     Args:
-        logits: a tensor ``[B, C, H, W]`` (a batch) or ``[C, H, W]`` (one image).
+        logits: a tensor ``[B, C, H, W]`` (a batch) or ``[C, H, W]`` (one image); volumes:
+            ``[B, C, D, H, W]`` / ``[C, D, H, W]`` with ``spatial_dims=3``.
         task: ``binary`` | ``multiclass`` | ``multilabel``.
         threshold: probability above which a pixel is foreground (binary, multilabel).
+        spatial_dims: 2 for images, 3 for volumes (where the class axis is).
 
     Returns:
         multiclass: int64 class indices ``[B, H, W]`` / ``[H, W]`` (``argmax`` over the channels);
         binary and multilabel: float32 ``{0, 1}`` with the channels kept (``sigmoid > threshold``).
     """
     if task == "multiclass":
-        return logits.argmax(dim=-3)
+        return logits.argmax(dim=-(spatial_dims + 1))
     return (logits.float().sigmoid() > threshold).float()
 
 

@@ -64,7 +64,8 @@ RULES: dict[str, tuple[tuple[str, ...], float | None]] = {
     "data.batch_size": (("int",), 1),
     "data.num_workers": (("int",), 0),
     "data.image_size": (("int", "list", "null"), 1),  # null: data=folder at native resolution
-    "data.crop_size": (("int", "null"), 32),
+    # an int for images (its multiple of 32 is checked by datamodules/crops.py); [D, H, W] for data=nnunet
+    "data.crop_size": (("int", "list", "null"), 1),
     "data.foreground_fraction": (("number",), 0),
     "data.pad": (("bool",), None),
     "data.val_fraction": (("number",), 0),

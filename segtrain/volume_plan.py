@@ -1,0 +1,120 @@
+"""Before anything trains on volumes: read the nnU-Net dataset, fingerprint it, fill in the config.
+
+For ``data=nnunet`` (:class:`datamodules.volumes.VolumeDataModule`) :func:`plan_volumes` reads
+``dataset.json`` and lists the cases (datamodules/volumes/nnunet.py: a missing label or channel
+file, a case whose files disagree in shape, labels of another kind are errors naming the case and
+the file), computes the volume fingerprint (fingerprint/volumes.py: shapes, spacings, intensities
+per channel, the normalisation of each channel), and then, on the composed config, in place:
+
+* ``task`` becomes ``multiclass`` (nnU-Net's labels include the background; ``auto`` or
+  ``multiclass`` accepted) and ``num_classes`` the labels of ``dataset.json`` (an explicit other
+  value is an error naming both); ``data.class_names`` the label names;
+* ``ignore_index`` (losses and metrics) becomes the dataset's ``ignore`` label, else the reserved
+  value that padded voxels of training patches carry (no loss or metric counts them);
+* ``model.in_channels`` / ``model.spatial_dims`` follow the channels and dimensions of the data;
+  a 2D network with volumes (or a 3D one with 2D data) is an error naming both;
+* ``data.crop_size`` (``null``) is planned from the fingerprint's median shape under
+  ``data.patch_budget``; ``model.patch_size`` and ``model.spacing`` (``null``) follow the patch and
+  the median spacing, from which DynUNet plans its kernels and strides as nnU-Net does.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from datamodules.masks import reserved_pad_value
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+
+def is_volume_data(data: Any) -> bool:
+    """Whether the data config builds the volume datamodule (``data=nnunet``)."""
+    return str((data or {}).get("_target_", "")).endswith("VolumeDataModule")
+
+
+def _set(cfg: DictConfig, key: str, value: Any) -> None:
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, merge=False)
+
+
+def _task(cfg: DictConfig, num_classes: int, root: Path) -> None:
+    if cfg.task not in (AUTO, "multiclass"):
+        raise ValueError(
+            f"task={cfg.task}, but an nnU-Net dataset ({root / 'dataset.json'}) has one label per voxel, the "
+            f"background included: it trains as task=multiclass (or task=auto)."
+        )
+    if cfg.num_classes not in (AUTO, num_classes):
+        raise ValueError(
+            f"num_classes={cfg.num_classes}, but {root / 'dataset.json'} names {num_classes} labels (the background "
+            f"included): set num_classes={num_classes}, or num_classes=auto."
+        )
+    _set(cfg, "task", "multiclass")
+    _set(cfg, "num_classes", num_classes)
+
+
+def _model(cfg: DictConfig, channels: int, dims: int) -> None:
+    from .network3d import check_model_matches_data
+
+    model = cfg.model
+    check_model_matches_data(model, dims)
+    given = model.get("in_channels")
+    if given is None:
+        _set(cfg, "model.in_channels", channels)
+    elif int(given) != channels:
+        raise ValueError(
+            f"model.in_channels={given}, but dataset.json's channel_names give the network {channels} channel(s): "
+            f"set model.in_channels={channels}, or leave it unset (null) to follow the data."
+        )
+    if "spatial_dims" in model and model.get("spatial_dims") is None:
+        _set(cfg, "model.spatial_dims", dims)
+
+
+def plan_volumes(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any]:
+    """Read, fingerprint and check the nnU-Net dataset of ``cfg.data``; resolve its keys (module docstring).
+
+    Returns:
+        the volume fingerprint (a JSON-able dict), which the datamodule normalises with.
+    """
+    from datamodules.volumes.datamodule import plan_crop_size
+    from datamodules.volumes.nnunet import find_cases, read_dataset_json
+    from fingerprint.volumes import compute_volume_fingerprint, volume_summary_lines
+
+    data = cfg.data
+    if data.get("root") in (None, "", "???"):
+        raise ValueError("data.root is not set: pass data.root=/path/to/DatasetXXX_Name (holding dataset.json, "
+                         "imagesTr/ and labelsTr/)")
+    root = Path(str(data.root)).expanduser()
+    info = read_dataset_json(root)
+    cases = find_cases(root, "Tr", info)
+    _task(cfg, info.num_classes, root)
+    if data.get("class_names") is None:
+        _set(cfg, "data.class_names", list(info.class_names))
+    fingerprint = compute_volume_fingerprint(cases, info, seed=int(data.get("seed", 0)))
+    _model(cfg, info.num_channels, int(info.dims))
+    if cfg.get("ignore_index") is None:
+        value = info.ignore_index if info.ignore_index is not None else reserved_pad_value("multiclass", info.num_classes)
+        _set(cfg, "ignore_index", value)
+    divisor = cfg.model.get("divisor") if "model" in cfg else None
+    if divisor is not None and data.get("divisor") is None:
+        _set(cfg, "data.divisor", divisor)  # the patch, padded or shrunk, stays a size the network takes
+    if data.get("crop_size") is None:
+        _set(cfg, "data.crop_size", list(plan_crop_size(fingerprint, int(data.get("patch_budget")), divisor)))
+    model = cfg.get("model") or {}
+    if "patch_size" in model and model.get("patch_size") is None:
+        _set(cfg, "model.patch_size", list(data.crop_size))
+    if "spacing" in model and model.get("spacing") is None:
+        _set(cfg, "model.spacing", [float(s) for s in fingerprint["spacing"]["median"]])
+    if log_summary and rank_zero_only.rank == 0:
+        for line in volume_summary_lines(fingerprint):
+            log.info(line)
+        log.info("Patches of %s voxels; losses and metrics skip the value %s (padding%s).",
+                 "x".join(str(int(v)) for v in data.crop_size), cfg.ignore_index,
+                 ", and the dataset's ignore label" if info.ignore_index is not None else "")
+    return fingerprint
