@@ -142,6 +142,38 @@ def plan_kernels_strides(
     return kernels, strides
 
 
+def fit_patch(patch_size: Sequence[int], spacing: Sequence[float],
+              max_levels: int | None = MAX_LEVELS) -> tuple[list[int], list[int]]:
+    """The smallest patch, axis by axis at least ``patch_size``, that the nnU-Net plan divides.
+
+    :func:`plan_kernels_strides` halves an axis while it is at least 8 and not much coarser than
+    the finest; each axis is rounded up to ``2 ** halvings`` until the plan no longer changes (as
+    nnU-Net pads its planned patch to the network's divisibility). Used on planned patches only: a
+    ``data.crop_size`` given by hand that the plan cannot halve stays an error naming the fix.
+
+    Returns:
+        ``(patch, divisor)``: the fitted patch and, per axis, what the network divides it by.
+    """
+    patch = _ints(patch_size, "patch_size")
+    factors = [1] * len(patch)
+    for _ in range(8):
+        sizes, spacings, factors, levels = [float(p) for p in patch], [float(s) for s in spacing], [1] * len(patch), 0
+        while max_levels is None or levels < int(max_levels) - 1:
+            ratio = [sp / min(spacings) for sp in spacings]
+            stride = [2 if r <= 2 and size >= 8 else 1 for r, size in zip(ratio, sizes)]
+            if all(st == 1 for st in stride):
+                break
+            sizes = [size / st for size, st in zip(sizes, stride)]
+            spacings = [sp * st for sp, st in zip(spacings, stride)]
+            factors = [f * st for f, st in zip(factors, stride)]
+            levels += 1
+        fitted = [-(-p // f) * f for p, f in zip(patch, factors)]
+        if fitted == patch:
+            break
+        patch = fitted
+    return patch, factors
+
+
 def _product(values: Sequence[int]) -> int:
     out = 1
     for v in values:

@@ -76,6 +76,24 @@ def _model(cfg: DictConfig, channels: int, dims: int) -> None:
         _set(cfg, "model.spatial_dims", dims)
 
 
+def _fit_patch_to_network(cfg: DictConfig, spacing: list[float]) -> None:
+    """A planned patch grows to what the network divides (DynUNet: its planned strides; an smp 2D
+    network: 32), and ``data.divisor`` becomes that, so a patch the datamodule shrinks still fits."""
+    from .network3d import fit_patch
+
+    target = str(cfg.model.get("_target_", ""))
+    patch = [int(v) for v in cfg.data.crop_size]
+    if target.endswith("build_dynunet"):
+        patch, divisor = fit_patch(patch, spacing, cfg.model.get("max_levels"))
+    elif target.endswith("build_network"):  # segmentation-models-pytorch (2D): encoder depth 5 at most
+        divisor = [32] * len(patch)
+        patch = [-(-p // 32) * 32 for p in patch]
+    else:
+        return
+    _set(cfg, "data.crop_size", patch)
+    _set(cfg, "data.divisor", divisor)
+
+
 def plan_volumes(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any]:
     """Read, fingerprint and check the nnU-Net dataset of ``cfg.data``; resolve its keys (module docstring).
 
@@ -96,23 +114,27 @@ def plan_volumes(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any]
     _task(cfg, info.num_classes, root)
     if data.get("class_names") is None:
         _set(cfg, "data.class_names", list(info.class_names))
-    fingerprint = compute_volume_fingerprint(cases, info, seed=int(data.get("seed", 0)))
+    if info.is_3d:
+        fingerprint = compute_volume_fingerprint(cases, info, seed=int(data.get("seed", 0)))
+    else:  # 2D cases in nnU-Net's layout: the few keys the datamodule reads (datamodules/volumes/planar.py)
+        from datamodules.volumes.planar import planar_fingerprint
+
+        fingerprint = planar_fingerprint(cases, info, seed=int(data.get("seed", 0)))
     _model(cfg, info.num_channels, int(info.dims))
     if cfg.get("ignore_index") is None:
         value = info.ignore_index if info.ignore_index is not None else reserved_pad_value("multiclass", info.num_classes)
         _set(cfg, "ignore_index", value)
-    divisor = cfg.model.get("divisor") if "model" in cfg else None
-    if divisor is not None and data.get("divisor") is None:
-        _set(cfg, "data.divisor", divisor)  # the patch, padded or shrunk, stays a size the network takes
+    spacing = [float(s) for s in fingerprint["spacing"]["median"]]
     if data.get("crop_size") is None:
-        _set(cfg, "data.crop_size", list(plan_crop_size(fingerprint, int(data.get("patch_budget")), divisor)))
+        _set(cfg, "data.crop_size", list(plan_crop_size(fingerprint, int(data.get("patch_budget")), data.get("divisor"))))
+        _fit_patch_to_network(cfg, spacing)
     model = cfg.get("model") or {}
     if "patch_size" in model and model.get("patch_size") is None:
         _set(cfg, "model.patch_size", list(data.crop_size))
     if "spacing" in model and model.get("spacing") is None:
-        _set(cfg, "model.spacing", [float(s) for s in fingerprint["spacing"]["median"]])
+        _set(cfg, "model.spacing", spacing)
     if log_summary and rank_zero_only.rank == 0:
-        for line in volume_summary_lines(fingerprint):
+        for line in volume_summary_lines(fingerprint) if info.is_3d else []:
             log.info(line)
         log.info("Patches of %s voxels; losses and metrics skip the value %s (padding%s).",
                  "x".join(str(int(v)) for v in data.crop_size), cfg.ignore_index,

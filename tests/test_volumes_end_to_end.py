@@ -78,3 +78,43 @@ def test_a_missing_label_fails_at_startup_naming_the_case(dataset, tmp_path):
     next((broken / "labelsTr").glob("*.nii.gz")).unlink()
     with pytest.raises((ValueError, FileNotFoundError), match="case_"):
         train(compose_run([*TINY_3D, f"data.root={broken}"], tmp_path / "run", synthetic=False))
+
+
+def test_labels_outside_dataset_json_fail_at_startup(tmp_path):
+    broken = write_nnunet_dataset(tmp_path / "Dataset003_Labels", cases=3, test_cases=0)
+    label_file = sorted((broken / "labelsTr").glob("*.nii.gz"))[1]
+    label = nib.load(label_file)
+    values = np.asarray(label.dataobj).copy()
+    values[0, 0, 0] = 7  # dataset.json names 0, 1, 2
+    nib.save(nib.Nifti1Image(values, label.affine, label.header), label_file)
+    with pytest.raises(ValueError, match=label_file.name.split(".")[0]):
+        train(compose_run([*TINY_3D, f"data.root={broken}"], tmp_path / "run", synthetic=False))
+
+
+def _planar_dataset(root: Path) -> Path:
+    """A 2D dataset in nnU-Net's layout: grey PNG cases of odd sizes with a square class."""
+    from PIL import Image
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = (rng.random((70, 90)) * 60).astype(np.uint8)
+        label = np.zeros((70, 90), np.uint8)
+        y, x = rng.integers(10, 50, 2)
+        label[y:y + 15, x:x + 20] = 1
+        image[label == 1] += 120
+        Image.fromarray(image).save(root / "imagesTr" / f"c{i:03d}_0000.png")
+        Image.fromarray(label).save(root / "labelsTr" / f"c{i:03d}.png")
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "grey"}, "labels": {"background": 0, "square": 1},
+                                                   "numTraining": 6, "file_ending": ".png"}))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [["model=unet"], ["model.base_filters=4"]], ids=["smp_unet", "dynunet_2d"])
+def test_a_2d_dataset_in_nnunet_layout_trains_with_2d_networks(tmp_path, model):
+    root = _planar_dataset(tmp_path / "Dataset004_Planar")
+    value = train(compose_run([*TINY_DATA, f"data.root={root}", "trainer.max_epochs=1", *model], tmp_path / "run",
+                              synthetic=False))
+    assert 0.0 <= value <= 1.0

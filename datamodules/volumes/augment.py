@@ -67,8 +67,31 @@ def _build(name: str, entry: Any, where: str) -> Any:
     return built
 
 
-def build_pipeline(spec: Spec, where: str = "data.train_transforms"):
+AXIS_OPTIONS = ("spatial_axis", "spatial_axes")
+
+
+def _axes(entry: Any) -> list[Any]:
+    """The spatial axes a transform names: a config entry's options, or a built transform's (MONAI keeps
+    ``spatial_axes`` on RandRotate90d itself, ``spatial_axis`` on RandFlipd's inner ``flipper``)."""
+    if isinstance(entry, Mapping):
+        return [entry.get(k) for k in AXIS_OPTIONS]
+    holders = [entry, *(v for v in vars(entry).values() if hasattr(v, "__dict__"))] if hasattr(entry, "__dict__") else []
+    return [getattr(h, k, None) for h in holders for k in AXIS_OPTIONS]
+
+
+def _beyond(entry: Any, spatial_dims: int) -> bool:
+    """Whether a transform names a spatial axis the data lacks (a flip along D of a 2D dataset)."""
+    flat = [a for v in _axes(entry) if v is not None
+            for a in (v if isinstance(v, Sequence) and not isinstance(v, str) else [v])]
+    return any(isinstance(a, int) and a >= spatial_dims for a in flat)
+
+
+def build_pipeline(spec: Spec, where: str = "data.train_transforms", spatial_dims: int | None = None):
     """A ``monai.transforms.Compose`` of the spec's entries (module docstring), in order.
+
+    ``spatial_dims=2``: the entries that name a third spatial axis (``spatial_axis: 2`` of the 3D
+    defaults) are left out, so that conf/data/nnunet.yaml's defaults serve 2D datasets too; the
+    names left out are in ``pipeline.left_out``.
 
     Raises:
         ValueError: an entry without ``_target_``, one that is not a MONAI dictionary transform,
@@ -76,7 +99,18 @@ def build_pipeline(spec: Spec, where: str = "data.train_transforms"):
     """
     from monai.transforms import Compose
 
-    return Compose([_build(name, entry, where) for name, entry in _entries(spec) if entry is not None])
+    kept, left_out = [], []
+    for name, entry in _entries(spec):
+        if entry is None:
+            continue
+        if spatial_dims is not None and _beyond(entry, spatial_dims):
+            what = entry.get("_target_", "?") if isinstance(entry, Mapping) else type(entry).__name__
+            left_out.append(f"{where}[{name}] ({what})")
+            continue
+        kept.append(_build(name, entry, where))
+    pipeline = Compose(kept)
+    pipeline.left_out = left_out
+    return pipeline
 
 
 def _randomizables(pipeline) -> Iterator[Any]:

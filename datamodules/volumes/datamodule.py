@@ -184,8 +184,11 @@ class VolumeDataModule(L.LightningDataModule):
             raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         self.val_fraction = float(val_fraction)
         self.fold_options = check_fold_options(folds, fold, split_file, group_pattern)
-        # Built now: a bad transform config fails at start-up, not in a worker.
+        # Built now: a bad transform config fails at start-up, not in a worker. A 2D dataset rebuilds it
+        # without the transforms of a third axis (setup).
+        self._train_spec = train_transforms
         self.train_pipeline = build_pipeline(train_transforms, "data.train_transforms")
+        self.spatial_dims_planned = 3
         self.val_pipeline = build_pipeline(val_transforms, "data.val_transforms")
         reseed(self.train_pipeline, self.seed)
         unknown_window = sorted(set(sliding_window or {}) - set(WINDOW_DEFAULTS) - {"pad"})
@@ -254,6 +257,12 @@ class VolumeDataModule(L.LightningDataModule):
             "multiclass", info.num_classes)
         self.derived.ignore_value = self.pad_value
         self.spatial_dims = info.dims
+        if info.dims == 2 and self.spatial_dims_planned != 2:
+            self.train_pipeline = build_pipeline(self._train_spec, "data.train_transforms", spatial_dims=2)
+            reseed(self.train_pipeline, self.seed)
+            if self.train_pipeline.left_out:
+                rank_zero_info("Left out for 2D cases (they name a third axis): " + ", ".join(self.train_pipeline.left_out))
+            self.spatial_dims_planned = 2
         return info
 
     def _split(self, cases: list[Case]) -> tuple[list[Case], list[Case]]:
