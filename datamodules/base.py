@@ -137,6 +137,9 @@ class SegmentationDataModule(L.LightningDataModule):
             of :data:`seglosses.derived.NAMES` (datamodules/derived.py). The harness passes those
             of the configured loss terms; empty (the default): nothing is computed.
             :meth:`set_active_derived_targets` switches them on and off per epoch.
+        derived_cache_dir: a folder keeping whole-image distance maps between epochs and runs
+            (datamodules/derived.py ``MapStore``; the harness passes ``<paths.cache_dir>/distance_maps``),
+            for sources that read files; ``None``: computed for every sample (or held by ``data.cache``).
 
     Raises:
         ValueError: an option no class of the datamodule takes (a misspelt ``data.<key>``),
@@ -158,6 +161,7 @@ class SegmentationDataModule(L.LightningDataModule):
         train_transforms: TransformSpec = None,
         val_transforms: TransformSpec = None,
         derived_targets: Sequence[str] = (),
+        derived_cache_dir: str | None = None,
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -193,7 +197,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_transform = build_transforms(val_transforms, seed=self.seed)
         #: The derived targets the samples carry (datamodules/derived.py): ``.names`` asked for, and the
         #: shared flags of the active ones, which the datasets built in setup() read.
-        self.derived = DerivedTargets(derived_targets, self.task, self.num_classes)
+        self.derived = DerivedTargets(derived_targets, self.task, self.num_classes, cache_dir=derived_cache_dir)
         self.train_set: SegmentationDataset | None = None
         self.val_set: SegmentationDataset | None = None
         #: What a network input is (``channels``, ``channel_select``, ``dtype``, ``normalization``: the

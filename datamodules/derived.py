@@ -55,7 +55,11 @@ active.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,7 +68,7 @@ import torch
 from seglosses import derived as canonical
 from seglosses.derived import DISTANCE, NAMES, SKELETON
 
-__all__ = ["DISTANCE", "NAMES", "SKELETON", "DerivedTargets", "check_names", "distance_map", "skeleton_of"]
+__all__ = ["DISTANCE", "NAMES", "SKELETON", "DerivedTargets", "MapStore", "check_names", "distance_map", "skeleton_of"]
 
 #: How the crop stage and the augmentations carry the distance map: as one more mask.
 ALBUMENTATIONS_TARGETS = {DISTANCE: "mask"}
@@ -151,10 +155,12 @@ class DerivedTargets:
     """
 
     def __init__(self, names: Sequence[str] | str | None, task: str, num_classes: int,
-                 ignore_value: int | float | None = None) -> None:
+                 ignore_value: int | float | None = None, cache_dir: str | os.PathLike | None = None) -> None:
         self.names = check_names(names)
         self.task, self.num_classes = task, int(num_classes)
         self.ignore_value = ignore_value
+        #: Where whole-image distance maps are kept between epochs and runs (:class:`MapStore`); None: nowhere.
+        self.store = MapStore(cache_dir) if cache_dir is not None and DISTANCE in self.names else None
         # Shared memory: forked workers map the same pages, spawned ones receive a handle to them
         # (torch.multiprocessing's pickling of shared tensors), so set_active reaches running workers.
         self.flags = torch.zeros(len(NAMES), dtype=torch.uint8).share_memory_() if self.names else None
@@ -199,7 +205,16 @@ class DerivedTargets:
             found = cached(index)
             if found is not None:
                 return found, True
-        return distance_map(mask, self.task, self.num_classes, _spacing(source, index)), False
+        spacing = _spacing(source, index)
+        file_key = getattr(source, "file_key", None)
+        if self.store is None or not callable(file_key):
+            return distance_map(mask, self.task, self.num_classes, spacing), False
+        key = f"{file_key(index)}|{self.task}|{self.num_classes}|{None if spacing is None else list(spacing)}"
+        found = self.store.load(key)
+        if found is None:
+            found = distance_map(mask, self.task, self.num_classes, spacing)
+            self.store.save(key, found)
+        return found, False
 
     def skeleton(self, mask: torch.Tensor) -> torch.Tensor:
         return skeleton_of(mask, self.task, self.ignore_value)
@@ -220,6 +235,48 @@ class DerivedTargets:
         if SKELETON in active:
             sample[SKELETON] = self.skeleton(sample["mask"])
         return sample
+
+
+class MapStore:
+    """Whole-image distance maps kept on disk (``<paths.cache_dir>/distance_maps/``), computed once per mask file.
+
+    Without ``data.cache`` every sample would compute its image's map again in every epoch: two
+    feature transforms of the whole image per class, more than decoding the image. The store keeps
+    each map as a ``.npy`` named by a hash of the mask files' paths, sizes and modification times,
+    the task and the spacing (a changed mask gets a new entry), written to a temporary name and
+    renamed into place (workers writing the same map at once both succeed), and read back with
+    ``numpy.load`` (no pickle). A store that cannot be written says so once and maps are computed.
+    """
+
+    VERSION = 1  # bump when the maps' definition changes: old entries are then never read
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.writable = True
+
+    def path(self, key: str) -> Path:
+        digest = hashlib.sha1(f"v{self.VERSION}|{key}".encode()).hexdigest()
+        return self.folder / digest[:2] / f"{digest}.npy"
+
+    def load(self, key: str) -> np.ndarray | None:
+        try:
+            return np.load(self.path(key), allow_pickle=False)
+        except (OSError, ValueError):  # absent, or cut short by a killed writer: computed again
+            return None
+
+    def save(self, key: str, value: np.ndarray) -> None:
+        if not self.writable:
+            return
+        path = self.path(key)
+        temp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npy")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(temp, value, allow_pickle=False)
+            os.replace(temp, path)
+        except OSError as err:
+            self.writable = False
+            warnings.warn(f"Distance maps cannot be kept in {self.folder} ({err}): they are computed for every "
+                          "sample instead (slower). Set paths.cache_dir to a writable folder.", stacklevel=2)
 
 
 def _as_channels(value: Any) -> torch.Tensor:

@@ -35,6 +35,7 @@ it reads the training images' headers itself and computes a fingerprint only whe
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -89,6 +90,14 @@ class _FileSource:
         self.pairs, self.task, self.num_classes = pairs, task, num_classes
         self.palette, self.ignore_index = palette, ignore_index
         self.channels, self.select = channels, select
+
+    def file_key(self, index: int) -> str:
+        """The mask files of sample ``index`` with their sizes and modification times (a store's key)."""
+        parts = []
+        for path in self.pairs[index][1]:
+            stat = os.stat(path)
+            parts.append(f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}")
+        return "|".join(parts) + f"|select={self.select}|palette={self.palette}|ignore={self.ignore_index}"
 
     def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         image_path, mask_paths = self.pairs[index]

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import AtomicCheckpointIO
-from .data_plan import leaves_to_data, plan_data, save_fingerprint, save_splits
+from .data_plan import is_folder_data, leaves_to_data, plan_data, save_fingerprint, save_splits
 from .errors import TrainingStarted
 from .final_evaluation import evaluate_after_fit, evaluate_split, validation_tta
 from .final_evaluation import options as final_options
@@ -190,7 +190,11 @@ def _train(cfg: DictConfig) -> float:
         apply_init(module.net, init[1], cfg.get("init_from_exclude"), source=init[0])
     # Distance maps / skeletons are computed by the data pipeline only for the loss terms that need them.
     derived = module.loss.derived_targets()
-    datamodule = build(cfg.data, **({"derived_targets": list(derived)} if derived else {}))
+    extra = {"derived_targets": list(derived)} if derived else {}
+    if "distance" in derived and is_folder_data(cfg.data) and cfg.paths.get("cache_dir"):
+        # whole-image distance maps computed once per mask file, kept between epochs and runs
+        extra["derived_cache_dir"] = os.path.join(os.path.abspath(str(cfg.paths.cache_dir)), "distance_maps")
+    datamodule = build(cfg.data, **extra)
     if fingerprint is not None:
         # Set as an attribute, not a constructor argument: Hydra would turn the large dict into a DictConfig.
         datamodule.fingerprint = fingerprint

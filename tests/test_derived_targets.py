@@ -8,6 +8,7 @@ the whole image it came from, and its distance map is compared with
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import albumentations as A
@@ -200,6 +201,44 @@ def test_cache_computes_each_map_once(tmp_path, monkeypatch):
     calls.clear()
     list(without.val_dataloader())
     assert len(calls) == len(without.val_pairs)  # no cache: one map per sample read
+
+
+def test_map_store_computes_each_map_once_across_epochs_and_runs(tmp_path, monkeypatch):
+    masks = _write(tmp_path / "d", "binary")
+    calls = []
+    original = data_derived.distance_map
+
+    def counted(mask, *args, **kwargs):
+        calls.append(mask.shape)
+        return original(mask, *args, **kwargs)
+
+    monkeypatch.setattr(data_derived, "distance_map", counted)
+    store = tmp_path / "cache" / "distance_maps"
+    for run in range(2):  # a second datamodule (another run) reads the stored maps
+        dm = _folder(tmp_path / "d", derived_targets=["distance"], derived_cache_dir=str(store))
+        dm.setup("fit")
+        for _ in range(2):
+            for batch in dm.val_dataloader():
+                torch.testing.assert_close(batch["distance"][0],
+                                           torch.from_numpy(_reference(masks[batch["name"][0]], "binary", 1)))
+    assert len(calls) == len(dm.val_pairs)  # once per image, over two epochs and two runs
+    assert len(list(store.rglob("*.npy"))) == len(dm.val_pairs) and not list(store.rglob("*.tmp-*"))
+    # a mask file that changes gets a new map
+    mask_file = dm.val_pairs[0][1][0]
+    os.utime(mask_file, ns=(os.stat(mask_file).st_atime_ns, os.stat(mask_file).st_mtime_ns + 10**9))
+    list(dm.val_dataloader())
+    assert len(calls) == len(dm.val_pairs) + 1
+
+
+def test_an_unwritable_map_store_warns_once_and_computes(tmp_path):
+    _write(tmp_path / "d", "binary")
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the store's folder should be")
+    dm = _folder(tmp_path / "d", derived_targets=["distance"], derived_cache_dir=str(blocker / "maps"))
+    dm.setup("fit")
+    with pytest.warns(UserWarning, match="cannot be kept"):
+        batches = list(dm.val_dataloader())
+    assert all("distance" in b for b in batches)
 
 
 def test_cache_refuses_maps_larger_than_the_memory(tmp_path, monkeypatch):
