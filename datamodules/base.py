@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .derived import ALBUMENTATIONS_TARGETS, DISTANCE, DerivedTargets
+from .derived import ALBUMENTATIONS_TARGETS, DerivedTargets
 from .masks import encode_mask, validate_task
 from .transforms import (
     TransformSpec,
@@ -27,8 +27,8 @@ from .transforms import (
 _PIPELINES = ("train_transform", "val_transform")
 
 # A sample source returns (image uint8 [H, W, 3], mask [H, W] or [H, W, C], name). It may also
-# have spacing(index) (pixel size per axis, for distance maps) and cached_distance(index)
-# (precomputed whole-image distance maps): datamodules/derived.py.
+# have spacing(index) (pixel size per axis, for distance maps), cached_derived(name, index)
+# (precomputed whole-image maps) and file_key(index) (for the disk store): datamodules/derived.py.
 SampleFn = Callable[[int], tuple[np.ndarray, np.ndarray, str]]
 
 
@@ -51,9 +51,9 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self.task = task
         self.derived = derived if derived else None
-        if self.derived is not None and DISTANCE in self.derived.names:
-            # The whole-image distance map rides through the crop stage and the augmentations as a mask.
-            transform.add_targets(ALBUMENTATIONS_TARGETS)
+        if self.derived is not None:
+            # The whole-image maps ride through the crop stage and the augmentations as masks.
+            transform.add_targets({k: v for k, v in ALBUMENTATIONS_TARGETS.items() if k in self.derived.names})
 
     def __len__(self) -> int:
         return self.length
@@ -69,10 +69,11 @@ class SegmentationDataset(Dataset):
 
     def _sample(self, index: int, active: tuple[str, ...]) -> dict[str, Any]:
         image, mask, name = self.load(index)
-        extra, cached = {}, None
-        if DISTANCE in active:  # of the whole image, before the crop stage
-            extra[DISTANCE], from_cache = self.derived.distance(self.load, index, mask)
-            cached = extra[DISTANCE] if from_cache else None
+        extra, cached = {}, {}
+        for key in active:  # of the whole image, before the crop stage
+            extra[key], from_cache = self.derived.whole(key, self.load, index, mask)
+            if from_cache:
+                cached[key] = extra[key]
         out = self.transform(image=image, mask=mask, **extra)
         # Without a Normalize in the pipeline the image is still uint8: the contract is float32.
         sample = {"image": out["image"].float(), "mask": encode_mask(out["mask"], self.task), "name": name}
@@ -133,12 +134,12 @@ class SegmentationDataModule(L.LightningDataModule):
         val_transforms: pipeline spec for validation; ``None`` = resize, normalise.
         derived_targets: what the samples carry beyond the mask for the losses that need it:
             ``distance`` (whole-image signed distance maps, float32 ``[C, H, W]``) and/or
-            ``skeleton`` (tubed skeleton of the augmented mask, in the mask's layout) -- the names
+            ``skeleton`` (the whole image's tubed skeleton, in the mask's layout) -- the names
             of :data:`seglosses.derived.NAMES` (datamodules/derived.py). The harness passes those
             of the configured loss terms; empty (the default): nothing is computed.
             :meth:`set_active_derived_targets` switches them on and off per epoch.
-        derived_cache_dir: a folder keeping whole-image distance maps between epochs and runs
-            (datamodules/derived.py ``MapStore``; the harness passes ``<paths.cache_dir>/distance_maps``),
+        derived_cache_dir: a folder keeping whole-image distance maps and skeletons between epochs and runs
+            (datamodules/derived.py ``MapStore``; the harness passes ``<paths.cache_dir>/derived_maps``),
             for sources that read files; ``None``: computed for every sample (or held by ``data.cache``).
 
     Raises:

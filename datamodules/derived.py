@@ -31,19 +31,28 @@ maps once per image in setup() (:class:`~datamodules.folder._CachedSource`, whic
 beside the decoded samples); otherwise every sample computes its image's map in the DataLoader
 worker. Validation and test samples (whole images) carry the whole image's map.
 
-``sample["skeleton"]``: :func:`seglosses.derived.tubed_skeleton` of the *augmented* mask, in the
-mask's layout and dtype (binary float32 ``[1, H, W]``, multiclass int64 ``[H, W]``, multilabel
-float32 ``[C, H, W]``), computed on the final training crop after every augmentation, as Skeleton
-Recall's nnU-Net ``SkeletonTransform`` does (a skeleton does not survive a resampling, so it is
-never carried through one); padded and ignored pixels are never skeleton. It follows the
-augmentation, so it is never cached.
+``sample["skeleton"]``: :func:`seglosses.derived.tubed_skeleton` of the *whole image's* mask,
+computed before the crop stage like the distance map and carried the same way (a further mask
+target), in the mask's layout and dtype (binary float32 ``[1, H, W]``, multiclass int64 ``[H, W]``,
+multilabel float32 ``[C, H, W]``): the skeleton of each whole object, cropped and flipped with the
+mask -- not the skeleton of the crop's fragment, whose ends at the crop border are artefacts.
+Crops, flips, transposes and 90-degree rotations carry it exactly; resampling transforms by
+nearest neighbour (a tube of about 5 pixels may thin or break there). Padded and ignored pixels
+are never skeleton. (The volume datamodule skeletonises each patch instead, as nnU-Net's
+``SkeletonTransform`` does: a whole volume's skeleton is costly and volumes are not stored.)
+
+Both maps are kept between epochs: with ``data.cache=true`` in memory (computed once per image
+in setup(), :class:`~datamodules.folder._CachedSource`), else on disk when the datamodule has a
+``derived_cache_dir`` (:class:`MapStore`; train.py passes ``<paths.cache_dir>/derived_maps``);
+otherwise every sample computes its image's maps in the DataLoader worker.
 
 Cost (scripts/bench_data.py ``only=derived``). A distance map costs two scipy
 ``distance_transform_edt`` feature transforms of the whole image per class present in it
 (about 10 ms each for a 700x500 image on one core: more than decoding the image), so without
 the cache it multiplies the time of a sample; ``data.cache=true`` computes it once per image
 (float32, ``4 * C`` bytes per pixel, refused when larger than the available memory) and leaves
-the cost of carrying it through the crop stage. A skeleton costs about 5 ms per 512 px crop.
+the cost of carrying it through the crop stage; so does the disk store from the second epoch on.
+A whole-image skeleton costs a few ms per image (skimage's thinning), once as well.
 
 Active or not. :meth:`DerivedTargets.set_active` writes a few flags in a shared-memory tensor
 created with the datamodule; DataLoader workers (persistent ones too) read them at every batch
@@ -68,10 +77,13 @@ import torch
 from seglosses import derived as canonical
 from seglosses.derived import DISTANCE, NAMES, SKELETON
 
-__all__ = ["DISTANCE", "NAMES", "SKELETON", "DerivedTargets", "MapStore", "check_names", "distance_map", "skeleton_of"]
+from .masks import encode_mask
 
-#: How the crop stage and the augmentations carry the distance map: as one more mask.
-ALBUMENTATIONS_TARGETS = {DISTANCE: "mask"}
+__all__ = ["DISTANCE", "NAMES", "SKELETON", "DerivedTargets", "MapStore", "check_names", "distance_map", "skeleton_map",
+           "skeleton_of"]
+
+#: How the crop stage and the augmentations carry the whole-image maps: as more masks.
+ALBUMENTATIONS_TARGETS = {DISTANCE: "mask", SKELETON: "mask"}
 
 
 def check_names(names: Sequence[str] | str | None) -> tuple[str, ...]:
@@ -111,6 +123,15 @@ def distance_map(mask: np.ndarray, task: str, num_classes: int, spacing: Sequenc
     """
     maps = canonical.signed_distance(class_channels(mask, task, num_classes), spacing)
     return np.ascontiguousarray(np.moveaxis(maps, 0, -1))  # one copy; OpenCV inside albumentations wants it
+
+
+def skeleton_map(mask: np.ndarray, task: str, ignore_value: int | float | None = None) -> np.ndarray:
+    """The whole image's tubed skeleton in the source mask's layout (``[H, W]``; multilabel ``[H, W, C]``) and dtype."""
+    values = np.asarray(mask)
+    layout = values[None] if task == "binary" else np.moveaxis(values, -1, 0) if task == "multilabel" else values
+    skeleton = skeleton_of(torch.from_numpy(np.ascontiguousarray(layout)), task, ignore_value).numpy()
+    skeleton = skeleton[0] if task == "binary" else np.moveaxis(skeleton, 0, -1) if task == "multilabel" else skeleton
+    return np.ascontiguousarray(skeleton).astype(values.dtype, copy=False)  # class values: the mask's own dtype
 
 
 def skeleton_of(mask: torch.Tensor, task: str, ignore_value: int | float | None = None) -> torch.Tensor:
@@ -160,7 +181,7 @@ class DerivedTargets:
         self.task, self.num_classes = task, int(num_classes)
         self.ignore_value = ignore_value
         #: Where whole-image distance maps are kept between epochs and runs (:class:`MapStore`); None: nowhere.
-        self.store = MapStore(cache_dir) if cache_dir is not None and DISTANCE in self.names else None
+        self.store = MapStore(cache_dir) if cache_dir is not None and self.names else None
         # Shared memory: forked workers map the same pages, spawned ones receive a handle to them
         # (torch.multiprocessing's pickling of shared tensors), so set_active reaches running workers.
         self.flags = torch.zeros(len(NAMES), dtype=torch.uint8).share_memory_() if self.names else None
@@ -194,56 +215,68 @@ class DerivedTargets:
         on = self.flags.tolist()
         return tuple(name for name, flag in zip(NAMES, on) if flag)
 
-    def distance(self, source: Callable, index: int, mask: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Sample ``index``'s whole-image map ``[H, W, C]`` and whether it is the source's cached one.
+    def whole(self, name: str, source: Callable, index: int, mask: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Sample ``index``'s whole-image map ``name`` and whether it is the source's cached one.
 
-        A source with a method ``cached_distance(index)`` (``data.cache``) holds the maps; otherwise
-        the map is computed now from ``mask`` (the mask as read, before any transform).
+        ``distance``: float32 ``[H, W, C]``; ``skeleton``: the source mask's layout (``[H, W]``,
+        multilabel ``[H, W, C]``) and dtype. A source with ``cached_derived(name, index)`` (``data.cache``)
+        holds them; else the store (:class:`MapStore`) when there is one and the source reads files;
+        else it is computed now from ``mask`` (the mask as read, before any transform).
         """
-        cached = getattr(source, "cached_distance", None)
+        cached = getattr(source, "cached_derived", None)
         if callable(cached):
-            found = cached(index)
+            found = cached(name, index)
             if found is not None:
                 return found, True
-        spacing = _spacing(source, index)
+        spacing = _spacing(source, index) if name == DISTANCE else None
         file_key = getattr(source, "file_key", None)
         if self.store is None or not callable(file_key):
-            return distance_map(mask, self.task, self.num_classes, spacing), False
-        key = f"{file_key(index)}|{self.task}|{self.num_classes}|{None if spacing is None else list(spacing)}"
+            return self.compute(name, mask, spacing), False
+        key = f"{name}|{file_key(index)}|{self.task}|{self.num_classes}|{None if spacing is None else list(spacing)}"
         found = self.store.load(key)
         if found is None:
-            found = distance_map(mask, self.task, self.num_classes, spacing)
+            found = self.compute(name, mask, spacing)
             self.store.save(key, found)
         return found, False
 
-    def skeleton(self, mask: torch.Tensor) -> torch.Tensor:
-        return skeleton_of(mask, self.task, self.ignore_value)
+    def compute(self, name: str, mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+        if name == DISTANCE:
+            return distance_map(mask, self.task, self.num_classes, spacing)
+        return skeleton_map(mask, self.task, self.ignore_value)
 
     def add(self, sample: dict[str, Any], out: dict[str, Any], active: tuple[str, ...],
-            cached: np.ndarray | None = None) -> dict[str, Any]:
+            cached: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Put the active targets into ``sample`` (``out``: the albumentations call's result).
 
-        ``cached``: the source's cached map that went into the call; a result still sharing its
+        ``cached``: the source's cached maps that went into the call; a result still sharing its
         memory (no transform copied it: a crop is a view) is copied, so that nothing downstream
         can write into the cache.
         """
+        cached = cached or {}
         if DISTANCE in active:
             distance = _as_channels(out[DISTANCE])
-            if cached is not None and np.may_share_memory(distance.numpy(), cached):
+            if DISTANCE in cached and np.may_share_memory(distance.numpy(), cached[DISTANCE]):
                 distance = distance.clone()
             sample[DISTANCE] = distance
         if SKELETON in active:
-            sample[SKELETON] = self.skeleton(sample["mask"])
+            value = out[SKELETON]
+            skeleton = encode_mask(value if isinstance(value, torch.Tensor) else torch.from_numpy(
+                np.ascontiguousarray(np.moveaxis(np.asarray(value), -1, 0) if np.ndim(value) == 3 else value)),
+                self.task)  # a new tensor (uint8 to the mask's dtype): never a view of a cached map
+            # padded pixels carry the pad value through the crop stage: never skeleton
+            limit = self.num_classes - 1 if self.task == "multiclass" else 1
+            skeleton[(skeleton > limit) | (skeleton < 0)] = 0
+            sample[SKELETON] = skeleton
         return sample
 
 
 class MapStore:
-    """Whole-image distance maps kept on disk (``<paths.cache_dir>/distance_maps/``), computed once per mask file.
+    """Whole-image maps kept on disk (``<paths.cache_dir>/derived_maps/``), computed once per mask file.
 
-    Without ``data.cache`` every sample would compute its image's map again in every epoch: two
-    feature transforms of the whole image per class, more than decoding the image. The store keeps
-    each map as a ``.npy`` named by a hash of the mask files' paths, sizes and modification times,
-    the task and the spacing (a changed mask gets a new entry), written to a temporary name and
+    Without ``data.cache`` every sample would compute its image's maps again in every epoch: two
+    feature transforms of the whole image per class, more than decoding the image, and a thinning.
+    The store keeps each map as a ``.npy`` named by a hash of its kind, the mask files' paths, sizes
+    and modification times, the task and the spacing (a changed mask gets a new entry), written to a temporary name and
     renamed into place (workers writing the same map at once both succeed), and read back with
     ``numpy.load`` (no pickle). A store that cannot be written says so once and maps are computed.
     """
@@ -275,7 +308,7 @@ class MapStore:
             os.replace(temp, path)
         except OSError as err:
             self.writable = False
-            warnings.warn(f"Distance maps cannot be kept in {self.folder} ({err}): they are computed for every "
+            warnings.warn(f"Distance maps and skeletons cannot be kept in {self.folder} ({err}): they are computed for every "
                           "sample instead (slower). Set paths.cache_dir to a writable folder.", stacklevel=2)
 
 

@@ -116,16 +116,17 @@ class _FileSource:
 class _CachedSource:
     """Every sample decoded once, held in memory (``data.cache=true``); forked workers share the pages.
 
-    With ``distance`` among the derived targets, the whole-image distance maps of the untransformed
-    images are computed here too, once per image (datamodules/derived.py); skeletons follow the
-    augmentation and are never cached.
+    With derived targets (``distance``, ``skeleton``), the whole-image maps of the untransformed
+    images are computed here too, once per image (datamodules/derived.py).
     """
 
     def __init__(self, source: _FileSource, length: int, derived: DerivedTargets | None = None) -> None:
         self.samples = [source(i) for i in range(length)]
         self.nbytes = sum(image.nbytes + mask.nbytes for image, mask, _ in self.samples)
-        self.distances: list[np.ndarray] | None = None
-        if derived is not None and DISTANCE in derived.names:
+        self.derived: dict[str, list[np.ndarray]] = {}
+        self.derived_nbytes = 0
+        names = () if derived is None else derived.names
+        if DISTANCE in names:
             channels = 1 if derived.task == "binary" else derived.num_classes
             needed = sum(mask.shape[0] * mask.shape[1] * channels * 4 for _, mask, _ in self.samples)
             available = available_memory()
@@ -133,18 +134,21 @@ class _CachedSource:
                 raise ValueError(
                     f"data.cache with distance maps: the whole-image maps of {length} images need "
                     f"{needed / 2**30:.1f} GiB (float32, {channels} per pixel) and {available / 2**30:.1f} GiB are "
-                    "available. Set data.cache=false: the maps are then computed per sample, in the workers."
+                    "available. Set data.cache=false: the maps are then computed once per image and kept on disk "
+                    "(paths.cache_dir)."
                 )
-            self.distances = [derived.distance(source, i, mask)[0] for i, (_, mask, _) in enumerate(self.samples)]
-            self.distance_nbytes = sum(d.nbytes for d in self.distances)
+        for name in names:
+            self.derived[name] = [derived.whole(name, source, i, mask)[0] for i, (_, mask, _) in enumerate(self.samples)]
+            self.derived_nbytes += sum(d.nbytes for d in self.derived[name])
 
     def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         image, mask, name = self.samples[index]
         return image, mask, name  # the transforms return new arrays: the cached ones stay untouched
 
-    def cached_distance(self, index: int) -> np.ndarray | None:
-        """The whole-image distance map ``[H, W, C]`` of sample ``index`` (``None``: not cached)."""
-        return None if self.distances is None else self.distances[index]
+    def cached_derived(self, name: str, index: int) -> np.ndarray | None:
+        """The whole-image map ``name`` of sample ``index`` (``None``: not cached)."""
+        maps = self.derived.get(name)
+        return None if maps is None else maps[index]
 
 
 def available_memory() -> int | None:
@@ -482,8 +486,8 @@ class FolderDataModule(SegmentationDataModule):
                              self.preprocessing["channels"], select)
         if self.cache and pairs:
             source = _CachedSource(source, len(pairs), self.derived)
-            maps = (f" (+ {source.distance_nbytes / 2**20:.1f} MiB of whole-image distance maps)"
-                    if source.distances is not None else "")
+            maps = (f" (+ {source.derived_nbytes / 2**20:.1f} MiB of whole-image {' and '.join(source.derived)} maps)"
+                    if source.derived else "")
             rank_zero_info(f"data.cache: {len(pairs)} decoded samples hold {source.nbytes / 2**20:.1f} MiB in "
                            f"memory{maps}")
         elif self.validate:

@@ -31,11 +31,11 @@ and the overhead is the median of the per-round time ratios: ``epochs`` rounds w
 3. Derived targets (``only=derived``): the training pipeline of 1. (FolderDataModule, the same
    data, ``derived_crop`` px crops, the folder datamodule's default workers: 2, persistent) with
    ``derived_targets=[distance]`` (whole-image signed distance maps carried through the crop stage)
-   and with ``[skeleton]`` (tubed skeleton of every augmented crop), each against the same pipeline
-   without them, interleaved over ``derived_epochs`` rounds (4x with the cache), without and with
-   ``data.cache`` (which caches the distance maps, not the skeletons). Target: overhead <= 30 %.
-   Then where the time goes, per sample in one process: reading, the distance map, the
-   albumentations call with and without the map, the skeleton.
+   and with ``[skeleton]`` (whole-image tubed skeletons, carried the same way), each against the
+   same pipeline without them, interleaved over ``derived_epochs`` rounds (4x with the cache):
+   computed per sample, kept on disk (the map store train.py uses: ``derived_cache_dir``), and
+   with ``data.cache``. Target: overhead <= 30 %. Then where the time goes, per sample in one
+   process: reading, the distance map, the albumentations call with and without the map, the skeleton.
 4. Volumes (``only=volumes``), patches/s: VolumeDataModule's training pipeline (``data=nnunet``'s
    default MONAI transforms, batch 2, num_workers=0) on a generated nnU-Net dataset of
    ``volume_cases`` cases of ``volume_shape`` (2 channels, .nii.gz) with ``volume_patch`` patches,
@@ -269,14 +269,15 @@ def bench_derived(root: Path, crop: int, epochs: int) -> dict[tuple[str, bool], 
         plain_loader = plain_dm.train_dataloader()
         n = len(plain_dm.train_pairs)
         rounds = 4 * epochs if cache else epochs
-        # "distance (map store)": no data.cache, the maps kept on disk as train.py does (paths.cache_dir):
+        # "... (map store)": no data.cache, the maps kept on disk as train.py does (paths.cache_dir):
         # computed in the first epoch (a warm-up round of interleaved() is not timed), read after.
         store = tempfile.mkdtemp(prefix="distance_maps_")
-        for name in ("distance", "skeleton", *(() if cache else ("distance (map store)",))):
+        stored = () if cache else ("distance (map store)", "skeleton (map store)")
+        for name in ("distance", "skeleton", *stored):
             dm = module(name.split()[0])
             if name.endswith("(map store)"):
                 dm = FolderDataModule(root, task="binary", num_classes=1, crop_size=crop, batch_size=8,
-                                      val_fraction=0.0, derived_targets=[DISTANCE], derived_cache_dir=store)
+                                      val_fraction=0.0, derived_targets=[name.split()[0]], derived_cache_dir=store)
                 dm.fingerprint = fingerprint
                 dm.setup("fit")
                 for _ in dm.train_dataloader():  # the first epoch fills the store
@@ -306,8 +307,7 @@ def bench_derived(root: Path, crop: int, epochs: int) -> dict[tuple[str, bool], 
 def derived_breakdown(root: Path, crop: int, repeats: int = 3) -> None:
     """Milliseconds per sample of each step, in this process (one thread), over every training image."""
     from datamodules import FolderDataModule
-    from datamodules.derived import DISTANCE, distance_map, skeleton_of
-    from datamodules.masks import encode_mask
+    from datamodules.derived import DISTANCE, distance_map, skeleton_map
 
     dm = FolderDataModule(root, task="binary", num_classes=1, crop_size=crop, batch_size=8, val_fraction=0.0,
                           num_workers=0, derived_targets=[DISTANCE])
@@ -315,7 +315,6 @@ def derived_breakdown(root: Path, crop: int, repeats: int = 3) -> None:
     source, transform, n = dm.train_set.load, dm.train_transform, len(dm.train_pairs)
     samples = [source(i) for i in range(n)]
     maps = [distance_map(mask, "binary", 1) for _, mask, _ in samples]
-    crops = [encode_mask(transform(image=image, mask=mask)["mask"], "binary") for image, mask, _ in samples]
 
     def ms(fn) -> float:
         fn()
@@ -334,7 +333,7 @@ def derived_breakdown(root: Path, crop: int, repeats: int = 3) -> None:
             lambda: [transform(image=im, mask=m, distance=d) for (im, m, _), d in zip(samples, maps)]),
         "distance map of the whole image (2 EDTs per present class)": ms(
             lambda: [distance_map(m, "binary", 1) for _, m, _ in samples]),
-        f"tubed skeleton of the {crop} px crop": ms(lambda: [skeleton_of(c, "binary", 255) for c in crops]),
+        "tubed skeleton of the whole image": ms(lambda: [skeleton_map(m, "binary", 255) for _, m, _ in samples]),
     }
     h, w = samples[0][1].shape[:2]
     print(f"where the time goes, ms per sample ({w}x{h} images, one thread, best of {repeats}):")

@@ -191,9 +191,9 @@ def _train(cfg: DictConfig) -> float:
     # Distance maps / skeletons are computed by the data pipeline only for the loss terms that need them.
     derived = module.loss.derived_targets()
     extra = {"derived_targets": list(derived)} if derived else {}
-    if "distance" in derived and is_folder_data(cfg.data) and cfg.paths.get("cache_dir"):
-        # whole-image distance maps computed once per mask file, kept between epochs and runs
-        extra["derived_cache_dir"] = os.path.join(os.path.abspath(str(cfg.paths.cache_dir)), "distance_maps")
+    if derived and is_folder_data(cfg.data) and cfg.paths.get("cache_dir"):
+        # whole-image distance maps and skeletons computed once per mask file, kept between epochs and runs
+        extra["derived_cache_dir"] = os.path.join(os.path.abspath(str(cfg.paths.cache_dir)), "derived_maps")
     datamodule = build(cfg.data, **extra)
     if fingerprint is not None:
         # Set as an attribute, not a constructor argument: Hydra would turn the large dict into a DictConfig.
