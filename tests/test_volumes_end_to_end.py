@@ -118,3 +118,12 @@ def test_a_2d_dataset_in_nnunet_layout_trains_with_2d_networks(tmp_path, model):
     value = train(compose_run([*TINY_DATA, f"data.root={root}", "trainer.max_epochs=1", *model], tmp_path / "run",
                               synthetic=False))
     assert 0.0 <= value <= 1.0
+
+
+def test_channel_files_of_different_shapes_fail_at_startup(tmp_path):
+    broken = write_nnunet_dataset(tmp_path / "Dataset005_Channels", cases=3, test_cases=0)
+    channel = sorted((broken / "imagesTr").glob("*_0001.nii.gz"))[0]
+    image = nib.load(channel)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:-2], image.affine, image.header), channel)
+    with pytest.raises(ValueError, match=f"different shapes: .*{channel.name}"):
+        train(compose_run([*TINY_3D, f"data.root={broken}"], tmp_path / "run", synthetic=False))
