@@ -239,6 +239,10 @@ class DerivedTargets:
             self.store.save(key, found)
         return found, False
 
+    def skeleton(self, mask: torch.Tensor) -> torch.Tensor:
+        """The tubed skeleton of an encoded patch mask, in its layout (the volume datamodule: per patch)."""
+        return skeleton_of(mask, self.task, self.ignore_value)
+
     def compute(self, name: str, mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
         if name == DISTANCE:
             return distance_map(mask, self.task, self.num_classes, spacing)
