@@ -33,8 +33,9 @@ worker. Validation and test samples (whole images) carry the whole image's map.
 
 ``sample["skeleton"]``: :func:`seglosses.derived.tubed_skeleton` of the *whole image's* mask,
 computed before the crop stage like the distance map and carried the same way (a further mask
-target), in the mask's layout and dtype (binary float32 ``[1, H, W]``, multiclass int64 ``[H, W]``,
-multilabel float32 ``[C, H, W]``): the skeleton of each whole object, cropped and flipped with the
+target), in the mask's layout (binary ``[1, H, W]``, multiclass ``[H, W]`` class indices,
+multilabel ``[C, H, W]``) as uint8 (int32 beyond 255 classes; the losses take any integer type):
+the skeleton of each whole object, cropped and flipped with the
 mask -- not the skeleton of the crop's fragment, whose ends at the crop border are artefacts.
 Crops, flips, transposes and 90-degree rotations carry it exactly; resampling transforms by
 nearest neighbour (a tube of about 5 pixels may thin or break there). Padded and ignored pixels
@@ -264,13 +265,16 @@ class DerivedTargets:
             sample[DISTANCE] = distance
         if SKELETON in active:
             value = out[SKELETON]
-            skeleton = encode_mask(value if isinstance(value, torch.Tensor) else torch.from_numpy(
-                np.ascontiguousarray(np.moveaxis(np.asarray(value), -1, 0) if np.ndim(value) == 3 else value)),
-                self.task)  # a new tensor (uint8 to the mask's dtype): never a view of a cached map
-            # padded pixels carry the pad value through the crop stage: never skeleton
+            value = value if isinstance(value, torch.Tensor) else torch.from_numpy(
+                np.ascontiguousarray(np.moveaxis(np.asarray(value), -1, 0) if np.ndim(value) == 3 else value))
+            if self.task == "binary":
+                value = value.reshape(1, *value.shape[-2:])
+            # Padded pixels carry the pad value through the crop stage: never skeleton. A new tensor in the
+            # smallest integer type that holds the classes (uint8 but for > 255 classes): a quarter of the
+            # float32 mask's bytes through the workers' shared memory, and never a view of a cached map.
             limit = self.num_classes - 1 if self.task == "multiclass" else 1
-            skeleton[(skeleton > limit) | (skeleton < 0)] = 0
-            sample[SKELETON] = skeleton
+            dtype = torch.uint8 if limit <= 255 else torch.int32
+            sample[SKELETON] = torch.where((value > limit) | (value < 0), 0, value).to(dtype)
         return sample
 
 

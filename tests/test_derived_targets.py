@@ -115,8 +115,9 @@ def test_validation_samples_carry_whole_image_maps_and_skeletons(tmp_path, task,
     torch.testing.assert_close(batch["distance"][0], torch.from_numpy(_reference(masks[stem], task, num_classes)),
                                rtol=1e-6, atol=1e-5)
     mask = batch["mask"][0]
-    assert torch.equal(batch["skeleton"][0], torch.from_numpy(canonical.tubed_skeleton(mask.numpy(), task, 255)))
-    assert batch["skeleton"].dtype == batch["mask"].dtype and batch["skeleton"].any()
+    expected = torch.from_numpy(canonical.tubed_skeleton(mask.numpy(), task, 255))
+    assert torch.equal(batch["skeleton"][0], expected.to(torch.uint8))
+    assert batch["skeleton"].dtype == torch.uint8 and batch["skeleton"].any()  # uint8: a quarter of the mask's bytes
 
 
 @pytest.mark.parametrize("task, num_classes", [("binary", 1), ("multiclass", 4)])
@@ -133,7 +134,7 @@ def test_skeletons_of_the_whole_image_survive_flips_and_crops(tmp_path, task, nu
     for _ in range(3):
         for batch in dm.train_dataloader():
             assert "distance" not in batch
-            assert batch["skeleton"].dtype == batch["mask"].dtype and batch["skeleton"].shape == batch["mask"].shape
+            assert batch["skeleton"].dtype == torch.uint8 and batch["skeleton"].shape == batch["mask"].shape
             for image, mask, skeleton, stem in zip(batch["image"], batch["mask"], batch["skeleton"], batch["name"]):
                 rows, cols, flag = image.long()
                 padded = flag == 0
@@ -142,7 +143,7 @@ def test_skeletons_of_the_whole_image_survive_flips_and_crops(tmp_path, task, nu
                 assert torch.equal(plane[~padded], whole[rows[~padded], cols[~padded]])  # the whole image's, moved
                 assert not plane[padded].any()  # never on padding
                 on = skeleton > 0
-                assert torch.equal(skeleton[on], mask[on])  # inside the foreground, with its class
+                assert torch.equal(skeleton[on].to(mask.dtype), mask[on])  # inside the foreground, with its class
                 seen += int(on.any())
     assert seen
 
@@ -155,7 +156,7 @@ def test_multilabel_skeletons_stay_on_their_channel():
     dm.setup("fit")
     for batch in dm.train_dataloader():
         skeleton, mask = batch["skeleton"], batch["mask"]
-        assert skeleton.shape == mask.shape and skeleton.dtype == mask.dtype
+        assert skeleton.shape == mask.shape and skeleton.dtype == torch.uint8
         assert ((skeleton > 0) <= (mask == 1)).all() and skeleton.any()
 
 
