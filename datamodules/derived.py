@@ -78,9 +78,7 @@ import torch
 from seglosses import derived as canonical
 from seglosses.derived import DISTANCE, NAMES, SKELETON
 
-from .masks import encode_mask
-
-__all__ = ["DISTANCE", "NAMES", "SKELETON", "DerivedTargets", "MapStore", "check_names", "distance_map", "skeleton_map",
+__all__ = ["DISTANCE", "NAMES", "SKELETON", "DerivedTargets", "DerivedTargetsSwitch", "MapStore", "check_names", "distance_map", "skeleton_map",
            "skeleton_of"]
 
 #: How the crop stage and the augmentations carry the whole-image maps: as more masks.
@@ -276,6 +274,52 @@ class DerivedTargets:
             dtype = torch.uint8 if limit <= 255 else torch.int32
             sample[SKELETON] = torch.where((value > limit) | (value < 0), 0, value).to(dtype)
         return sample
+
+
+class DerivedTargetsSwitch:
+    """What a datamodule shows of its derived targets (``self.derived``, a :class:`DerivedTargets`):
+    the 2D datamodules (datamodules/base.py) and the volume one (datamodules/volumes/) alike."""
+
+    derived: DerivedTargets
+
+    @property
+    def derived_targets(self) -> tuple[str, ...]:
+        """The derived targets asked for (``derived_targets=``), whether active or not."""
+        return self.derived.names
+
+    @property
+    def active_derived_targets(self) -> tuple[str, ...]:
+        """The derived targets the next batches carry."""
+        return self.derived.active()
+
+    def set_active_derived_targets(self, names: Sequence[str]) -> None:
+        """Compute only ``names`` (a subset of ``derived_targets``) from the next batch on.
+
+        The training module calls this from ``on_train_epoch_start`` with the derived targets of
+        the loss terms whose weight is above 0 in that epoch (a weight of 0 skips the term: its
+        target is then not computed). The flags live in shared memory, read by the DataLoader
+        workers at every batch, persistent workers included; inactive targets are left out of
+        the samples, and one batch never mixes (one read per batch).
+
+        When a switch takes effect (Lightning 2.6.6, lightning/pytorch/loops/fit_loop.py and
+        training_epoch_loop.py): from the second epoch of a fit on, ``FitLoop.on_advance_start``
+        calls ``on_train_epoch_start`` before ``_TrainingEpochLoop.on_run_start`` calls
+        ``iter(data_fetcher)``, which creates the epoch's DataLoader iterator (and only then do
+        workers, persistent or not, receive the epoch's indices): the whole epoch follows the
+        switch. The first epoch of a fit -- and the first one after a resume -- is different:
+        ``FitLoop.setup_data()`` already calls ``iter()`` in ``FitLoop.run`` before
+        ``on_train_epoch_start``, so with ``num_workers > 0`` the first ``prefetch_factor *
+        num_workers`` batches may be built with the flags as they were (a race with the workers'
+        start; with ``num_workers=0`` nothing is built early). Every configured target starts
+        active, so those few batches may carry a target that epoch does not need (harmless: the
+        loss ignores it) but lack none (unless the flags were switched off before this fit; a
+        batch without a target its loss needs makes the loss compute it from the crop, see
+        seglosses.derived).
+
+        Raises:
+            ValueError: an unknown name, or one not in ``derived_targets``.
+        """
+        self.derived.set_active(names)
 
 
 class MapStore:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from monai.networks.nets import DynUNet, SegResNet
-from torch import Tensor, nn
+from torch import Tensor
 
 from .task import out_channels
 

@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from ..base import collate
-from ..derived import DISTANCE, DerivedTargets
+from ..derived import DISTANCE, DerivedTargets, DerivedTargetsSwitch
 from ..folds import check_fold_options, resolve_folds
 from ..masks import reserved_pad_value
 from .augment import Spec, build_pipeline, reseed
@@ -65,7 +65,7 @@ def plan_crop_size(fingerprint: Mapping[str, Any], patch_budget: int,
     return auto_patch_size(median, spacing, int(patch_budget), 8 if divisor is None else divisor)
 
 
-class VolumeDataModule(L.LightningDataModule):
+class VolumeDataModule(DerivedTargetsSwitch, L.LightningDataModule):
     """Training patches and whole validation/test volumes of an nnU-Net raw dataset (module docstring).
 
     Args:
@@ -216,26 +216,6 @@ class VolumeDataModule(L.LightningDataModule):
         self.metric_class_names: list[str] | None = self.given_class_names
         self.class_names: list[str] | None = None if class_names is None else self.given_class_names[1:]
         self._fold_plan = None
-
-    # --- derived targets (as the 2D datamodules) -------------------------------------------------------
-
-    @property
-    def derived_targets(self) -> tuple[str, ...]:
-        """The derived targets asked for (``derived_targets=``), whether active or not."""
-        return self.derived.names
-
-    @property
-    def active_derived_targets(self) -> tuple[str, ...]:
-        """The derived targets the next batches carry."""
-        return self.derived.active()
-
-    def set_active_derived_targets(self, names: Sequence[str]) -> None:
-        """Compute only ``names`` from the next batch on (see ``SegmentationDataModule.set_active_derived_targets``).
-
-        Raises:
-            ValueError: an unknown name, or one not in ``derived_targets``.
-        """
-        self.derived.set_active(names)
 
     # --- setup -----------------------------------------------------------------------------------------
 
