@@ -42,7 +42,6 @@ crop the loss sees (as MONAI does) -- slower, and it needs scipy.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -52,9 +51,7 @@ from torch import Tensor, nn
 from . import _checks
 from ._region import check_input
 from ._targets import dense_target, index_target, upcast
-
-#: The derived target these losses take (the batch key and the forward keyword).
-DISTANCE = "distance"
+from .derived import DISTANCE, check_spacing  # numpy and scipy only when a map is computed
 
 
 # --- checks shared with seglosses/hausdorff.py ---------------------------------------------------
@@ -86,27 +83,9 @@ def check_ignore_index(ignore_index, name: str):
     return ignore_index
 
 
-def check_spacing(spacing: Sequence[float] | None, name: str) -> tuple[float, ...] | None:
-    """``spacing`` as a tuple of finite positive floats (its length is checked per call), or None."""
-    if spacing is None:
-        return None
-    if isinstance(spacing, (str, bytes)) or not isinstance(spacing, Sequence) or len(spacing) == 0:
-        raise ValueError(
-            f"{name}: spacing must be a list with the size of a pixel along each spatial axis "
-            f"(e.g. [1.0, 0.5, 0.5]) or None, got {spacing!r}"
-        )
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: spacing must be a list of numbers, got {spacing!r}") from None
-    if any(isinstance(s, bool) for s in spacing) or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"{name}: spacing must hold finite sizes > 0, got {list(spacing)}")
-    return values
-
-
 def spacing_for(spacing: tuple[float, ...] | None, logits: Tensor, name: str) -> tuple[float, ...] | None:
     """``spacing`` checked against the logits' spatial dims."""
-    spacing = check_spacing(spacing, name)
+    spacing = check_spacing(spacing, owner=name)
     if spacing is not None and len(spacing) != logits.ndim - 2:
         raise ValueError(
             f"{name}: spacing has {len(spacing)} values but the logits {list(logits.shape)} have "
@@ -295,7 +274,7 @@ class BoundaryLoss(nn.Module):
         self.mode = _checks.check_mode(mode, name)
         self.include_background = check_include_background(include_background, mode, None, name)
         self.ignore_index = check_ignore_index(ignore_index, name)
-        self.spacing = check_spacing(spacing, name)
+        self.spacing = check_spacing(spacing, owner=name)
 
     def forward(self, logits: Tensor, target: Tensor, *, distance: Tensor | None = None) -> Tensor:
         return boundary_loss(

@@ -77,15 +77,30 @@ def _skimage():
     return skeletonize, binary_dilation
 
 
-def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
-    """``spacing`` as ``ndim`` positive floats (one per spatial axis), or ``None`` (unit pixels)."""
+def check_spacing(spacing: Sequence[float] | None, ndim: int | None = None,
+                  owner: str | None = None) -> tuple[float, ...] | None:
+    """``spacing`` as finite positive floats, one per spatial axis when ``ndim`` is given; or ``None`` (unit pixels).
+
+    ``owner`` (a loss's name) starts the messages. The one check of a spacing in seglosses: the
+    losses' ``spacing`` option and the distance maps alike.
+    """
     if spacing is None:
         return None
-    values = tuple(float(s) for s in spacing)
-    if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(
-            f"spacing must give one positive size per spatial axis ({ndim}), e.g. {[1.0] * ndim}; got {list(spacing)}"
-        )
+    where = f"{owner}: " if owner else ""
+    try:
+        if isinstance(spacing, (str, bytes)) or len(spacing) == 0:
+            raise TypeError
+        values = tuple(float(s) for s in spacing)
+    except TypeError:
+        raise ValueError(f"{where}spacing must be a list with the size of a pixel along each spatial axis "
+                         f"(e.g. [1.0, 0.5, 0.5]) or None, got {spacing!r}") from None
+    except ValueError:
+        raise ValueError(f"{where}spacing must be a list of numbers, got {spacing!r}") from None
+    if any(isinstance(s, bool) for s in spacing) or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"{where}spacing must hold finite sizes > 0, got {list(spacing)}")
+    if ndim is not None and len(values) != ndim:
+        raise ValueError(f"{where}spacing has {len(values)} values but the data has {ndim} spatial axes; "
+                         f"give one size per axis, e.g. {[1.0] * ndim}")
     return values
 
 

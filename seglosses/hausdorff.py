@@ -194,7 +194,7 @@ class HausdorffDTLoss(nn.Module):
         self.log = _check_flag(log, "log", name)
         self.include_background = check_include_background(include_background, mode, None, name)
         self.ignore_index = check_ignore_index(ignore_index, name)
-        self.spacing = check_spacing(spacing, name)
+        self.spacing = check_spacing(spacing, owner=name)
 
     def forward(self, logits: Tensor, target: Tensor, *, distance: Tensor | None = None) -> Tensor:
         return hausdorff_dt_loss(
