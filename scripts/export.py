@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -196,10 +197,18 @@ def export(args: Any) -> dict[str, str]:
     channels = int((model.preprocessing or {}).get("channels") or 3)
     example = torch.randn(2, channels, h, w)
     written["onnx"] = export_onnx(net, example, args.output, args.exporter, args.opset, dynamic)
+    # A batch size (and, if dynamic, an image size) the example did not have: proves the axes are dynamic.
+    size = (h + SIZE_MULTIPLE, w + 2 * SIZE_MULTIPLE) if dynamic else (h, w)
+    return finish_export(args, net, example, written, lambda: torch.randn(3, channels, *size),
+                         f"a batch of 3 at {size[0]}x{size[1]}")
+
+
+def finish_export(args: Any, net: nn.Module, example: torch.Tensor, written: dict[str, str],
+                  check_input: Callable[[], torch.Tensor], described: str) -> dict[str, str]:
+    """After the ONNX file: TorchScript when asked, the onnxruntime check on ``check_input()`` (a shape
+    the export was not traced with; ``described`` in the message), and the written paths printed."""
     if args.torchscript not in (None, "", "null"):
-        ts = args.torchscript
-        if ts == "auto":
-            ts = os.path.splitext(args.output)[0] + ".torchscript.pt"
+        ts = os.path.splitext(args.output)[0] + ".torchscript.pt" if args.torchscript == "auto" else args.torchscript
         written["torchscript"] = export_torchscript(net, example, ts)
     if args.check:
         try:
@@ -207,10 +216,8 @@ def export(args: Any) -> dict[str, str]:
         except ImportError:
             print("onnxruntime is not installed: skipped the check (pip install onnxruntime)")
         else:
-            # A batch size (and, if dynamic, an image size) the example did not have: proves the axes are dynamic.
-            size = (h + SIZE_MULTIPLE, w + 2 * SIZE_MULTIPLE) if dynamic else (h, w)
-            err = onnx_max_error(written["onnx"], net, torch.randn(3, channels, *size))
-            print(f"onnxruntime vs PyTorch: max |diff| = {err:.2e} on a batch of 3 at {size[0]}x{size[1]}")
+            err = onnx_max_error(written["onnx"], net, check_input())
+            print(f"onnxruntime vs PyTorch: max |diff| = {err:.2e} on {described}")
             if not err <= float(args.atol):
                 raise ValueError(f"The exported ONNX model differs from PyTorch by {err:.2e} > atol={args.atol}; try exporter=legacy")
     for kind, path in written.items():
@@ -270,23 +277,9 @@ def export_volume_network(args: Any, model: InferenceModel) -> dict[str, str]:
     example = torch.randn(1, channels, *sizes)
     axes = tuple(range(2, example.ndim)) if dynamic else ()
     written["onnx"] = export_network(net, example, axes, args.output, args.exporter, args.opset)
-    if args.torchscript not in (None, "", "null"):
-        ts = os.path.splitext(args.output)[0] + ".torchscript.pt" if args.torchscript == "auto" else args.torchscript
-        written["torchscript"] = export_torchscript(net, example, ts)
-    if args.check:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            print("onnxruntime is not installed: skipped the check (pip install onnxruntime)")
-        else:
-            size = other_size(sizes, divisor) if dynamic else sizes
-            err = onnx_max_error(written["onnx"], net, torch.randn(1, channels, *size))
-            print(f"onnxruntime vs PyTorch: max |diff| = {err:.2e} on one volume of {'x'.join(map(str, size))}")
-            if not err <= float(args.atol):
-                raise ValueError(f"The exported ONNX model differs from PyTorch by {err:.2e} > atol={args.atol}; try exporter=legacy")
-    for kind, path in written.items():
-        print(f"{kind}: {os.path.abspath(path)}")
-    return written
+    size = other_size(sizes, divisor) if dynamic else sizes
+    return finish_export(args, net, example, written, lambda: torch.randn(1, channels, *size),
+                         f"one volume of {'x'.join(map(str, size))}")
 
 
 def main(argv: list[str] | None = None) -> None:

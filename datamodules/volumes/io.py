@@ -355,6 +355,15 @@ def _storable(array: np.ndarray, path: Path) -> np.ndarray:
 # --- public ------------------------------------------------------------------------------------------
 
 
+def _existing(path: str | Path) -> tuple[Path, str]:
+    """``(path, format)`` of a volume file that exists (a ``ValueError`` for another extension first)."""
+    path = Path(path)
+    kind = volume_format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Volume file {path} does not exist")
+    return path, kind
+
+
 def read_volume_header(path: str | Path) -> VolumeHeader:
     """Shape, spacing, dtype, affine and header of a volume file, without decoding its voxels.
 
@@ -366,10 +375,7 @@ def read_volume_header(path: str | Path) -> VolumeHeader:
         ValueError: another extension; a TIFF sidecar JSON without a valid ``spacing``.
         FileNotFoundError: ``path`` does not exist.
     """
-    path = Path(path)
-    kind = volume_format(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Volume file {path} does not exist")
+    path, kind = _existing(path)
     return _nifti_header(path) if kind == "nifti" else _tiff_header(path)
 
 
@@ -384,10 +390,7 @@ def read_volume(path: str | Path) -> Volume:
         ValueError: another extension; a TIFF sidecar JSON without a valid ``spacing``.
         FileNotFoundError: ``path`` does not exist.
     """
-    path = Path(path)
-    kind = volume_format(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Volume file {path} does not exist")
+    path, kind = _existing(path)
     return _read_nifti(path) if kind == "nifti" else _read_tiff(path)
 
 
