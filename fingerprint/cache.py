@@ -47,8 +47,13 @@ def cache_key(
     samples_per_image: int,
     max_samples: int,
     seed: int,
+    kind: str | None = None,
 ) -> str:
-    """The sha256 hex digest that names a fingerprint (module docstring)."""
+    """The sha256 hex digest that names a fingerprint (module docstring).
+
+    ``kind``: another fingerprint than the 2D one of fingerprint/scan.py over the same files
+    (segtrain/volume_plan.py: ``volumes-3d``); ``None`` leaves the 2D keys as they always were.
+    """
     digest = hashlib.sha256()
     options = {
         "format": FORMAT,
@@ -58,6 +63,8 @@ def cache_key(
         "max_samples": int(max_samples),
         "seed": int(seed),
     }
+    if kind is not None:
+        options["kind"] = str(kind)
     digest.update(json.dumps(options, sort_keys=True).encode())
     for split in sorted(splits):
         for image, masks in splits[split]:

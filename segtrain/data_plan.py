@@ -36,7 +36,6 @@ from datamodules.folds import SPLITS_FILE, write_splits
 from datamodules.layout import Splits, discover_splits
 from datamodules.masks import reserved_pad_value
 
-from .volume_plan import is_volume_data, plan_volumes
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def leaves_to_data(cfg: DictConfig) -> bool:
     return cfg.get("task") == AUTO or cfg.get("num_classes") == AUTO
 
 
-def _set(cfg: DictConfig, key: str, value: Any) -> None:
+def set_key(cfg: DictConfig, key: str, value: Any) -> None:
     with open_dict(cfg):
         OmegaConf.update(cfg, key, value, merge=False)
 
@@ -64,14 +63,15 @@ def _labels_file(root: Path) -> Path | None:
     return next((root / name for name in LABEL_FILES if (root / name).is_file()), None)
 
 
-def _in_channels(cfg: DictConfig, channels: int) -> None:
-    """``model.in_channels``: follows the data when unset; an explicit other value is an error naming both."""
+def follow_in_channels(cfg: DictConfig, channels: int, source: str = "the images") -> None:
+    """``model.in_channels``: follows the data when unset; an explicit other value is an error naming both
+    (``source``: what gives the channels, for the message)."""
     given = cfg.model.get("in_channels") if "model" in cfg else None
     if given is None:
-        _set(cfg, "model.in_channels", channels)
+        set_key(cfg, "model.in_channels", channels)
     elif int(given) != channels:
         raise ValueError(
-            f"model.in_channels={given}, but the images give the network {channels} channel(s): set "
+            f"model.in_channels={given}, but {source} give the network {channels} channel(s): set "
             f"model.in_channels={channels}, or leave it unset (null) to follow the data."
         )
 
@@ -86,6 +86,8 @@ def plan_data(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any] | 
         ValueError / FileNotFoundError: a layout, file or config-versus-data problem, naming the
             files and the fix.
     """
+    from .volume_plan import is_volume_data, plan_volumes  # here: volume_plan builds on this module
+
     data = cfg.get("data")
     if is_volume_data(data):  # data=nnunet: dataset.json, the cases and the volume fingerprint
         return plan_volumes(cfg, log_summary=log_summary)
@@ -95,7 +97,7 @@ def plan_data(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any] | 
                 f"task={cfg.task} num_classes={cfg.num_classes}: 'auto' reads the masks of data=folder; with "
                 f"data={str(data.get('_target_', '?')).rsplit('.', 1)[-1]} set task and num_classes."
             )
-        _in_channels(cfg, 3)  # the synthetic shapes are 8-bit RGB
+        follow_in_channels(cfg, 3)  # the synthetic shapes are 8-bit RGB
         return None
     from fingerprint import check_fingerprint, compute_fingerprint, summary_lines
 
@@ -129,11 +131,11 @@ def plan_data(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any] | 
         labels_file=_labels_file(root),
         channels=None if select is None else [int(c) for c in select],
     )
-    _set(cfg, "task", resolved.task)
-    _set(cfg, "num_classes", resolved.num_classes)
+    set_key(cfg, "task", resolved.task)
+    set_key(cfg, "num_classes", resolved.num_classes)
     if data.get("class_names") is None and resolved.class_names is not None:
-        _set(cfg, "data.class_names", list(resolved.class_names))
-    _in_channels(cfg, resolved.in_channels)
+        set_key(cfg, "data.class_names", list(resolved.class_names))
+    follow_in_channels(cfg, resolved.in_channels)
     _padding_ignore(cfg, fingerprint)
     if log_summary and rank_zero_only.rank == 0:
         for line in [*summary_lines(fingerprint, resolved), *resolved.notes]:
@@ -169,8 +171,8 @@ def _padding_ignore(cfg: DictConfig, fingerprint: dict[str, Any]) -> None:
     scale = data.get("scale_range")
     if needs_padding(sizes, effective_crop(sizes, int(crop)), None if scale is None else list(scale)):
         value = reserved_pad_value(cfg.task, cfg.num_classes)
-        _set(cfg, "data.ignore_index", None)  # the files have no "not labelled" value
-        _set(cfg, "ignore_index", value)
+        set_key(cfg, "data.ignore_index", None)  # the files have no "not labelled" value
+        set_key(cfg, "ignore_index", value)
         if rank_zero_only.rank == 0:
             log.info("Training crops of the smaller images are padded; padded pixels carry the reserved mask value "
                      "%d, which no loss or metric counts (ignore_index=%d for them; your masks' values stay classes).",

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from datamodules.masks import reserved_pad_value
+
+from .data_plan import follow_in_channels, set_key
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,6 @@ AUTO = "auto"
 def is_volume_data(data: Any) -> bool:
     """Whether the data config builds the volume datamodule (``data=nnunet``)."""
     return str((data or {}).get("_target_", "")).endswith("VolumeDataModule")
-
-
-def _set(cfg: DictConfig, key: str, value: Any) -> None:
-    with open_dict(cfg):
-        OmegaConf.update(cfg, key, value, merge=False)
 
 
 def _task(cfg: DictConfig, num_classes: int, root: Path) -> None:
@@ -55,8 +52,8 @@ def _task(cfg: DictConfig, num_classes: int, root: Path) -> None:
             f"num_classes={cfg.num_classes}, but {root / 'dataset.json'} names {num_classes} labels (the background "
             f"included): set num_classes={num_classes}, or num_classes=auto."
         )
-    _set(cfg, "task", "multiclass")
-    _set(cfg, "num_classes", num_classes)
+    set_key(cfg, "task", "multiclass")
+    set_key(cfg, "num_classes", num_classes)
 
 
 def _model(cfg: DictConfig, channels: int, dims: int) -> None:
@@ -64,16 +61,9 @@ def _model(cfg: DictConfig, channels: int, dims: int) -> None:
 
     model = cfg.model
     check_model_matches_data(model, dims)
-    given = model.get("in_channels")
-    if given is None:
-        _set(cfg, "model.in_channels", channels)
-    elif int(given) != channels:
-        raise ValueError(
-            f"model.in_channels={given}, but dataset.json's channel_names give the network {channels} channel(s): "
-            f"set model.in_channels={channels}, or leave it unset (null) to follow the data."
-        )
+    follow_in_channels(cfg, channels, "dataset.json's channel_names")
     if "spatial_dims" in model and model.get("spatial_dims") is None:
-        _set(cfg, "model.spatial_dims", dims)
+        set_key(cfg, "model.spatial_dims", dims)
 
 
 def _fit_patch_to_network(cfg: DictConfig, spacing: list[float]) -> None:
@@ -90,8 +80,44 @@ def _fit_patch_to_network(cfg: DictConfig, spacing: list[float]) -> None:
         patch = [-(-p // 32) * 32 for p in patch]
     else:
         return
-    _set(cfg, "data.crop_size", patch)
-    _set(cfg, "data.divisor", divisor)
+    set_key(cfg, "data.crop_size", patch)
+    set_key(cfg, "data.divisor", divisor)
+
+
+def _fingerprint(cfg: DictConfig, root: Path, cases: list, info: Any) -> dict[str, Any]:
+    """The volume fingerprint, read from ``paths.cache_dir`` when its files have not changed.
+
+    Computing it reads every training case, which for a CT dataset takes minutes at every start
+    (and on every DDP rank); the 2D fingerprint's cache (fingerprint/cache.py) keys it on the
+    paths, sizes and modification times of dataset.json and every case file, and the seed.
+    """
+    from fingerprint.cache import FORMAT, cache_file, cache_key, check_cache_dir, load_cached, write_json_atomic
+
+    seed = int(cfg.data.get("seed", 0))
+    files = {"dataset": [(root / "dataset.json", ())],
+             "train": [(c.images[0], (*c.images[1:], *([c.label] if c.label else []))) for c in cases]}
+    key = cache_key(files, palette=None, percentiles=(), samples_per_image=10_000, max_samples=2_000_000, seed=seed,
+                    kind=f"volumes-{info.dims}d")
+    cache_dir = (cfg.get("paths") or {}).get("cache_dir")
+    path = None
+    if cache_dir is not None:
+        folders = {Path(f).parent.resolve() for pairs in files.values() for image, rest in pairs for f in (image, *rest)}
+        path = cache_file(check_cache_dir(str(cache_dir), folders), key)
+        cached = load_cached(path, key)
+        if cached is not None:
+            return cached
+    if info.is_3d:
+        from fingerprint.volumes import compute_volume_fingerprint
+
+        fingerprint = compute_volume_fingerprint(cases, info, seed=seed)
+    else:  # 2D cases in nnU-Net's layout: the few keys the datamodule reads (datamodules/volumes/planar.py)
+        from datamodules.volumes.planar import planar_fingerprint
+
+        fingerprint = planar_fingerprint(cases, info, seed=seed)
+    fingerprint = {**fingerprint, "format": FORMAT, "key": key}
+    if path is not None:
+        write_json_atomic(path, fingerprint)
+    return fingerprint
 
 
 def plan_volumes(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any]:
@@ -102,7 +128,7 @@ def plan_volumes(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any]
     """
     from datamodules.volumes.datamodule import plan_crop_size
     from datamodules.volumes.nnunet import find_cases, read_dataset_json
-    from fingerprint.volumes import compute_volume_fingerprint, volume_summary_lines
+    from fingerprint.volumes import volume_summary_lines
 
     data = cfg.data
     if data.get("root") in (None, "", "???"):
@@ -113,26 +139,21 @@ def plan_volumes(cfg: DictConfig, *, log_summary: bool = True) -> dict[str, Any]
     cases = find_cases(root, "Tr", info)
     _task(cfg, info.num_classes, root)
     if data.get("class_names") is None:
-        _set(cfg, "data.class_names", list(info.class_names))
-    if info.is_3d:
-        fingerprint = compute_volume_fingerprint(cases, info, seed=int(data.get("seed", 0)))
-    else:  # 2D cases in nnU-Net's layout: the few keys the datamodule reads (datamodules/volumes/planar.py)
-        from datamodules.volumes.planar import planar_fingerprint
-
-        fingerprint = planar_fingerprint(cases, info, seed=int(data.get("seed", 0)))
+        set_key(cfg, "data.class_names", list(info.class_names))
+    fingerprint = _fingerprint(cfg, root, cases, info)
     _model(cfg, info.num_channels, int(info.dims))
     if cfg.get("ignore_index") is None:
         value = info.ignore_index if info.ignore_index is not None else reserved_pad_value("multiclass", info.num_classes)
-        _set(cfg, "ignore_index", value)
+        set_key(cfg, "ignore_index", value)
     spacing = [float(s) for s in fingerprint["spacing"]["median"]]
     if data.get("crop_size") is None:
-        _set(cfg, "data.crop_size", list(plan_crop_size(fingerprint, int(data.get("patch_budget")), data.get("divisor"))))
+        set_key(cfg, "data.crop_size", list(plan_crop_size(fingerprint, int(data.get("patch_budget")), data.get("divisor"))))
         _fit_patch_to_network(cfg, spacing)
     model = cfg.get("model") or {}
     if "patch_size" in model and model.get("patch_size") is None:
-        _set(cfg, "model.patch_size", list(data.crop_size))
+        set_key(cfg, "model.patch_size", list(data.crop_size))
     if "spacing" in model and model.get("spacing") is None:
-        _set(cfg, "model.spacing", spacing)
+        set_key(cfg, "model.spacing", spacing)
     if log_summary and rank_zero_only.rank == 0:
         for line in volume_summary_lines(fingerprint) if info.is_3d else []:
             log.info(line)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -127,3 +128,24 @@ def test_channel_files_of_different_shapes_fail_at_startup(tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:-2], image.affine, image.header), channel)
     with pytest.raises(ValueError, match=f"different shapes: .*{channel.name}"):
         train(compose_run([*TINY_3D, f"data.root={broken}"], tmp_path / "run", synthetic=False))
+
+
+def test_the_volume_fingerprint_is_cached_until_a_case_file_changes(tmp_path, monkeypatch):
+    import fingerprint.volumes as volumes
+    from segtrain.data_plan import plan_data
+
+    root = write_nnunet_dataset(tmp_path / "Dataset006_Cache", cases=3, test_cases=0)
+    calls = []
+    original = volumes.compute_volume_fingerprint
+    monkeypatch.setattr(volumes, "compute_volume_fingerprint", lambda *a, **k: calls.append(1) or original(*a, **k))
+
+    def plan():
+        return plan_data(compose_run([*TINY_3D, f"data.root={root}", f"paths.cache_dir={tmp_path / 'cache'}"],
+                                     tmp_path / "run", synthetic=False), log_summary=False)
+
+    first, second = plan(), plan()
+    assert len(calls) == 1 and first == second  # the second start reads the cached one
+    label = sorted((root / "labelsTr").glob("*.nii.gz"))[0]
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
+    plan()
+    assert len(calls) == 2  # a changed case file: computed again
