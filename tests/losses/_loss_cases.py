@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 MODES = ("binary", "multiclass", "multilabel")
@@ -46,3 +47,18 @@ def make_case(
     return logits, target
 
 
+
+
+def check_bf16_autocast(fn, x, t, *, rel: float = 3e-2, abs: float | None = None, **extra) -> None:
+    """``fn`` on a 1x1 conv's bfloat16 logits under CPU autocast: a finite float32 value close to the
+    float32 one, and finite gradients (``extra``: keywords of the call, e.g. ``skeleton=``)."""
+    conv = torch.nn.Conv2d(x.shape[1], x.shape[1], 1)
+    ref = fn(conv(x), t, **extra)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(x)
+        assert logits.dtype == torch.bfloat16
+        loss = fn(logits, t, **extra)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert loss.item() == pytest.approx(ref.item(), rel=rel, abs=abs)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in conv.parameters())

@@ -12,7 +12,7 @@ from seglosses import BCELoss, CombinedLoss, CrossEntropyLoss, DiceLoss
 from seglosses import _fused
 from seglosses import functional as F
 
-from _loss_cases import IGNORE, make_case
+from _loss_cases import IGNORE, check_bf16_autocast, make_case
 
 ROOT = Path(__file__).resolve().parents[2]
 SPATIAL = {"2d": (5, 6), "3d": (3, 4, 5)}
@@ -162,16 +162,7 @@ def test_saturated_logits_stay_finite_in_float32():
 def test_finite_under_bfloat16_autocast():
     for mode, fn in (("binary", BCELoss(beta=0.7)), ("multiclass", CrossEntropyLoss(beta=0.7))):
         x, t = make_case(mode, (16, 16), dtype=torch.float32, seed=7)
-        conv = torch.nn.Conv2d(x.shape[1], x.shape[1], 1)
-        ref = fn(conv(x), t)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = conv(x)
-            assert logits.dtype == torch.bfloat16
-            loss = fn(logits, t)
-        assert loss.dtype == torch.float32 and torch.isfinite(loss)
-        assert loss.item() == pytest.approx(ref.item(), rel=3e-2)
-        loss.backward()
-        assert all(torch.isfinite(p.grad).all() for p in conv.parameters())
+        check_bf16_autocast(fn, x, t, rel=3e-2)
 
 
 @pytest.mark.parametrize("cls", [BCELoss, CrossEntropyLoss])

@@ -11,7 +11,7 @@ import seglosses
 from seglosses.derived import distance_from_target
 from seglosses.hausdorff import HausdorffDTLoss, HausdorffERLoss, hausdorff_dt_loss, hausdorff_er_loss
 
-from _loss_cases import IGNORE, make_case
+from _loss_cases import IGNORE, check_bf16_autocast, make_case
 
 monai_losses = pytest.importorskip("monai.losses")
 kornia_losses = pytest.importorskip("kornia.losses")
@@ -233,17 +233,8 @@ def test_er_gradcheck_float64(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_finite_under_bfloat16_autocast(mode, loss):
     x, t = make_case(mode, (12, 12), dtype=torch.float32)
-    conv = torch.nn.Conv2d(x.shape[1], x.shape[1], 1)
     fn = HausdorffDTLoss(mode) if loss == "dt" else HausdorffERLoss(mode)
-    ref = fn(conv(x), t)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = conv(x)
-        assert logits.dtype == torch.bfloat16
-        out = fn(logits, t)
-    assert out.dtype == torch.float32 and torch.isfinite(out)
-    assert out.item() == pytest.approx(ref.item(), rel=0.1, abs=1e-2)
-    out.backward()
-    assert all(torch.isfinite(p.grad).all() for p in conv.parameters())
+    check_bf16_autocast(fn, x, t, rel=0.1, abs=1e-2)
 
 
 @pytest.mark.parametrize("cls", [HausdorffDTLoss, HausdorffERLoss])

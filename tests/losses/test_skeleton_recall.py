@@ -8,7 +8,7 @@ from seglosses import CombinedLoss, CrossEntropyLoss
 from seglosses.derived import skeleton_from_target, tubed_skeleton
 from seglosses.skeleton_recall import SkeletonRecallLoss, skeleton_recall_loss
 
-from _loss_cases import IGNORE, make_case
+from _loss_cases import IGNORE, check_bf16_autocast, make_case
 
 MODES = ["binary", "multiclass", "multilabel"]
 SPATIAL = {"2d": (9, 10), "3d": (4, 6, 7)}
@@ -145,17 +145,8 @@ def test_gradcheck_float64(mode, per_image):
 def test_finite_under_bfloat16_autocast(mode):
     x, t = make_case(mode, (16, 16), dtype=torch.float32, seed=6)
     skel = _skeleton(mode, t, False)
-    conv = torch.nn.Conv2d(x.shape[1], x.shape[1], 1)
     fn = SkeletonRecallLoss(mode)
-    ref = fn(conv(x), t, skeleton=skel)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = conv(x)
-        assert logits.dtype == torch.bfloat16
-        loss = fn(logits, t, skeleton=skel)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert loss.item() == pytest.approx(ref.item(), rel=3e-2, abs=3e-3)
-    loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in conv.parameters())
+    check_bf16_autocast(fn, x, t, skeleton=skel, rel=3e-2, abs=3e-3)
 
 
 @pytest.mark.parametrize("mode", MODES)
