@@ -39,6 +39,7 @@ from .callbacks import (
     legend_entries,
     masks_for_drawing,
 )
+from .task import logits_to_mask
 
 #: Display window percentiles of channel 0 when the normalisation gives no CT window.
 PERCENTILES = (0.5, 99.5)
@@ -160,8 +161,7 @@ def volume_samples(
     if image.ndim != 4 or logits.ndim != 4:
         raise ValueError(f"volume_samples takes image [C, D, H, W] and logits [K, D, H, W], got shapes "
                          f"{tuple(image.shape)} and {tuple(logits.shape)}")
-    # Channels first, explicitly: segtrain.task.logits_to_mask argmaxes dim -3, which is D for a volume.
-    pred = logits.argmax(0) if task == "multiclass" else (logits.float().sigmoid() > 0.5).float()
+    pred = logits_to_mask(logits, task, spatial_dims=3)  # one volume [K, D, H, W]: the classes are dim 0
     by = mask if mask is not None and _foreground(mask.cpu().numpy(), ignore_index).any() else pred
     window = display_window(image[0], spec)
     samples = []
